@@ -1,0 +1,6 @@
+def load_model(*a, **k):
+    raise NotImplementedError
+
+
+def save_model(*a, **k):
+    raise NotImplementedError

@@ -1,0 +1,162 @@
+"""Masked-attention transformer decoder (``sem_seg_head.predictor``).
+
+Queries attend only inside the foreground of the mask they predicted one layer earlier, cycling
+over the 1/32, 1/16 and 1/8 feature levels. Every layer (and the learned queries before the first
+layer) makes a class + mask prediction; the last one is the output, the others are auxiliary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import MLP, Conv2d, PositionEmbeddingSine, c2_xavier_fill
+
+
+class SelfAttentionLayer(nn.Module):
+    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.normalize_before = normalize_before
+        _xavier_matrices(self)
+
+    def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+        """tgt, query_pos: (Q, B, C)."""
+        x = self.norm(tgt) if self.normalize_before else tgt
+        q = k = x + query_pos
+        tgt = tgt + self.dropout(self.self_attn(q, k, value=x, need_weights=False)[0])
+        return tgt if self.normalize_before else self.norm(tgt)
+
+
+class CrossAttentionLayer(nn.Module):
+    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
+        super().__init__()
+        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.normalize_before = normalize_before
+        _xavier_matrices(self)
+
+    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None,
+                pos: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+        """tgt: (Q, B, C); memory, pos: (HW, B, C); memory_mask: (B*heads, Q, HW), True = masked."""
+        x = self.norm(tgt) if self.normalize_before else tgt
+        attn = self.multihead_attn(query=x + query_pos, key=memory + pos, value=memory,
+                                   attn_mask=memory_mask, need_weights=False)[0]
+        tgt = tgt + self.dropout(attn)
+        return tgt if self.normalize_before else self.norm(tgt)
+
+
+class FFNLayer(nn.Module):
+    def __init__(self, d_model: int, dim_feedforward: int = 2048, dropout: float = 0.0,
+                 normalize_before: bool = False):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.normalize_before = normalize_before
+        _xavier_matrices(self)
+
+    def forward(self, tgt: torch.Tensor) -> torch.Tensor:
+        x = self.norm(tgt) if self.normalize_before else tgt
+        tgt = tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+        return tgt if self.normalize_before else self.norm(tgt)
+
+
+def _xavier_matrices(module: nn.Module) -> None:
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
+class MultiScaleMaskedTransformerDecoder(nn.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        hidden_dim: int = 256,
+        num_queries: int = 100,
+        nheads: int = 8,
+        dim_feedforward: int = 2048,
+        dec_layers: int = 9,
+        pre_norm: bool = False,
+        mask_dim: int = 256,
+        enforce_input_project: bool = False,
+        num_feature_levels: int = 3,
+    ):
+        """``dec_layers`` is the number of layers built (official DEC_LAYERS - 1)."""
+        super().__init__()
+        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2)
+        self.num_heads = nheads
+        self.num_layers = dec_layers
+        self.transformer_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(hidden_dim, nheads, 0.0, pre_norm) for _ in range(dec_layers))
+        self.transformer_cross_attention_layers = nn.ModuleList(
+            CrossAttentionLayer(hidden_dim, nheads, 0.0, pre_norm) for _ in range(dec_layers))
+        self.transformer_ffn_layers = nn.ModuleList(
+            FFNLayer(hidden_dim, dim_feedforward, 0.0, pre_norm) for _ in range(dec_layers))
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.num_queries = num_queries
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)  # learnable query features
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)  # learnable query positions
+        self.num_feature_levels = num_feature_levels
+        self.level_embed = nn.Embedding(num_feature_levels, hidden_dim)
+        self.input_proj = nn.ModuleList()
+        for _ in range(num_feature_levels):
+            if in_channels != hidden_dim or enforce_input_project:
+                proj = Conv2d(in_channels, hidden_dim, kernel_size=1)
+                c2_xavier_fill(proj)
+                self.input_proj.append(proj)
+            else:
+                self.input_proj.append(nn.Sequential())
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    def forward(self, x: list[torch.Tensor], mask_features: torch.Tensor) -> dict:
+        """x: 3 levels (B, C, H_l, W_l), low to high resolution; mask_features: (B, mask_dim, H/4, W/4)."""
+        src, pos, sizes = [], [], []
+        for i in range(self.num_feature_levels):
+            sizes.append(x[i].shape[-2:])
+            pos.append(self.pe_layer(x[i]).flatten(2).permute(2, 0, 1))  # (HW, B, C)
+            level = self.input_proj[i](x[i]).flatten(2) + self.level_embed.weight[i][None, :, None]
+            src.append(level.permute(2, 0, 1))  # (HW, B, C)
+        bs = src[0].shape[1]
+        query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, bs, 1)  # (Q, B, C)
+        output = self.query_feat.weight.unsqueeze(1).repeat(1, bs, 1)
+
+        classes, masks = [], []
+        outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(output, mask_features, sizes[0])
+        classes.append(outputs_class)
+        masks.append(outputs_mask)
+        for i in range(self.num_layers):
+            level = i % self.num_feature_levels
+            # a query whose mask covers nothing attends everywhere
+            attn_mask[attn_mask.all(-1)] = False
+            output = self.transformer_cross_attention_layers[i](
+                output, src[level], memory_mask=attn_mask, pos=pos[level], query_pos=query_embed)
+            output = self.transformer_self_attention_layers[i](output, query_pos=query_embed)
+            output = self.transformer_ffn_layers[i](output)
+            outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
+                output, mask_features, sizes[(i + 1) % self.num_feature_levels])
+            classes.append(outputs_class)
+            masks.append(outputs_mask)
+        return {
+            "pred_logits": classes[-1],
+            "pred_masks": masks[-1],
+            "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1])],
+        }
+
+    def forward_prediction_heads(self, output: torch.Tensor, mask_features: torch.Tensor, target_size):
+        decoder_output = self.decoder_norm(output).transpose(0, 1)  # (B, Q, C)
+        outputs_class = self.class_embed(decoder_output)
+        mask_embed = self.mask_embed(decoder_output)
+        outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        # attention mask for the next layer: (B, Q, h, w) -> (B*heads, Q, h*w), True = not attended
+        attn_mask = F.interpolate(outputs_mask, size=target_size, mode="bilinear", align_corners=False)
+        attn_mask = attn_mask.sigmoid().flatten(2) < 0.5
+        attn_mask = attn_mask.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
+        return outputs_class, outputs_mask, attn_mask
