@@ -26,6 +26,7 @@ class BackboneConfig:
     type: str = "resnet"  # "resnet" | "swin"
     # ResNet (Detectron2 layout)
     depth: int = 50
+    stage_blocks: tuple[int, ...] = ()  # blocks in res2..res5; empty = the standard ones of ``depth``
     stem_out_channels: int = 64
     res2_out_channels: int = 256
     stride_in_1x1: bool = False  # False: stride in the 3x3 conv (torchvision-style weights)
@@ -48,8 +49,19 @@ class BackboneConfig:
             raise ValueError(f"backbone type must be 'resnet' or 'swin', got {self.type!r}")
         self.depths = tuple(int(d) for d in self.depths)
         self.num_heads = tuple(int(h) for h in self.num_heads)
-        if self.type == "resnet" and self.depth not in RESNET_STAGE_BLOCKS:
-            raise ValueError(f"ResNet depth must be one of {sorted(RESNET_STAGE_BLOCKS)}, got {self.depth}")
+        self.stage_blocks = tuple(int(b) for b in self.stage_blocks)
+        if self.type == "resnet":
+            if self.stage_blocks:
+                if len(self.stage_blocks) != 4:
+                    raise ValueError(f"ResNet stage_blocks needs 4 entries (res2..res5), got {self.stage_blocks}")
+                # keep depth truthful: 3 layers per bottleneck block + stem + classifier
+                self.depth = 3 * sum(self.stage_blocks) + 2
+            elif self.depth not in RESNET_STAGE_BLOCKS:
+                raise ValueError(f"ResNet depth must be one of {sorted(RESNET_STAGE_BLOCKS)}, got {self.depth}")
+
+    @property
+    def resnet_stage_blocks(self) -> tuple[int, ...]:
+        return self.stage_blocks or RESNET_STAGE_BLOCKS[self.depth]
         if self.type == "swin" and len(self.depths) != len(self.num_heads):
             raise ValueError("Swin depths and num_heads must have the same length")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..config import RESNET_STAGE_BLOCKS, BackboneConfig
+from ..config import BackboneConfig
 from .resnet import ResNet
 from .swin import SwinTransformer
 
@@ -18,7 +18,7 @@ def build_backbone(cfg: BackboneConfig) -> nn.Module:
     """Backbone from its config, every hyper-parameter passed explicitly."""
     if cfg.type == "resnet":
         return ResNet(
-            stage_blocks=RESNET_STAGE_BLOCKS[cfg.depth],
+            stage_blocks=cfg.resnet_stage_blocks,
             stem_out_channels=cfg.stem_out_channels,
             res2_out_channels=cfg.res2_out_channels,
             stride_in_1x1=cfg.stride_in_1x1,
