@@ -180,11 +180,21 @@ def _backbone_from_hf(bb: dict[str, Any]) -> BackboneConfig:
 
 
 def _match_dataset(names: list[str]) -> dict[str, list]:
-    """Thing flags, ids and colours from a shipped dataset whose class names match exactly."""
+    """Thing flags, ids and colours of the shipped dataset these class names come from.
+
+    HF configs carry names only. A dataset is adopted when it has the same number of classes and at
+    least 90 % of the names agree (hub configs spell a few COCO names differently); HF's names are kept.
+    """
+    def norm(n: str) -> str:
+        return n.lower().replace("_", " ").replace("-", " ").strip()
+
     for dataset in list_datasets():
         classes = dataset_classes(dataset)
-        if classes["class_names"] == names:
-            return classes
+        if len(classes["class_names"]) != len(names):
+            continue
+        same = sum(norm(a) == norm(b) for a, b in zip(classes["class_names"], names))
+        if same >= 0.9 * len(names):
+            return dict(classes, class_names=list(names))
     # unknown label set: every class is a thing (HF configs carry no thing/stuff flags)
     return {"dataset": "custom", "class_names": names}
 

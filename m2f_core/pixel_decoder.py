@@ -16,6 +16,11 @@ from .layers import Conv2d, PositionEmbeddingSine, c2_xavier_fill, get_norm
 from .ops import MSDeformAttn
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision features go up to fp32 (the official decoder runs outside autocast); fp64 stays."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 class MSDeformAttnEncoderLayer(nn.Module):
     """Deformable self-attention + FFN, post-norm."""
 
@@ -151,7 +156,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
     def forward_features(self, features: dict[str, torch.Tensor]):
         srcs, pos = [], []
         for idx, f in enumerate(self.transformer_in_features[::-1]):
-            x = features[f].float()  # deformable attention runs in fp32, as in the official code
+            x = _at_least_fp32(features[f])
             srcs.append(self.input_proj[idx](x))
             pos.append(self.pe_layer(x))
         memory, shapes = self.transformer(srcs, pos)
@@ -162,7 +167,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         # top-down FPN over the remaining higher-resolution stages
         for idx, f in enumerate(self.fpn_features[::-1]):
             level = len(self.fpn_features) - idx  # adapter_/layer_ numbering follows res2 = 1
-            lateral = getattr(self, f"adapter_{level}")(features[f].float())
+            lateral = getattr(self, f"adapter_{level}")(_at_least_fp32(features[f]))
             y = lateral + F.interpolate(out[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
             out.append(getattr(self, f"layer_{level}")(y))
         multi_scale = out[: self.maskformer_num_feature_levels]

@@ -204,7 +204,8 @@ class SwinTransformer(nn.Module):
             grid = pretrain_img_size // patch_size
             self.absolute_pos_embed = nn.Parameter(torch.zeros(1, embed_dim, grid, grid))
             nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        n = sum(depths)  # stochastic depth grows linearly over all blocks (as torch.linspace)
+        dpr = [drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
         self.layers = nn.ModuleList()
         self.num_features = [int(embed_dim * 2**i) for i in range(self.num_layers)]
         for i in range(self.num_layers):
