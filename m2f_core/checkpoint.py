@@ -41,6 +41,12 @@ _DERIVED_BUFFERS = re.compile(r"\.relative_position_index$")
 _NON_NETWORK_KEYS = ("criterion.empty_weight", "pixel_mean", "pixel_std")
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception message (or its type), for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message says why and what to do."""
 
@@ -173,10 +179,13 @@ def _official_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            raise UnsafePickleError(f"{path}: refused by torch.load(weights_only=True): {str(e).splitlines()[0]}") \
-                from None
-        except (RuntimeError, EOFError, OSError) as e:
-            raise CheckpointError(f"{path}: not a readable torch file ({str(e).splitlines()[0]})") from None
+            if "weights only" in str(e).lower():
+                raise UnsafePickleError(
+                    f"{path}: refused by torch.load(weights_only=True), it holds more than tensors: {first_line(e)}"
+                ) from None
+            raise CheckpointError(f"{path}: not a readable torch file ({first_line(e)})") from None
+        except (RuntimeError, EOFError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable torch file ({first_line(e)})") from None
     elif suffix == ".safetensors":
         data = _read_safetensors(path)
     else:
@@ -205,6 +214,8 @@ def _count(state: dict, pattern: str) -> int:
 
 def infer_config(state: dict[str, torch.Tensor]) -> Mask2FormerConfig:
     """Derive the architecture from tensor shapes; the class list from the number of classes.
+
+    Head counts leave no trace in the shapes: the official 8 (decoder and encoder) are assumed.
 
     Raises ``CheckpointError`` when the number of classes matches no shipped dataset.
     """

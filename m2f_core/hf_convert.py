@@ -51,7 +51,7 @@ def load_hf_folder(folder: str | Path) -> tuple[Mask2FormerConfig, dict[str, tor
 
 
 def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from .checkpoint import CheckpointError
+    from .checkpoint import CheckpointError, first_line
 
     files: list[Path] = []
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
@@ -75,7 +75,7 @@ def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
             else:
                 state.update(torch.load(f, map_location="cpu", weights_only=True))
         except Exception as e:
-            raise CheckpointError(f"{f}: unreadable weights ({str(e).splitlines()[0]})") from None
+            raise CheckpointError(f"{f}: unreadable weights ({first_line(e)})") from None
     return state
 
 
@@ -336,7 +336,7 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor], config: Mask2FormerCon
 
 def download_hub_model(repo_id: str, cache_dir: str | Path | None = None) -> Path:
     """Local folder of a hub model: the cache when it has it, else a download; one-line error offline."""
-    from .checkpoint import CheckpointError
+    from .checkpoint import CheckpointError, first_line
 
     try:
         from huggingface_hub import snapshot_download
@@ -354,7 +354,7 @@ def download_hub_model(repo_id: str, cache_dir: str | Path | None = None) -> Pat
         try:
             return Path(snapshot_download(**kwargs))
         except Exception as e:
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}"
+            reason = f"{type(e).__name__}: {first_line(e)}"
     raise CheckpointError(
         f"cannot download {repo_id!r} from the Hugging Face hub ({reason}); on a machine with internet run "
         f"`huggingface-cli download {repo_id} --local-dir DIR`, copy DIR here and pass load_model('DIR')"
