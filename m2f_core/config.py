@@ -12,7 +12,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +207,7 @@ def _default_color(i: int) -> list[int]:
     return [int(r * 255), int(g * 255), int(b * 255)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_classes(dataset: str) -> tuple[dict[str, Any], ...]:
     path = _CLASSES_DIR / f"{dataset}.json"
     if not path.exists():

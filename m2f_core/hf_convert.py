@@ -357,5 +357,5 @@ def download_hub_model(repo_id: str, cache_dir: str | Path | None = None) -> Pat
             reason = f"{type(e).__name__}: {first_line(e)}"
     raise CheckpointError(
         f"cannot download {repo_id!r} from the Hugging Face hub ({reason}); on a machine with internet run "
-        f"`huggingface-cli download {repo_id} --local-dir DIR`, copy DIR here and pass load_model('DIR')"
+        f"`hf download {repo_id} --local-dir DIR`, copy DIR here and pass load_model('DIR')"
     )

@@ -221,3 +221,19 @@ def test_hub_id_loads_from_the_local_cache(tmp_path, small_hf, reference):
         (snapshot / name).write_bytes((small_hf / name).read_bytes())
     loaded = load_model("facebook/mask2former-test", cache_dir=tmp_path)
     _same_outputs(loaded, x, out)
+
+
+def test_convert_cli(tmp_path, small_hf, reference):
+    import subprocess
+    import sys
+
+    model, x, out = reference
+    run = subprocess.run([sys.executable, "-m", "m2f_core.convert", str(small_hf), str(tmp_path / "ours")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "19 classes" in run.stdout
+    _same_outputs(load_model(tmp_path / "ours"), x, out)
+    bad = subprocess.run([sys.executable, "-m", "m2f_core.convert", str(tmp_path / "nope.pkl"), str(tmp_path / "o")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

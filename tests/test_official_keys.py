@@ -46,7 +46,8 @@ def _swin_keys(depths=(2, 2, 6, 2)) -> set[str]:
         for j in range(d):
             p = f"backbone.layers.{i}.blocks.{j}"
             keys |= {f"{p}.attn.relative_position_bias_table", f"{p}.attn.relative_position_index"}
-            keys |= {f"{p}.{m}.{w}" for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2") for w in WB}
+            mods = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+            keys |= {f"{p}.{m}.{w}" for m in mods for w in WB}
         if i < len(depths) - 1:
             keys |= {f"backbone.layers.{i}.downsample.reduction.weight"}
             keys |= {f"backbone.layers.{i}.downsample.norm.{w}" for w in WB}
