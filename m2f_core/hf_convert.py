@@ -145,6 +145,10 @@ def _backbone_from_hf(bb: dict[str, Any]) -> BackboneConfig:
     if list(stages) != ["stage1", "stage2", "stage3", "stage4"]:
         raise CheckpointError(f"backbone out_features {stages} not supported (need stage1..stage4)")
     if kind == "swin":
+        if bb.get("use_absolute_embeddings", False):
+            # HF adds a (1, patches + 1, C) table without resizing; the official code resizes a
+            # (1, C, h, w) map bicubically: the two cannot give the same outputs
+            raise CheckpointError("Swin with use_absolute_embeddings is not supported (differs from the official APE)")
         return BackboneConfig(
             type="swin",
             embed_dim=bb.get("embed_dim", 96),
@@ -155,7 +159,7 @@ def _backbone_from_hf(bb: dict[str, Any]) -> BackboneConfig:
             mlp_ratio=bb.get("mlp_ratio", 4.0),
             qkv_bias=bb.get("qkv_bias", True),
             drop_path_rate=bb.get("drop_path_rate", 0.3),
-            ape=bb.get("use_absolute_embeddings", False),
+            ape=False,
             patch_norm=True,
             pretrain_img_size=bb.get("image_size", 224),
         )
@@ -225,7 +229,6 @@ _RULES: list[tuple[str, str]] = [
     # Swin backbone
     (_ENC + r"embeddings\.patch_embeddings\.projection\.", "backbone.patch_embed.proj."),
     (_ENC + r"embeddings\.norm\.", "backbone.patch_embed.norm."),
-    (_ENC + r"embeddings\.position_embeddings", "backbone.absolute_pos_embed"),
     (_ENC + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.layernorm_before\.", r"backbone.layers.\1.blocks.\2.norm1."),
     (_ENC + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.layernorm_after\.", r"backbone.layers.\1.blocks.\2.norm2."),
     (_ENC + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.relative_position_bias_table",
