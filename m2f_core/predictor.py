@@ -1,0 +1,313 @@
+"""Run a model once per image; derive panoptic, instance and semantic results from the cached outputs.
+
+``Predictor.predict(image)`` resizes like the official test pipeline (shortest edge to
+``min_size``, longest at most ``max_size``, PIL bilinear), normalises, pads to the size
+divisibility, runs the network once and returns a ``Prediction``. The ``Prediction`` keeps the raw
+outputs; each task is computed on demand with the official post-processing and cached, so
+switching task never runs the network again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import Mask2FormerConfig
+from .data.images import load_image
+from .model import Mask2Former
+from .postprocess import score_order
+from .resize import MaskUpsampler
+from .structures import Candidate, InstanceResult, PanopticResult, Segment, SemanticResult, mask_bbox
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def resize_shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    """Output (h, w) of Detectron2's ``ResizeShortestEdge`` for one short-edge length."""
+    scale = short / min(h, w)
+    newh, neww = (short, scale * w) if h < w else (scale * h, short)
+    if max(newh, neww) > max_size:
+        scale = max_size / max(newh, neww)
+        newh, neww = newh * scale, neww * scale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+class Prediction:
+    """Raw outputs of one image and the three task views derived from them (each cached)."""
+
+    def __init__(self, image: np.ndarray, pred_logits: torch.Tensor, pred_masks: torch.Tensor,
+                 padded_size: tuple[int, int], input_size: tuple[int, int], config: Mask2FormerConfig,
+                 timings: dict[str, float] | None = None):
+        self.image = image  # (H, W, 3) uint8 RGB, upright
+        self.pred_logits = pred_logits.float().cpu()  # (Q, K+1)
+        self.pred_masks = pred_masks.float().cpu()  # (Q, h/4, w/4) logits on the padded input
+        self.padded_size = padded_size
+        self.input_size = input_size  # resized image inside the padded input
+        self.config = config
+        self.timings = dict(timings or {})
+        self._cache: dict[tuple, object] = {}
+        self._upsampler: MaskUpsampler | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+    @property
+    def class_probs(self) -> torch.Tensor:
+        """(Q, K+1) softmax class probabilities (last column: no object)."""
+        if "class_probs" not in self._cache:
+            self._cache["class_probs"] = F.softmax(self.pred_logits, dim=-1)
+        return self._cache["class_probs"]
+
+    @property
+    def upsampler(self) -> MaskUpsampler:
+        if self._upsampler is None:
+            self._upsampler = MaskUpsampler(self.pred_masks, self.padded_size, self.input_size, self.size)
+        return self._upsampler
+
+    def _cached(self, key: tuple, compute):
+        if key not in self._cache:
+            start = time.perf_counter()
+            self._cache[key] = compute()
+            self.timings[key[0]] = time.perf_counter() - start
+        return self._cache[key]
+
+    # ---------------------------------------------------------------------------------- panoptic
+    def panoptic(self, object_mask_threshold: float | None = None,
+                 overlap_threshold: float | None = None) -> PanopticResult:
+        """Official panoptic inference at the original size (thresholds default to the config's)."""
+        t_obj = self.config.object_mask_threshold if object_mask_threshold is None else object_mask_threshold
+        t_ovl = self.config.overlap_threshold if overlap_threshold is None else overlap_threshold
+        result, _ = self._cached(("panoptic", t_obj, t_ovl), lambda: self._panoptic(t_obj, t_ovl))
+        return result
+
+    def segment_queries(self, object_mask_threshold: float | None = None,
+                        overlap_threshold: float | None = None) -> dict[int, list[int]]:
+        """Segment id -> the queries that produced it (several for a merged stuff segment)."""
+        self.panoptic(object_mask_threshold, overlap_threshold)
+        t_obj = self.config.object_mask_threshold if object_mask_threshold is None else object_mask_threshold
+        t_ovl = self.config.overlap_threshold if overlap_threshold is None else overlap_threshold
+        return self._cache[("panoptic", t_obj, t_ovl)][1]
+
+    def _panoptic(self, object_mask_threshold: float, overlap_threshold: float):
+        h, w = self.size
+        num_classes = self.pred_logits.shape[-1] - 1
+        scores, labels = self.class_probs.max(-1)
+        keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+        queries = keep.nonzero().flatten()
+        if len(queries) == 0:
+            return PanopticResult(np.zeros((h, w), np.int32), []), {}
+        cur_scores, cur_classes = scores[queries], labels[queries]
+        n = len(queries)
+        winner = torch.zeros((h, w), dtype=torch.int64)  # index into the kept queries
+        winner_own = torch.zeros((h, w), dtype=torch.bool)  # the winner's own mask is >= 0.5 here
+        original_area = torch.zeros(n, dtype=torch.int64)
+        for r0, r1, logits in self.upsampler.chunks(queries):
+            probs = logits.sigmoid_()  # (n, rows, W)
+            own = probs >= 0.5
+            original_area += own.flatten(1).sum(1)
+            ids = (cur_scores.view(-1, 1, 1) * probs).argmax(0)
+            winner[r0:r1] = ids
+            winner_own[r0:r1] = own.gather(0, ids[None])[0]
+        mask_area = torch.bincount(winner.flatten(), minlength=n)
+        final_area = torch.bincount(winner[winner_own], minlength=n)
+        lut = torch.zeros(n, dtype=torch.int32)
+        segments: list[Segment] = []
+        seg_queries: dict[int, list[int]] = {}
+        stuff_ids: dict[int, int] = {}
+        is_thing = self.config.is_thing
+        for k in range(n):
+            pred_class = int(cur_classes[k])
+            isthing = bool(is_thing[pred_class])
+            if mask_area[k] == 0 or original_area[k] == 0 or final_area[k] == 0:
+                continue
+            if float(mask_area[k]) / float(original_area[k]) < overlap_threshold:
+                continue
+            if not isthing and pred_class in stuff_ids:
+                lut[k] = stuff_ids[pred_class]
+                seg_queries[stuff_ids[pred_class]].append(int(queries[k]))
+                continue
+            seg_id = len(segments) + 1
+            if not isthing:
+                stuff_ids[pred_class] = seg_id
+            lut[k] = seg_id
+            seg_queries[seg_id] = [int(queries[k])]
+            segments.append(Segment(id=seg_id, category_id=pred_class, isthing=isthing, score=float(cur_scores[k])))
+        segment_map = torch.where(winner_own, lut[winner], torch.zeros((), dtype=torch.int32))
+        return PanopticResult(segment_map.numpy(), segments).update_stats(), seg_queries
+
+    # ---------------------------------------------------------------------------------- instance
+    def instance(self, topk: int | None = None, thing_only: bool | None = None) -> InstanceResult:
+        """Official instance inference: top-k (query, class) pairs scored with the mask quality.
+
+        ``thing_only`` defaults to True for a panoptic model (its stuff classes are not instances).
+        """
+        topk = self.config.test_topk_per_image if topk is None else topk
+        thing_only = self.config.panoptic_on if thing_only is None else thing_only
+        return self._cached(("instance", topk, thing_only), lambda: self._instance(topk, thing_only))
+
+    def _instance(self, topk: int, thing_only: bool) -> InstanceResult:
+        h, w = self.size
+        scores = self.class_probs[:, :-1]
+        num_queries, num_classes = scores.shape
+        topk = min(topk, scores.numel())
+        scores_per_image, topk_indices = scores.flatten().topk(topk, sorted=False)
+        labels = topk_indices % num_classes
+        query_idx = topk_indices // num_classes
+        if thing_only:
+            keep = torch.as_tensor(np.asarray(self.config.is_thing, dtype=bool))[labels]
+            scores_per_image, labels, query_idx = scores_per_image[keep], labels[keep], query_idx[keep]
+        if len(query_idx) == 0:
+            return InstanceResult(np.zeros((0, h, w), bool), np.zeros((0, 4)), np.zeros(0), np.zeros(0))
+        unique_q, inverse = torch.unique(query_idx, return_inverse=True)
+        masks = torch.zeros((len(unique_q), h, w), dtype=torch.bool)
+        prob_sum = torch.zeros(len(unique_q), dtype=torch.float64)
+        for r0, r1, logits in self.upsampler.chunks(unique_q):
+            binary = logits > 0
+            masks[:, r0:r1] = binary
+            prob_sum += (logits.sigmoid_() * binary).flatten(1).sum(1).double()
+        counts = masks.flatten(1).sum(1).double()
+        mask_scores = (prob_sum / (counts + 1e-6)).float()
+        final = scores_per_image * mask_scores[inverse]
+        order = torch.from_numpy(score_order(final, query_idx, labels))
+        rows = inverse[order]
+        out_masks = masks[rows].numpy()
+        unique_boxes = np.zeros((len(unique_q), 4), dtype=np.float32)
+        for i, m in enumerate(masks.numpy()):
+            x, y, bw, bh = mask_bbox(m)
+            unique_boxes[i] = (x, y, x + bw, y + bh)
+        return InstanceResult(masks=out_masks, boxes=unique_boxes[rows.numpy()], scores=final[order].numpy(),
+                              labels=labels[order].numpy())
+
+    # ---------------------------------------------------------------------------------- semantic
+    def semantic(self, with_probs: bool = False) -> SemanticResult:
+        """Label map of argmax_k sum_q p(k|q) sigmoid(m_q); ``with_probs`` adds the (K, H, W) scores."""
+        return self._cached(("semantic", with_probs), lambda: self._semantic(with_probs))
+
+    def _semantic(self, with_probs: bool) -> SemanticResult:
+        h, w = self.size
+        cls = self.class_probs[:, :-1]  # (Q, K)
+        label_map = torch.zeros((h, w), dtype=torch.int64)
+        probs = torch.zeros((cls.shape[1], h, w), dtype=torch.float32) if with_probs else None
+        for r0, r1, logits in self.upsampler.chunks():
+            sem = torch.einsum("qc,qhw->chw", cls, logits.sigmoid_())
+            label_map[r0:r1] = sem.argmax(0)
+            if probs is not None:
+                probs[:, r0:r1] = sem
+        return SemanticResult(label_map.numpy(), None if probs is None else probs.numpy())
+
+    # ---------------------------------------------------------------------------------- for the app
+    def uncertainty(self) -> np.ndarray:
+        """(H, W) in [0, 1]: 1 - the best query's class probability x mask probability at each pixel."""
+        def compute():
+            h, w = self.size
+            best_cls = self.class_probs[:, :-1].max(-1).values.view(-1, 1, 1)
+            out = torch.zeros((h, w), dtype=torch.float32)
+            for r0, r1, logits in self.upsampler.chunks():
+                out[r0:r1] = 1.0 - (best_cls * logits.sigmoid_()).max(0).values
+            return out.numpy()
+        return self._cached(("uncertainty",), compute)
+
+    def candidates_at(self, x: int, y: int, k: int = 5) -> list[Candidate]:
+        """Queries whose mask covers pixel (x, y) but that the panoptic result dropped, best first."""
+        h, w = self.size
+        if not (0 <= x < w and 0 <= y < h):
+            raise ValueError(f"pixel ({x}, {y}) is outside the {w}x{h} image")
+        covering = (self.upsampler.at(int(x), int(y)) > 0).nonzero().flatten().tolist()
+        used = {q for qs in self.segment_queries().values() for q in qs}
+        dropped = [q for q in covering if q not in used]
+        cls = self.class_probs[:, :-1]
+        best = cls.max(-1)
+        dropped.sort(key=lambda q: -float(best.values[q]))
+        dropped = dropped[:k]
+        if not dropped:
+            return []
+        masks = self.upsampler.full(torch.tensor(dropped)) > 0
+        return [Candidate(query=q, category_id=int(best.indices[q]), score=float(best.values[q]), mask=m.numpy())
+                for q, m in zip(dropped, masks)]
+
+    def top_classes(self, query: int, k: int = 5) -> list[tuple[int, float]]:
+        """The k most likely classes of a query (no-object excluded), for a relabel menu."""
+        probs = self.class_probs[query, :-1]
+        values, indices = probs.topk(min(k, probs.numel()))
+        return [(int(i), float(v)) for i, v in zip(indices, values)]
+
+
+class Predictor:
+    """One model, one forward pass per image. ``Predictor(source)`` accepts anything ``load_model`` does."""
+
+    def __init__(self, model_or_source: Mask2Former | str | Path, device: str | torch.device | None = None,
+                 min_size: int | None = None, max_size: int | None = None, config=None):
+        from .checkpoint import load_model
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if isinstance(model_or_source, torch.nn.Module):
+            model = model_or_source
+        else:
+            model = load_model(model_or_source, device=self.device, config=config)
+        if getattr(model, "config", None) is None:
+            raise ValueError("the model has no config: build it with build_model(config) or load_model(...)")
+        self.model = model.to(self.device).eval()
+        self.config: Mask2FormerConfig = model.config
+        self.min_size = min_size or self.config.min_size_test
+        self.max_size = max_size or self.config.max_size_test
+        self._mean = torch.tensor(self.config.pixel_mean, device=self.device).view(3, 1, 1)
+        self._std = torch.tensor(self.config.pixel_std, device=self.device).view(3, 1, 1)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.config.class_names
+
+    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(1, 3, Hp, Wp) normalised, zero-padded input and the resized (h, w) inside it."""
+        h, w = image.shape[:2]
+        nh, nw = resize_shortest_edge_size(h, w, self.min_size, self.max_size)
+        if (nh, nw) != (h, w):
+            image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+        x = torch.tensor(image, device=self.device).permute(2, 0, 1).float()
+        x = (x - self._mean) / self._std
+        d = self.config.size_divisibility
+        ph, pw = -(-nh // d) * d, -(-nw // d) * d
+        x = F.pad(x, (0, pw - nw, 0, ph - nh), value=0.0)  # padding is 0 after normalisation, as official
+        return x[None], (nh, nw)
+
+    @torch.inference_mode()
+    def predict(self, image) -> Prediction:
+        """One forward pass: ``image`` is a path, bytes, a PIL image or an (H, W[, C]) array."""
+        t0 = time.perf_counter()
+        rgb = load_image(image)
+        x, input_size = self.preprocess(rgb)
+        t1 = time.perf_counter()
+        out = self.model(x)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        return Prediction(rgb, out["pred_logits"][0], out["pred_masks"][0], tuple(x.shape[-2:]), input_size,
+                          self.config, timings={"preprocess": t1 - t0, "model": t2 - t1})
+
+    def predict_many(self, images: Iterable, progress: bool = True) -> Iterator[tuple[object, Prediction | Exception]]:
+        """(source, Prediction or the error for that image) for each image, with a progress bar."""
+        from tqdm import tqdm
+
+        items = list(images)
+        for item in tqdm(items, desc="predict", unit="img", disable=not progress):
+            try:
+                yield item, self.predict(item)
+            except ValueError as e:  # unreadable or odd image: report it, go on with the others
+                yield item, e
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files of a folder (recursive), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

@@ -1,0 +1,227 @@
+"""Predictor and Prediction: official post-processing, memory-bounded, cached, on odd images.
+
+Synthetic network outputs with known answers drive the post-processing tests; a small random
+model drives the end-to-end tests (its answers are meaningless, its plumbing is not).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from m2f_core import build_model
+from m2f_core.config import BackboneConfig, Mask2FormerConfig
+from m2f_core.postprocess import instance_inference, panoptic_inference, resize_mask_logits, semantic_inference
+from m2f_core.predictor import Prediction, Predictor, resize_shortest_edge_size
+from m2f_core.resize import MaskUpsampler
+
+NAMES = ["disc", "box", "sky", "grass"]
+IS_THING = [True, True, False, False]
+
+
+def small_config(**kw) -> Mask2FormerConfig:
+    base = dict(
+        name="test", class_names=NAMES, is_thing=IS_THING,
+        backbone=BackboneConfig(type="resnet", stage_blocks=(1, 1, 1, 1), res2_out_channels=64, stem_out_channels=32),
+        conv_dim=64, mask_dim=64, hidden_dim=64, nheads=4, enc_layers=1, dec_layers=3, dim_feedforward=64,
+        enc_dim_feedforward=64, num_queries=8, min_size_test=128, max_size_test=256,
+    )
+    base.update(kw)
+    return Mask2FormerConfig(**base)
+
+
+def synthetic_outputs(h4: int = 16, w4: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """6 queries on a (h4, w4) grid with crisp masks (logits +-8) and known classes."""
+    logits = torch.full((6, 5), -5.0)
+    masks = torch.full((6, h4, w4), -7.3)  # not -8: bilinear midpoints would be exact 0-ties
+    logits[0, 0] = 8  # disc, confident, top-left box
+    masks[0, 2:7, 2:8] = 8
+    logits[1, 0] = 8  # another disc, bottom-right
+    masks[1, 9:14, 12:18] = 8
+    logits[2, 2] = 8  # sky, top band (minus the discs)
+    masks[2, :8, :] = 8
+    logits[3, 2] = 7  # sky again, a second band: merged into one stuff segment
+    masks[3, 8:10, :] = 8
+    logits[4, 3] = 1.2  # grass, not confident (p = 0.55 < 0.8): dropped, but covers the bottom
+    logits[4, 4] = 1.0
+    masks[4, 10:, :] = 8
+    logits[5, 4] = 9  # no object
+    masks[5] = 8
+    return logits, masks
+
+
+def make_prediction(image_hw=(60, 75), padded=(64, 80), inp=(60, 75), max_elements=None) -> Prediction:
+    logits, masks = synthetic_outputs()
+    image = np.zeros((*image_hw, 3), np.uint8)
+    pred = Prediction(image, logits, masks, padded, inp, small_config())
+    if max_elements is not None:
+        pred._upsampler = MaskUpsampler(masks, padded, inp, image_hw, max_elements=max_elements)
+    return pred
+
+
+def reference_logits(pred: Prediction) -> torch.Tensor:
+    return resize_mask_logits(pred.pred_masks.double(), pred.padded_size, pred.input_size, pred.size).float()
+
+
+@pytest.mark.parametrize("sizes", [((60, 75), (64, 80), (60, 75)), ((120, 150), (64, 80), (60, 75)),
+                                   ((31, 40), (64, 80), (62, 80))])
+@pytest.mark.parametrize("max_elements", [None, 500])  # 500: forces many row chunks
+def test_chunked_tasks_equal_the_reference_post_processing(sizes, max_elements):
+    image_hw, padded, inp = sizes
+    pred = make_prediction(image_hw, padded, inp, max_elements)
+    full = reference_logits(pred)
+    ref_pan = panoptic_inference(pred.pred_logits, full, IS_THING)
+    pan = pred.panoptic()
+    assert np.array_equal(pan.segment_map, ref_pan.segment_map)
+    assert [(s.id, s.category_id, s.isthing, s.area) for s in pan.segments] == \
+        [(s.id, s.category_id, s.isthing, s.area) for s in ref_pan.segments]
+    ref_sem = semantic_inference(pred.pred_logits, full).argmax(0).numpy()
+    assert np.array_equal(pred.semantic().label_map, ref_sem)
+    ref_ins = instance_inference(pred.pred_logits, full, topk=10, thing_only=IS_THING)
+    ins = pred.instance(topk=10)
+    assert np.allclose(ins.scores, ref_ins.scores, atol=1e-5)
+
+    def canonical(r):  # equal scores may come out in either order
+        return sorted((int(lbl), round(float(sc), 5), m.tobytes()) for lbl, sc, m in zip(r.labels, r.scores, r.masks))
+    assert canonical(ins) == canonical(ref_ins)
+
+
+def test_panoptic_follows_the_official_rules():
+    pred = make_prediction()
+    pan = pred.panoptic()
+    cats = sorted((s.category_id, s.isthing) for s in pan.segments)
+    # two discs (things, separate), one sky (two queries merged), grass dropped (p < 0.8), no-object dropped
+    assert cats == [(0, True), (0, True), (2, False)]
+    assert pred.segment_queries()[next(s.id for s in pan.segments if s.category_id == 2)] == [2, 3]
+    assert (pan.segment_map == 0).any()  # the bottom is void: only the dropped grass covered it
+    for s in pan.segments:
+        assert s.area == int((pan.segment_map == s.id).sum()) and s.area > 0
+    assert all(s.score > 0.8 for s in pan.segments)
+    # lower thresholds bring the grass back (the disc covers 20% of the grass mask)
+    low = pred.panoptic(object_mask_threshold=0.3, overlap_threshold=0.7)
+    assert 3 in {s.category_id for s in low.segments}
+
+
+def test_instance_semantic_and_app_helpers():
+    pred = make_prediction()
+    ins = pred.instance()
+    assert set(ins.labels.tolist()) <= {0, 1}  # a panoptic model's instances are things only
+    assert ins.masks.shape[1:] == (60, 75) and np.all(np.diff(ins.scores) <= 0)
+    top = ins.masks[0]
+    x0, y0, x1, y1 = ins.boxes[0]
+    ys, xs = np.nonzero(top)
+    assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    assert len(pred.instance(thing_only=False)) > len(ins)
+    sem = pred.semantic(with_probs=True)
+    assert sem.probs.shape == (4, 60, 75) and np.array_equal(sem.probs.argmax(0), sem.label_map)
+    unc = pred.uncertainty()
+    assert unc.shape == (60, 75) and 0 <= unc.min() and unc.max() <= 1
+    assert unc[5, 5] < 0.01 and unc[-2, -2] > 0.3  # confident disc vs. only the unsure grass
+    cands = pred.candidates_at(x=10, y=55)  # bottom: covered by grass (dropped) and no-object query
+    assert [c.query for c in cands][:1] == [4] and cands[0].category_id == 3 and cands[0].mask[55, 10]
+    assert pred.candidates_at(x=10, y=55, k=1)[0].query == 4
+    assert pred.top_classes(4, k=2)[0][0] == 3
+    with pytest.raises(ValueError, match="outside"):
+        pred.candidates_at(x=500, y=0)
+
+
+def test_agrees_with_transformers_compute_segments_on_crisp_masks():
+    """Where both rules agree (confident queries, crisp masks, every pixel won by a >= 0.5 mask)."""
+    from transformers.models.mask2former.image_processing_pil_mask2former import compute_segments
+
+    logits, masks = synthetic_outputs()
+    logits[4, 3] = 9  # make the grass confident so that every pixel is covered
+    pred = Prediction(np.zeros((60, 75, 3), np.uint8), logits, masks, (64, 80), (60, 75), small_config())
+    full = reference_logits(pred)
+    scores, labels = pred.class_probs.max(-1)
+    keep = labels.ne(4) & (scores > 0.8)
+    hf_map, hf_segments = compute_segments(full[keep].sigmoid(), scores[keep], labels[keep], 0.5, 0.8,
+                                           label_ids_to_fuse={2, 3}, target_size=None)
+    ours = pred.panoptic()
+    assert np.array_equal(hf_map.numpy(), ours.segment_map)
+    hf_classes = {s["id"]: s["label_id"] for s in hf_segments}
+    assert hf_classes == {s.id: s.category_id for s in ours.segments}
+
+
+def test_where_transformers_differs_ours_follows_the_official_code():
+    """A pixel that every kept mask gives < 0.5 is void officially; transformers assigns it to the argmax."""
+    from transformers.models.mask2former.image_processing_pil_mask2former import compute_segments
+
+    logits, masks = synthetic_outputs()
+    masks[2, :8, 18:] = -0.5  # sky is unsure (p = 0.38) in the top-right corner, nobody else claims it
+    pred = Prediction(np.zeros((16, 20, 3), np.uint8), logits, masks, (64, 80), (64, 80), small_config())
+    full = reference_logits(pred)
+    scores, labels = pred.class_probs.max(-1)
+    keep = labels.ne(4) & (scores > 0.8)
+    hf_map, _ = compute_segments(full[keep].sigmoid(), scores[keep], labels[keep], 0.5, 0.8, {2, 3}, None)
+    ours = pred.panoptic().segment_map
+    assert ours[0, 19] == 0 and hf_map[0, 19] != 0
+
+
+def test_resize_matches_detectron2():
+    assert resize_shortest_edge_size(480, 640, 800, 1333) == (800, 1067)
+    assert resize_shortest_edge_size(640, 480, 800, 1333) == (1067, 800)
+    assert resize_shortest_edge_size(1000, 3000, 800, 1333) == (444, 1333)
+    assert resize_shortest_edge_size(512, 683, 512, 2048) == (512, 683)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    return Predictor(build_model(small_config()).eval(), device="cpu")
+
+
+def _odd_images(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (90, 140, 3), dtype=np.uint8)
+    paths = {}
+    Image.fromarray(rgb).convert("L").save(tmp_path / "gray.png")
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(tmp_path / "16bit.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(rgb).save(tmp_path / "exif.jpg", exif=exif)
+    for name in ("gray.png", "rgba.png", "16bit.png", "exif.jpg"):
+        paths[name] = tmp_path / name
+    return rgb, paths
+
+
+def test_predict_odd_images_at_original_size(tmp_path, predictor):
+    rgb, paths = _odd_images(tmp_path)
+    for name, path in paths.items():
+        pred = predictor.predict(path)
+        expected = (140, 90) if name == "exif.jpg" else (90, 140)  # EXIF orientation applied
+        assert pred.size == expected, name
+        assert pred.panoptic().segment_map.shape == expected
+        assert pred.semantic().label_map.shape == expected
+        assert pred.instance().masks.shape[1:] == expected
+    pred = predictor.predict(rgb)
+    assert pred.input_size == (128, 199) and pred.padded_size == (128, 224)
+
+
+def test_switching_task_never_runs_the_model_again(predictor):
+    calls = []
+    handle = predictor.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        pred = predictor.predict(np.full((64, 96, 3), 128, np.uint8))
+        assert len(calls) == 1
+        first = pred.panoptic()
+        pred.instance()
+        pred.semantic()
+        pred.uncertainty()
+        assert pred.panoptic() is first  # cached
+        assert len(calls) == 1
+    finally:
+        handle.remove()
+
+
+def test_predict_many_reports_bad_images_and_goes_on(tmp_path, predictor):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    results = dict(predictor.predict_many([bad, good], progress=False))
+    assert isinstance(results[bad], ValueError) and "bad.jpg" in str(results[bad])
+    assert isinstance(results[good], Prediction)
