@@ -58,12 +58,12 @@ class BackboneConfig:
                 self.depth = 3 * sum(self.stage_blocks) + 2
             elif self.depth not in RESNET_STAGE_BLOCKS:
                 raise ValueError(f"ResNet depth must be one of {sorted(RESNET_STAGE_BLOCKS)}, got {self.depth}")
+        if self.type == "swin" and len(self.depths) != len(self.num_heads):
+            raise ValueError("Swin depths and num_heads must have the same length")
 
     @property
     def resnet_stage_blocks(self) -> tuple[int, ...]:
         return self.stage_blocks or RESNET_STAGE_BLOCKS[self.depth]
-        if self.type == "swin" and len(self.depths) != len(self.num_heads):
-            raise ValueError("Swin depths and num_heads must have the same length")
 
 
 # blocks per stage res2..res5 of the bottleneck ResNets

@@ -92,3 +92,8 @@ def test_parameter_count_matches_the_paper(name):
         model = build_model(get_preset(name))
     millions = sum(p.numel() for p in model.parameters()) / 1e6
     assert round(millions) == PAPER_PARAMS_M[name], millions
+
+
+def test_swin_depths_and_heads_must_agree():
+    with pytest.raises(ValueError, match="same length"):
+        BackboneConfig(type="swin", depths=(1, 1), num_heads=(1, 2, 3))

@@ -18,14 +18,14 @@ def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
     """(B, H, W, C) -> (B * num_windows, ws, ws, C); H and W are multiples of ws."""
     b, h, w, c = x.shape
     x = x.view(b, h // window_size, window_size, w // window_size, window_size, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, window_size, window_size, c)
 
 
 def window_reverse(windows: torch.Tensor, window_size: int, h: int, w: int) -> torch.Tensor:
     """(B * num_windows, ws, ws, C) -> (B, H, W, C)."""
     b = windows.shape[0] // ((h // window_size) * (w // window_size))
     x = windows.view(b, h // window_size, w // window_size, window_size, window_size, -1)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, -1)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(b, h, w, -1)
 
 
 class Mlp(nn.Module):
