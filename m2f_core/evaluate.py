@@ -1,0 +1,107 @@
+"""Evaluate saved predictions: ``python -m m2f_core.evaluate {panoptic,semantic,instance} ...``.
+
+Each subcommand prints one JSON object on stdout (percent values, ``null`` where undefined, plus per-class
+tables); a progress bar goes to stderr when it is a terminal. A bad input prints one ``error: ...`` line on stderr
+and exits with code 2.
+
+    python -m m2f_core.evaluate panoptic --gt-json panoptic_val2017.json --gt-dir panoptic_val2017 \\
+        --pred-json predictions.json --pred-dir predictions
+    python -m m2f_core.evaluate semantic --gt-dir annotations/validation --pred-dir preds --num-classes 150
+    python -m m2f_core.evaluate instance --gt-json instances_val2017.json --pred-json coco_instances_results.json
+
+A new subcommand is one ``_add_<name>(subparsers)`` function that registers its arguments and sets
+``func`` to a function ``(args) -> dict``, called from ``build_parser``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from m2f_core.metrics import MetricInputError, mask_ap_compute, pq_compute, sem_seg_compute
+
+PROG = "python -m m2f_core.evaluate"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (exit code 2, as argparse)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def run_panoptic(args: argparse.Namespace) -> dict[str, Any]:
+    """PQ/SQ/RQ of COCO panoptic predictions."""
+    return pq_compute(args.gt_json, args.gt_dir, args.pred_json, args.pred_dir, progress=True)
+
+
+def run_semantic(args: argparse.Namespace) -> dict[str, Any]:
+    """mIoU/fwIoU/mACC/pACC of semantic label PNGs."""
+    return sem_seg_compute(args.gt_dir, args.pred_dir, args.num_classes, args.ignore_index, progress=True)
+
+
+def run_instance(args: argparse.Namespace) -> dict[str, Any]:
+    """COCO mask AP of instance results."""
+    return mask_ap_compute(args.gt_json, args.pred_json)
+
+
+def _add_panoptic(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("panoptic", help="panoptic quality (PQ, SQ, RQ), panopticapi rules",
+                       description="Panoptic quality of COCO panoptic predictions (JSON + PNG folder), the "
+                                   "cocodataset/panopticapi algorithm. Categories come from the ground-truth JSON.")
+    p.add_argument("--gt-json", required=True, help="COCO panoptic ground-truth JSON")
+    p.add_argument("--gt-dir", required=True, help="folder of the ground-truth PNGs")
+    p.add_argument("--pred-json", required=True, help="COCO panoptic prediction JSON (same image ids)")
+    p.add_argument("--pred-dir", required=True, help="folder of the predicted PNGs")
+    p.set_defaults(func=run_panoptic)
+
+
+def _add_semantic(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("semantic", help="semantic segmentation (mIoU, fwIoU, mACC, pACC), detectron2 rules",
+                       description="Semantic metrics of label PNGs: every *.png under --gt-dir needs a prediction "
+                                   "with the same relative path under --pred-dir.")
+    p.add_argument("--gt-dir", required=True, help="folder of ground-truth label PNGs (class ids)")
+    p.add_argument("--pred-dir", required=True, help="folder of predicted label PNGs (same relative names)")
+    p.add_argument("--num-classes", required=True, type=int, help="number of classes (ids 0..N-1)")
+    p.add_argument("--ignore-index", type=int, default=255, help="ground-truth label to ignore (default 255)")
+    p.set_defaults(func=run_semantic)
+
+
+def _add_instance(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("instance", help="instance segmentation mask AP (pycocotools COCOeval segm)",
+                       description="COCO mask AP (AP, AP50, AP75, APs, APm, APl, per class) of RLE results.")
+    p.add_argument("--gt-json", required=True, help="COCO instance ground-truth JSON")
+    p.add_argument("--pred-json", required=True, help="results JSON: list of {image_id, category_id, "
+                                                      "segmentation (RLE), score}")
+    p.set_defaults(func=run_instance)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI parser; each subcommand sets ``func(args) -> dict``."""
+    parser = _Parser(prog=PROG, description="Evaluate saved Mask2Former predictions; prints one JSON object.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    _add_panoptic(sub)
+    _add_semantic(sub)
+    _add_instance(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0, or 2 on a bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except MetricInputError as e:
+        message = str(e).replace("\r", " ").replace("\n", " ")  # always one line
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1, allow_nan=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
