@@ -8,6 +8,7 @@ and exits with code 2.
         --pred-json predictions.json --pred-dir predictions
     python -m m2f_core.evaluate semantic --gt-dir annotations/validation --pred-dir preds --num-classes 150
     python -m m2f_core.evaluate instance --gt-json instances_val2017.json --pred-json coco_instances_results.json
+    python -m m2f_core.evaluate model --weights W --format coco_panoptic --ann panoptic_val2017.json --images val2017
 
 A new subcommand is one ``_add_<name>(subparsers)`` function that registers its arguments and sets
 ``func`` to a function ``(args) -> dict``, called from ``build_parser``.
@@ -49,6 +50,44 @@ def run_instance(args: argparse.Namespace) -> dict[str, Any]:
     return mask_ap_compute(args.gt_json, args.pred_json)
 
 
+def run_model(args: argparse.Namespace) -> dict[str, Any]:
+    """Run a model on a dataset and report PQ, mask AP and mIoU from one forward pass per image."""
+    from m2f_core.checkpoint import CheckpointError
+    from m2f_core.data import DatasetError, ImageError, open_dataset
+    from m2f_core.metrics.model_eval import evaluate_model
+    from m2f_core.predictor import Predictor
+
+    kwargs = {}
+    if args.images:
+        kwargs["image_dir"] = args.images
+    try:
+        dataset = open_dataset(f"{args.format}:{args.ann}", split=args.split, **kwargs)
+        predictor = Predictor(args.weights, device=args.device, config=args.config)
+        result = evaluate_model(predictor, dataset, limit=args.limit)
+    except (CheckpointError, DatasetError, ImageError, ValueError, OSError) as e:
+        raise MetricInputError(str(e)) from None
+    result["weights"] = str(args.weights)
+    result["dataset"] = f"{args.format}:{args.ann}"
+    return result
+
+
+def _add_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("model", help="run a model on a dataset: PQ, mask AP and mIoU in one pass",
+                       description="Run the predictor once per image of a dataset and report every metric the "
+                                   "dataset's annotations allow (panoptic: PQ; instances or panoptic: mask AP; "
+                                   "always: mIoU, fwIoU, mACC, pACC).")
+    p.add_argument("--weights", required=True, help="weights: our folder, HF folder or id, .pkl, .pth")
+    p.add_argument("--format", required=True,
+                   choices=["coco_panoptic", "coco_instances", "ade20k", "cityscapes", "semantic"])
+    p.add_argument("--ann", required=True, help="annotation JSON (COCO formats) or dataset root folder")
+    p.add_argument("--images", default=None, help="image folder (default: derived from --ann)")
+    p.add_argument("--split", default=None, help="split for a dataset root (val2017, validation, val...)")
+    p.add_argument("--config", default=None, help="preset or config JSON for a .pkl/.pth")
+    p.add_argument("--device", default=None, help="cpu, cuda... (default: cuda if available)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.set_defaults(func=run_model)
+
+
 def _add_panoptic(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("panoptic", help="panoptic quality (PQ, SQ, RQ), panopticapi rules",
                        description="Panoptic quality of COCO panoptic predictions (JSON + PNG folder), the "
@@ -87,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_panoptic(sub)
     _add_semantic(sub)
     _add_instance(sub)
+    _add_model(sub)
     return parser
 
 

@@ -56,9 +56,10 @@ def make_prediction(image_hw=(60, 75), padded=(64, 80), inp=(60, 75), max_elemen
     logits, masks = synthetic_outputs()
     image = np.zeros((*image_hw, 3), np.uint8)
     pred = Prediction(image, logits, masks, padded, inp, small_config())
-    if max_elements is not None:
+    if max_elements is not None:  # small chunks, probabilities recomputed per chunk
         pred._upsampler = MaskUpsampler(masks, padded, inp, image_hw, max_elements=max_elements)
-    return pred
+        return pred
+    return pred.prepare()  # the whole probability map cached once
 
 
 def reference_logits(pred: Prediction) -> torch.Tensor:

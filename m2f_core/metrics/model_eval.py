@@ -1,0 +1,96 @@
+"""Evaluate a model on a dataset: one forward pass per image, PQ + mask AP + mIoU from it.
+
+The model's classes are mapped to the dataset's by name (then by dataset id); predictions of a
+class the dataset does not have are left out of the metrics and counted in ``unmapped_classes``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .instance import mask_ap_compute
+from .panoptic import PQStat, pq_compute_single, pq_results
+from .semantic import SemSegConfusion
+
+
+def class_mapping(model_names: list[str], model_ids: list[int] | None, categories: list[dict]) -> np.ndarray:
+    """(K_model,) dataset contiguous id of each model class, -1 when the dataset has no such class.
+
+    Names decide; dataset ids are a fallback only when given (a model trained on that dataset's ids).
+    """
+    by_name = {str(c["name"]).strip().lower(): i for i, c in enumerate(categories)}
+    by_id = {int(c["id"]): i for i, c in enumerate(categories)} if model_ids is not None else {}
+    model_ids = model_ids if model_ids is not None else [-1] * len(model_names)
+    out = np.full(len(model_names), -1, dtype=np.int64)
+    for i, (name, did) in enumerate(zip(model_names, model_ids)):
+        out[i] = by_name.get(str(name).strip().lower(), by_id.get(int(did), -1))
+    return out
+
+
+def evaluate_model(predictor, dataset, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """PQ (if the dataset is panoptic), mask AP (if it has instances) and semantic metrics."""
+    from tqdm import tqdm
+
+    cats = [{"id": i, "name": c["name"], "isthing": int(bool(c.get("isthing", True)))}
+            for i, c in enumerate(dataset.categories)]
+    cfg = predictor.config
+    ids = cfg.dataset_ids if cfg.dataset != "custom" else None  # a custom model's ids mean nothing here
+    mapping = class_mapping(cfg.class_names, ids, dataset.categories)
+    if (mapping < 0).all():
+        raise ValueError(f"none of the model's {len(mapping)} classes exists in the dataset "
+                         f"({', '.join(dataset.class_names[:5])}...)")
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    pq_stat, confusion = PQStat(), SemSegConfusion(len(cats))
+    has_panoptic = has_instances = False
+    gt_images, gt_annotations, results = [], [], []
+    for index in tqdm(range(n), desc="evaluate", unit="img", disable=not progress):
+        sample = dataset[index]
+        pred = predictor.predict(sample.file_name)
+        if pred.size != (sample.height, sample.width):
+            raise ValueError(f"{sample.file_name}: image is {pred.size[1]}x{pred.size[0]} but its annotation is "
+                             f"{sample.width}x{sample.height}")
+        # semantic
+        sem = mapping[pred.semantic().label_map]
+        confusion.update(np.where(sem < 0, 255, sem), sample.semantic_map())
+        # panoptic
+        if sample.panoptic is not None:
+            has_panoptic = True
+            pan = pred.panoptic()
+            pred_map = pan.segment_map.copy()
+            pred_segments = []
+            for s in pan.segments:
+                if mapping[s.category_id] < 0:
+                    pred_map[pred_map == s.id] = 0
+                else:
+                    pred_segments.append({"id": s.id, "category_id": int(mapping[s.category_id])})
+            gt_segments = [{"id": s.id, "category_id": s.category_id, "iscrowd": int(getattr(s, "iscrowd", False)),
+                            "area": s.area} for s in sample.panoptic.segments]
+            pq_compute_single(sample.panoptic.segment_map, gt_segments, pred_map, pred_segments, cats, pq_stat,
+                              where=str(sample.file_name))
+        # instances
+        annotations = sample.instance_annotations()
+        if annotations:
+            has_instances = True
+        gt_images.append({"id": index, "height": sample.height, "width": sample.width,
+                          "file_name": str(sample.file_name)})
+        for ann in annotations:
+            gt_annotations.append({"id": len(gt_annotations) + 1, "image_id": index, "category_id": ann.category_id,
+                                   "segmentation": ann.rle(), "area": ann.area, "bbox": list(ann.box()),
+                                   "iscrowd": int(ann.iscrowd)})
+        ins = pred.instance()
+        for rle, label, score in zip(ins.to_rle(), ins.labels, ins.scores):
+            if mapping[label] >= 0:
+                results.append({"image_id": index, "category_id": int(mapping[label]), "segmentation": rle,
+                                "score": float(score)})
+    out: dict[str, Any] = {"images": n, "unmapped_classes": [cfg.class_names[i] for i in np.flatnonzero(mapping < 0)]}
+    if has_panoptic:
+        out["panoptic"] = pq_results(pq_stat, cats)
+    if has_instances:
+        thing_cats = [c for c in cats if c["isthing"]] or cats
+        gt = {"images": gt_images, "annotations": gt_annotations, "categories": thing_cats}
+        thing_ids = {c["id"] for c in thing_cats}
+        out["instance"] = mask_ap_compute(gt, [r for r in results if r["category_id"] in thing_ids])
+    out["semantic"] = confusion.compute(class_names=[c["name"] for c in cats])
+    return out
