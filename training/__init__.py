@@ -1,0 +1,1 @@
+"""The Mask2Former trainer: ``python -m training.train`` (see ``training/train.py``)."""
