@@ -15,6 +15,7 @@ from .coco import (
     write_coco_panoptic,
     write_panoptic_png,
 )
+from .corrections import CorrectionsDataset, write_corrections
 from .errors import DatasetError
 from .images import ImageError, load_image
 from .records import (
@@ -34,6 +35,7 @@ from .records import (
     shipped_categories,
 )
 from .semantic import SemanticFolder, read_semantic_png, write_semantic_png
+from .targets import instance_targets, panoptic_targets, semantic_targets
 
 __all__ = [
     "ImageError", "load_image",
@@ -48,3 +50,5 @@ __all__ = [
     "rgb2id", "write_coco_instance_results", "write_coco_instances", "write_coco_panoptic", "write_panoptic_png",
     "write_semantic_png",
 ]
+# training data (augmentations: m2f_core.data.transforms; TrainingDataset, collate: m2f_core.data.train_dataset)
+__all__ += ["CorrectionsDataset", "write_corrections", "instance_targets", "panoptic_targets", "semantic_targets"]

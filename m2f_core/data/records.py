@@ -436,7 +436,7 @@ def _json_default(o: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # FORMAT:PATH specs
 
-FORMATS = ("coco_panoptic", "coco_instances", "ade20k", "cityscapes", "semantic")
+FORMATS = ("coco_panoptic", "coco_instances", "ade20k", "cityscapes", "semantic", "corrections")
 
 
 def parse_dataset_spec(spec: str) -> tuple[str, Path]:
@@ -466,6 +466,8 @@ def open_dataset(spec: str, split: str | None = None, **kwargs: Any) -> Segmenta
       split defaults to ``val``; ``split=""`` searches all of ``leftImg8bit/``.
     - ``semantic:ROOT``: ``ROOT/images[/{split}]`` and ``ROOT/annotations[/{split}]`` with PNG class
       maps (255 = ignore); needs ``categories=`` (a list or a shipped name such as ``"ade20k"``).
+    - ``corrections:ROOT`` (``ROOT/{split}`` if split): an exported corrections folder
+      (``m2f_core.data.corrections``).
     """
     fmt, path = parse_dataset_spec(spec)
     if fmt == "coco_panoptic":
@@ -493,6 +495,10 @@ def open_dataset(spec: str, split: str | None = None, **kwargs: Any) -> Segmenta
         from .cityscapes import CityscapesDataset
 
         return CityscapesDataset(path, split="val" if split is None else split, **kwargs)
+    if fmt == "corrections":
+        from .corrections import CorrectionsDataset
+
+        return CorrectionsDataset(path / split if split else path, **kwargs)
     from .semantic import SemanticFolder
 
     if "categories" not in kwargs:
