@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from m2f_core.config import Mask2FormerConfig
 from m2f_core.model import Mask2Former, build_model
@@ -67,21 +67,6 @@ class IterationBatches:
             chunk = batch[a * self.world * self.micro:(a + 1) * self.world * self.micro]
             steps.append(chunk[self.rank * self.micro:(self.rank + 1) * self.micro])
         return steps
-
-
-class _KeyedDataset(Dataset):
-    """Loads an example by (epoch, index), so augmentation depends on the epoch, not on worker state."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        epoch, index = key
-        self.dataset.set_epoch(epoch)
-        return self.dataset[index]
 
 
 class _StepSampler:
@@ -196,7 +181,7 @@ class Trainer:
 
         sampler = _StepSampler(self.batches, self.start_iter, self.cfg.max_iter)
         return DataLoader(
-            _KeyedDataset(self.train_set), batch_sampler=sampler, num_workers=self.cfg.num_workers,
+            self.train_set, batch_sampler=sampler, num_workers=self.cfg.num_workers,
             collate_fn=lambda b: collate(b, size_divisibility=self.model_cfg.size_divisibility),
             persistent_workers=False, pin_memory=self.device.type == "cuda",
         )
