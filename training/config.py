@@ -22,7 +22,7 @@ class TrainConfig:
     backbone_multiplier: float = 0.1
     clip_norm: float = 0.01  # full-model gradient clipping (L2); 0 disables
     schedule: str = "step"  # "step" (COCO) or "poly" (ADE20K, Cityscapes)
-    steps: tuple[float, ...] = (0.889, 0.963)  # fractions of max_iter for "step" (327778/368750, 355092/368750)
+    steps: tuple[float, ...] = (327778 / 368750, 355092 / 368750)  # fractions of max_iter (official COCO steps)
     gamma: float = 0.1
     poly_power: float = 0.9
     warmup_iters: int = 10

@@ -31,6 +31,11 @@ from .optim import build_optimizer, build_scheduler, clip_full_model
 from .state import last_checkpoint, load_checkpoint, save_checkpoint
 
 
+def chunk_seed(seed: int, iteration: int, chunk: int) -> int:
+    """A well-mixed 63-bit seed for one chunk of one iteration."""
+    return int(np.random.SeedSequence([seed, iteration, chunk]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
 class IterationBatches:
     """Which examples (epoch, index) each process loads at each iteration and accumulation step."""
 
@@ -190,8 +195,11 @@ class Trainer:
         """One optimiser step over the accumulation micro-batches; returns the logged scalars."""
         self.optimizer.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
-        weights = self.criterion.weight_dict
+        it = self.scheduler.last_epoch
         for k, batch in enumerate(micro_batches):
+            # The random point sampling (and drop path) of a chunk of the global batch depends only on
+            # (seed, iteration, chunk): N processes draw what one process with accumulation draws.
+            torch.manual_seed(chunk_seed(self.cfg.seed, it, k * self.dist.world_size + self.dist.rank))
             images = normalize_batch(batch["images"].to(self.device, non_blocking=True), batch["image_sizes"],
                                      self.model_cfg)
             targets = [{"labels": t["labels"].to(self.device), "masks": t["masks"].to(self.device)}
@@ -203,7 +211,7 @@ class Trainer:
                 with self._autocast():
                     outputs = self.ddp_model(images)
                 losses = self.criterion(outputs, targets)
-                total = sum(losses[name] * weights[name] for name in losses if name in weights)
+                total = self.criterion.weighted_total(losses)
                 total = total / len(micro_batches)
                 if self.scaler is not None:
                     self.scaler.scale(total).backward()
