@@ -333,14 +333,23 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tenso
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def load_model(source: str | Path, device: str | torch.device = "cpu",
+# The small model the project trains on its synthetic scenes and ships (see its MODEL_CARD.md).
+BUILTIN_WEIGHTS = Path(__file__).parent / "weights" / "synthetic_small"
+
+
+def load_model(source: str | Path | None = None, device: str | torch.device = "cpu",
                config: str | Path | Mask2FormerConfig | None = None, strict: bool = True,
                cache_dir: str | Path | None = None) -> Mask2Former:
     """A ready model (eval mode, ``model.config`` holds the class names) from any weight source.
 
-    ``config`` (preset name, JSON file or config) overrides the architecture inferred from a
-    Detectron2 file; ``strict=False`` loads what fits and logs the names of what does not.
+    ``source=None`` (or "builtin") is the built-in model trained on synthetic scenes. ``config``
+    (preset name, JSON file or config) overrides the architecture inferred from a Detectron2 file;
+    ``strict=False`` loads what fits and logs the names of what does not.
     """
+    if source is None or str(source) == "builtin":
+        if not (BUILTIN_WEIGHTS / WEIGHTS_NAME).exists():
+            raise CheckpointError(f"the built-in weights are missing from {BUILTIN_WEIGHTS}; pass weights explicitly")
+        source = BUILTIN_WEIGHTS
     path = Path(source)
     if path.exists():
         model = _load_local(path, config, strict)

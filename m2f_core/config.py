@@ -282,7 +282,25 @@ def _cityscapes_semantic(name: str, backbone: BackboneConfig, **kw: Any) -> Mask
     )
 
 
+def synthetic_small() -> Mask2FormerConfig:
+    """The built-in model: a narrow Swin + reduced heads for the 11 synthetic classes, trained on CPU.
+
+    Swin rather than ResNet because it is trained from scratch (no ImageNet weights offline): its
+    LayerNorms train, where a ResNet's frozen batch norm would leave it unnormalised.
+    """
+    return Mask2FormerConfig(
+        name="synthetic_small", **dataset_classes("synthetic"),
+        backbone=BackboneConfig(type="swin", embed_dim=48, depths=(2, 2, 4, 2), num_heads=(2, 4, 8, 16),
+                                window_size=8, drop_path_rate=0.1, pretrain_img_size=256),
+        conv_dim=128, mask_dim=128, enc_layers=3, enc_dim_feedforward=512, hidden_dim=128, nheads=8,
+        dim_feedforward=512, dec_layers=7, num_queries=50, train_num_points=4096,
+        min_size_test=256, max_size_test=512, image_size=192, min_scale=0.5, max_scale=1.5, crop_size=(192, 192),
+    )
+
+
 PRESETS: dict[str, Callable[[], Mask2FormerConfig]] = {
+    # the built-in model (synthetic scenes, 11 classes)
+    "synthetic_small": synthetic_small,
     # COCO panoptic (133 classes)
     "coco_panoptic_r50": lambda: _coco_panoptic("coco_panoptic_r50", resnet(50)),
     "coco_panoptic_r101": lambda: _coco_panoptic("coco_panoptic_r101", resnet(101)),

@@ -66,7 +66,7 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
         result = evaluate_model(predictor, dataset, limit=args.limit)
     except (CheckpointError, DatasetError, ImageError, ValueError, OSError) as e:
         raise MetricInputError(str(e)) from None
-    result["weights"] = str(args.weights)
+    result["weights"] = str(args.weights or "builtin")
     result["dataset"] = f"{args.format}:{args.ann}"
     return result
 
@@ -76,7 +76,8 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
                        description="Run the predictor once per image of a dataset and report every metric the "
                                    "dataset's annotations allow (panoptic: PQ; instances or panoptic: mask AP; "
                                    "always: mIoU, fwIoU, mACC, pACC).")
-    p.add_argument("--weights", required=True, help="weights: our folder, HF folder or id, .pkl, .pth")
+    p.add_argument("--weights", default=None,
+                   help="weights: our folder, HF folder or id, .pkl, .pth (default: the built-in model)")
     p.add_argument("--format", required=True,
                    choices=["coco_panoptic", "coco_instances", "ade20k", "cityscapes", "semantic"])
     p.add_argument("--ann", required=True, help="annotation JSON (COCO formats) or dataset root folder")

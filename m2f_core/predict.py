@@ -1,6 +1,6 @@
 """Predict on images and write the standard formats plus overlays.
 
-    python -m m2f_core.predict --weights W --out DIR [--task panoptic|instance|semantic|all] IMAGES...
+    python -m m2f_core.predict [--weights W] --out DIR [--task panoptic|instance|semantic|all] IMAGES...
 
 IMAGES are files or folders (searched recursively). One forward pass per image gives every task:
 - panoptic: ``DIR/panoptic/<name>.png`` (id = R + 256 G + 256^2 B) and ``DIR/panoptic.json``
@@ -61,7 +61,7 @@ def _save_png(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, encode_png(array))
 
 
-def run(weights: str, out: Path, images: list[str], tasks: tuple[str, ...], config: str | None = None,
+def run(weights: str | None, out: Path, images: list[str], tasks: tuple[str, ...], config: str | None = None,
         device: str | None = None, overlays: bool = True) -> int:
     from .data import Sample, categories_from_config, write_coco_instance_results, write_coco_panoptic
     from .data.semantic import write_semantic_png
@@ -111,7 +111,8 @@ def run(weights: str, out: Path, images: list[str], tasks: tuple[str, ...], conf
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m m2f_core.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", help="image files or folders")
-    parser.add_argument("--weights", required=True, help="weights: our folder, HF folder or id, .pkl, .pth")
+    parser.add_argument("--weights", default=None,
+                        help="weights: our folder, HF folder or id, .pkl, .pth (default: the built-in model)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--task", choices=(*TASKS, "all"), default="all")
     parser.add_argument("--config", default=None, help="preset or config JSON (for .pkl/.pth without one)")

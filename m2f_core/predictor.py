@@ -278,10 +278,12 @@ class Prediction:
 
 
 class Predictor:
-    """One model, one forward pass per image. ``Predictor(source)`` accepts anything ``load_model`` does."""
+    """One model, one forward pass per image. ``Predictor(source)`` accepts anything ``load_model`` does;
+    ``Predictor()`` uses the built-in model (synthetic classes only)."""
 
-    def __init__(self, model_or_source: Mask2Former | str | Path, device: str | torch.device | None = None,
-                 min_size: int | None = None, max_size: int | None = None, config=None):
+    def __init__(self, model_or_source: Mask2Former | str | Path | None = None,
+                 device: str | torch.device | None = None, min_size: int | None = None, max_size: int | None = None,
+                 config=None):
         from .checkpoint import load_model
 
         if device is None:
