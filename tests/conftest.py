@@ -25,3 +25,27 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "real"
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def coco_sample(tmp_path_factory) -> Path:
+    """The real COCO panoptic sample as a folder: images/, panoptic/ (PNGs), panoptic.json.
+
+    That is also the app's corrections layout, so ``corrections:<folder>`` reads it.
+    """
+    import json
+    import shutil
+
+    source = SHARED_DATA / "coco_panoptic_panopticapi"
+    if not source.exists():
+        pytest.skip(f"shared real data not found at {source}")
+    root = tmp_path_factory.mktemp("coco_sample")
+    data = source / "sample_data"
+    shutil.copytree(data / "input_images", root / "images")
+    shutil.copytree(data / "panoptic_examples", root / "panoptic")
+    ann = json.loads((data / "panoptic_examples.json").read_text())
+    ann.setdefault("categories", json.loads((source / "panoptic_coco_categories.json").read_text()))
+    if "images" not in ann:
+        ann["images"] = json.loads((data / "images_info_examples.json").read_text())["images"]
+    (root / "panoptic.json").write_text(json.dumps(ann))
+    return root

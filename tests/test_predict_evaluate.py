@@ -8,7 +8,6 @@ PQ, mask AP and mIoU must all be 100.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,24 +20,6 @@ from m2f_core import build_model, get_preset, save_model
 from m2f_core.data import CocoPanoptic
 from m2f_core.metrics.model_eval import class_mapping, evaluate_model
 from m2f_core.structures import InstanceResult, SemanticResult
-
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "coco_panoptic_panopticapi"
-
-
-@pytest.fixture(scope="module")
-def coco_sample(tmp_path_factory) -> Path:
-    if not SAMPLE.exists():
-        pytest.skip(f"shared real data not found at {SAMPLE}")
-    root = tmp_path_factory.mktemp("coco")
-    data = SAMPLE / "sample_data"
-    shutil.copytree(data / "input_images", root / "images")
-    shutil.copytree(data / "panoptic_examples", root / "panoptic_examples")
-    ann = json.loads((data / "panoptic_examples.json").read_text())
-    ann.setdefault("categories", json.loads((SAMPLE / "panoptic_coco_categories.json").read_text()))
-    if "images" not in ann:
-        ann["images"] = json.loads((data / "images_info_examples.json").read_text())["images"]
-    (root / "panoptic_examples.json").write_text(json.dumps(ann))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +48,8 @@ def test_predict_cli_writes_every_format(tmp_path, coco_sample, small_coco_model
     png = out / "panoptic" / "000000142238.png"
     assert png.exists()
     # the written prediction is valid COCO panoptic: the evaluator accepts it against the real ground truth
-    ev = _run("m2f_core.evaluate", "panoptic", "--gt-json", str(coco_sample / "panoptic_examples.json"),
-              "--gt-dir", str(coco_sample / "panoptic_examples"), "--pred-json", str(out / "panoptic.json"),
+    ev = _run("m2f_core.evaluate", "panoptic", "--gt-json", str(coco_sample / "panoptic.json"),
+              "--gt-dir", str(coco_sample / "panoptic"), "--pred-json", str(out / "panoptic.json"),
               "--pred-dir", str(out / "panoptic"))
     assert ev.returncode == 0, ev.stderr
     assert 0 <= json.loads(ev.stdout)["PQ"] <= 100
@@ -90,7 +71,7 @@ def test_predict_cli_bad_input_is_one_line(tmp_path, small_coco_model):
 
 def test_evaluate_model_cli(coco_sample, small_coco_model):
     run = _run("m2f_core.evaluate", "model", "--weights", str(small_coco_model), "--format", "coco_panoptic",
-               "--ann", str(coco_sample / "panoptic_examples.json"), "--images", str(coco_sample / "images"))
+               "--ann", str(coco_sample / "panoptic.json"), "--images", str(coco_sample / "images"))
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert {"panoptic", "instance", "semantic"} <= set(result) and result["images"] == 1
@@ -128,7 +109,7 @@ class _OraclePredictor:
 
 
 def test_ground_truth_scores_100_everywhere(coco_sample):
-    dataset = CocoPanoptic(coco_sample / "panoptic_examples.json", image_dir=coco_sample / "images")
+    dataset = CocoPanoptic(coco_sample / "panoptic.json", image_dir=coco_sample / "images")
     result = evaluate_model(_OraclePredictor(dataset), dataset, progress=False)
     assert result["panoptic"]["PQ"] == pytest.approx(100.0)
     assert result["instance"]["AP"] == pytest.approx(100.0)

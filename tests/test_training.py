@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,8 +23,6 @@ from training.config import TrainConfig
 from training.loop import IterationBatches, transfer_weights
 from training.optim import lr_factor, param_groups
 
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "coco_panoptic_panopticapi"
-
 
 def tiny_config(**kw):
     base = get_preset("coco_panoptic_r50").replace(
@@ -38,20 +35,9 @@ def tiny_config(**kw):
 
 
 @pytest.fixture(scope="module")
-def coco_root(tmp_path_factory) -> Path:
-    if not SAMPLE.exists():
-        pytest.skip(f"shared real data not found at {SAMPLE}")
-    root = tmp_path_factory.mktemp("coco")
-    data = SAMPLE / "sample_data"
-    shutil.copytree(data / "input_images", root / "images")
-    shutil.copytree(data / "panoptic_examples", root / "panoptic")
-    ann = json.loads((data / "panoptic_examples.json").read_text())
-    ann.setdefault("categories", json.loads((SAMPLE / "panoptic_coco_categories.json").read_text()))
-    if "images" not in ann:
-        ann["images"] = json.loads((data / "images_info_examples.json").read_text())["images"]
-    (root / "panoptic.json").write_text(json.dumps(ann))
-    tiny_config().to_json(root / "tiny.json")
-    return root
+def coco_root(coco_sample: Path) -> Path:
+    tiny_config().to_json(coco_sample / "tiny.json")
+    return coco_sample
 
 
 def train_cmd(root: Path, out: Path, *extra: str) -> list[str]:
