@@ -79,7 +79,7 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None,
                    help="weights: our folder, HF folder or id, .pkl, .pth (default: the built-in model)")
     p.add_argument("--format", required=True,
-                   choices=["coco_panoptic", "coco_instances", "ade20k", "cityscapes", "semantic"])
+                   choices=["coco_panoptic", "coco_instances", "ade20k", "cityscapes", "semantic", "corrections"])
     p.add_argument("--ann", required=True, help="annotation JSON (COCO formats) or dataset root folder")
     p.add_argument("--images", default=None, help="image folder (default: derived from --ann)")
     p.add_argument("--split", default=None, help="split for a dataset root (val2017, validation, val...)")
