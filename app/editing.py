@@ -1,0 +1,676 @@
+"""The editable annotation of one image: a panoptic segment map plus its segment table, with undo/redo.
+
+Why panoptic: one non-overlapping id map is the single source of truth; the instance and semantic
+views are projections of it (``instance_view``, ``semantic_view``), so an edit can never leave the
+three tasks disagreeing, and overlapping objects can never be lost on export.
+
+Rules (each documented where it applies):
+
+- Ids. A new segment gets a fresh id from a counter that only grows during the session (undo does
+  not rewind it), so an id is never reused, even after a delete or an undo: a history entry, a
+  selection in the UI or ``model_queries`` can never come to mean another segment.
+- Stuff. COCO has at most one segment per stuff class per image. An edit that would create a second
+  segment of a stuff class (``relabel``, ``new_segment``/``recover``, ``merge``) merges into the
+  existing one instead (the lowest id of that class keeps its id); ``split`` refuses stuff.
+- Every segment an edit touches (its pixels or its row) gets ``source="edited"``; a segment left
+  with no pixels is removed from the table. Areas and boxes are kept exact incrementally (only the
+  changed region and the touched segments' old boxes are scanned).
+- Errors. A bad argument (unknown class, absent id, mask of the wrong shape, ...) raises a
+  ``ValueError`` with a one-line message before anything changes.
+
+History. Each edit stores a diff, not a snapshot: the box of the pixels that changed, that crop of
+the map before and after (zlib-compressed), and the table rows before and after for the touched
+segments. Undo writes the "before" crop back and restores the rows; redo the "after" ones. A small
+brush stroke costs a few hundred bytes whatever the image size. The history keeps at most
+``max_history`` entries and ``max_history_bytes`` bytes (oldest dropped first; a single edit larger
+than the byte cap cannot be undone and clears the history).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import ndimage
+
+from m2f_core.structures import InstanceResult, PanopticResult, Segment, SemanticResult, mask_bbox
+
+if TYPE_CHECKING:
+    from m2f_core.predictor import Prediction
+    from m2f_core.structures import Candidate
+
+__all__ = ["EditSession", "stroke_mask", "TASKS"]
+
+TASKS = ("panoptic", "instance", "semantic")
+MAX_SEGMENT_ID = 256**3 - 1  # the largest id a COCO panoptic PNG can hold
+IGNORE_LABEL = 255
+
+Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive ends)
+
+
+# --------------------------------------------------------------------------------------------
+# regions: a full-size mask or a brush stroke, both reduced to a crop
+
+
+@dataclass
+class _Crop:
+    """A boolean mask restricted to its box, so that a stroke never costs a full-size array."""
+
+    y0: int
+    x0: int
+    mask: np.ndarray
+
+    @property
+    def box(self) -> Box:
+        return self.y0, self.x0, self.y0 + self.mask.shape[0], self.x0 + self.mask.shape[1]
+
+
+def _stroke_crop(points: Sequence[tuple[float, float]], radius: float, shape: tuple[int, int]) -> _Crop | None:
+    """Pixels whose centre lies within ``radius`` of the polyline through ``points`` (x, y), inside the image."""
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
+        raise ValueError("a stroke must be a non-empty list of (x, y) points")
+    if not np.isfinite(pts).all():
+        raise ValueError("stroke points must be finite numbers")
+    radius = float(radius)
+    if not np.isfinite(radius) or radius < 0:
+        raise ValueError(f"brush radius must be >= 0, got {radius}")
+    h, w = shape
+    x0 = max(int(np.floor(pts[:, 0].min() - radius)), 0)
+    x1 = min(int(np.ceil(pts[:, 0].max() + radius)) + 1, w)
+    y0 = max(int(np.floor(pts[:, 1].min() - radius)), 0)
+    y1 = min(int(np.ceil(pts[:, 1].max() + radius)) + 1, h)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    ys, xs = ys.astype(np.float64), xs.astype(np.float64)
+    mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    r2 = radius * radius + 1e-9
+    starts = pts if len(pts) == 1 else pts[:-1]
+    ends = pts if len(pts) == 1 else pts[1:]
+    for (ax, ay), (bx, by) in zip(starts, ends):  # distance from each pixel centre to segment ab
+        dx, dy = bx - ax, by - ay
+        length2 = dx * dx + dy * dy
+        if length2 == 0:
+            t = 0.0
+        else:
+            t = np.clip(((xs - ax) * dx + (ys - ay) * dy) / length2, 0.0, 1.0)
+        px, py = ax + t * dx - xs, ay + t * dy - ys
+        mask |= px * px + py * py <= r2
+    return _Crop(y0, x0, mask)
+
+
+def stroke_mask(points: Sequence[tuple[float, float]], radius: float, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool mask of a brush stroke: pixels within ``radius`` of the polyline (x, y) points."""
+    out = np.zeros(shape, dtype=bool)
+    crop = _stroke_crop(points, radius, shape)
+    if crop is not None:
+        y0, x0, y1, x1 = crop.box
+        out[y0:y1, x0:x1] = crop.mask
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# history
+
+
+@dataclass
+class _Change:
+    """One undoable edit: compressed before/after crops of the map and the touched table rows."""
+
+    label: str
+    box: Box | None
+    before: bytes
+    after: bytes
+    rows_before: dict[int, Segment | None]
+    rows_after: dict[int, Segment | None]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.before) + len(self.after) + 128 * (len(self.rows_before) + len(self.rows_after)) + 128
+
+
+def _pack(a: np.ndarray) -> bytes:
+    return zlib.compress(np.ascontiguousarray(a, dtype=np.int32).tobytes(), 1)
+
+
+def _unpack(data: bytes, box: Box) -> np.ndarray:
+    y0, x0, y1, x1 = box
+    return np.frombuffer(zlib.decompress(data), dtype=np.int32).reshape(y1 - y0, x1 - x0)
+
+
+def _union(a: Box | None, b: Box | None) -> Box | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
+def _seg_box(seg: Segment) -> Box | None:
+    """The segment's bbox as a crop box (None when it has no pixels)."""
+    if seg.area <= 0:
+        return None
+    x, y, w, h = (int(v) for v in seg.bbox)
+    return y, x, y + h, x + w
+
+
+# --------------------------------------------------------------------------------------------
+# the session
+
+
+class EditSession:
+    """The editable panoptic annotation of ONE image, with a bounded undo/redo history.
+
+    Build it with ``from_prediction`` (the model's panoptic result) or ``from_panoptic`` (ground
+    truth or a previous export). Class ids are the model's contiguous ids; ``is_thing[c]`` decides
+    whether class ``c`` is a thing (one segment per object) or stuff (one segment per class).
+    """
+
+    def __init__(self, panoptic: PanopticResult, is_thing: Sequence[bool], class_names: Sequence[str] | None = None,
+                 max_history: int = 200, max_history_bytes: int = 64 * 1024 * 1024,
+                 model_queries: dict[int, list[int]] | None = None) -> None:
+        self.is_thing = [bool(v) for v in is_thing]
+        if not self.is_thing:
+            raise ValueError("the class list is empty")
+        names = list(class_names) if class_names is not None else [str(i) for i in range(len(self.is_thing))]
+        if len(names) != len(self.is_thing):
+            raise ValueError(f"{len(names)} class names for {len(self.is_thing)} thing/stuff flags")
+        self.class_names = names
+        if max_history < 0 or max_history_bytes < 0:
+            raise ValueError("history limits must be >= 0")
+        self.max_history = int(max_history)
+        self.max_history_bytes = int(max_history_bytes)
+        seg_map = np.asarray(panoptic.segment_map)
+        if seg_map.ndim != 2 or seg_map.dtype.kind not in "iu":
+            raise ValueError(f"the segment map must be an (H, W) integer array, got {seg_map.dtype} {seg_map.shape}")
+        self._map = np.array(seg_map, dtype=np.int32)  # own copy
+        self._segments: dict[int, Segment] = {}
+        for s in panoptic.segments:
+            if s.id in self._segments:
+                raise ValueError(f"duplicate segment id {s.id}")
+            if not 0 < s.id <= MAX_SEGMENT_ID:
+                raise ValueError(f"segment id {s.id} outside 1..{MAX_SEGMENT_ID}")
+            self._check_class(s.category_id)
+            self._segments[s.id] = dataclasses.replace(s, isthing=self.is_thing[s.category_id])
+        self._recompute_all_stats()
+        self._next_id = max(self._segments, default=0) + 1
+        self._undo: deque[_Change] = deque()
+        self._redo: list[_Change] = []
+        self._history_bytes = 0
+        self._net_edits = 0
+        self.model_queries = dict(model_queries or {})
+
+    # ---------------------------------------------------------------------------- construction
+    @classmethod
+    def from_prediction(cls, pred: Prediction, object_mask_threshold: float | None = None,
+                        overlap_threshold: float | None = None, **kwargs: Any) -> EditSession:
+        """Start from the model's panoptic result (segments ``source="model"``).
+
+        ``model_queries`` keeps, per original segment id, the queries behind it (for a relabel
+        menu from ``Prediction.top_classes``); ids are never reused, so it cannot go stale.
+        """
+        pan = pred.panoptic(object_mask_threshold, overlap_threshold)
+        queries = pred.segment_queries(object_mask_threshold, overlap_threshold)
+        cfg = pred.config
+        return cls(pan, cfg.is_thing, cfg.class_names, model_queries={k: list(v) for k, v in queries.items()},
+                   **kwargs)
+
+    @classmethod
+    def from_panoptic(cls, panoptic: PanopticResult, classes: Any, **kwargs: Any) -> EditSession:
+        """Start from a panoptic annotation (ground truth, an export read back).
+
+        ``classes``: a ``Mask2FormerConfig`` or a category list (dicts with ``name`` and ``isthing``,
+        in contiguous order). Segment rows are kept as given (a ``GTSegment`` keeps ``iscrowd``
+        and ``source="gt"``); ``isthing`` follows the class list; areas and boxes are recomputed.
+        """
+        if hasattr(classes, "is_thing") and hasattr(classes, "class_names"):
+            return cls(panoptic, classes.is_thing, classes.class_names, **kwargs)
+        cats = list(classes)
+        return cls(panoptic, [bool(c.get("isthing", True)) for c in cats],
+                   [str(c.get("name", i)) for i, c in enumerate(cats)], **kwargs)
+
+    def _recompute_all_stats(self) -> None:
+        """Areas and boxes of every segment from the map in one pass; ids without a row are an error."""
+        seg_map = self._map
+        ids, inverse = np.unique(seg_map, return_inverse=True)
+        inverse = inverse.reshape(seg_map.shape)
+        if int(ids.min(initial=0)) < 0:
+            raise ValueError("the segment map has negative ids")
+        orphans = sorted(set(ids.tolist()) - set(self._segments) - {0})
+        if orphans:
+            raise ValueError(f"the segment map has ids {orphans[:6]} with no segment row")
+        counts = np.bincount(inverse.ravel(), minlength=len(ids))
+        slices = ndimage.find_objects(inverse + 1)
+        stats = {int(i): (int(counts[k]), slices[k]) for k, i in enumerate(ids.tolist())}
+        for sid in list(self._segments):
+            area, sl = stats.get(sid, (0, None))
+            if area == 0:  # a row without pixels is dropped: it cannot be exported or edited
+                del self._segments[sid]
+                continue
+            ys, xs = sl
+            bbox = (float(xs.start), float(ys.start), float(xs.stop - xs.start), float(ys.stop - ys.start))
+            self._segments[sid] = dataclasses.replace(self._segments[sid], area=area, bbox=bbox)
+
+    # ---------------------------------------------------------------------------- read access
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self._map.shape[0]), int(self._map.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.is_thing)
+
+    @property
+    def segment_map(self) -> np.ndarray:
+        """The live (H, W) int32 map, read-only: change it only through the edit operations."""
+        view = self._map.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def segments(self) -> list[Segment]:
+        """Copies of the segment rows, sorted by id."""
+        return [dataclasses.replace(self._segments[i]) for i in sorted(self._segments)]
+
+    def segment(self, segment_id: int) -> Segment:
+        """A copy of one segment's row."""
+        return dataclasses.replace(self._segments[self._require_segment(segment_id)])
+
+    def __contains__(self, segment_id: object) -> bool:
+        return segment_id in self._segments
+
+    def select(self, x: int, y: int) -> int | None:
+        """The id of the segment under pixel (x, y), or None on void."""
+        h, w = self.shape
+        if not (0 <= int(x) < w and 0 <= int(y) < h):
+            raise ValueError(f"pixel ({x}, {y}) is outside the {w}x{h} image")
+        sid = int(self._map[int(y), int(x)])
+        return sid or None
+
+    # ---------------------------------------------------------------------------- views
+    def panoptic_result(self) -> PanopticResult:
+        """A copy of the annotation (map and rows sorted by id)."""
+        return PanopticResult(self._map.copy(), self.segments)
+
+    def instance_view(self) -> InstanceResult:
+        """Things as instances: one mask per thing segment (in id order), its box (xyxy), score and class."""
+        things = [s for s in self.segments if s.isthing]
+        h, w = self.shape
+        masks = np.zeros((len(things), h, w), dtype=bool)
+        boxes = np.zeros((len(things), 4), dtype=np.float32)
+        for i, s in enumerate(things):
+            y0, x0, y1, x1 = _seg_box(s) or (0, 0, 0, 0)
+            masks[i, y0:y1, x0:x1] = self._map[y0:y1, x0:x1] == s.id
+            boxes[i] = (x0, y0, x1, y1)
+        return InstanceResult(masks, boxes, np.array([s.score for s in things], dtype=np.float32),
+                              np.array([s.category_id for s in things], dtype=np.int64))
+
+    def semantic_view(self) -> SemanticResult:
+        """(H, W) class map; void -> 255."""
+        lut = np.full(int(self._map.max(initial=0)) + 1, IGNORE_LABEL, dtype=np.int64)
+        for s in self._segments.values():
+            lut[s.id] = s.category_id
+        return SemanticResult(lut[self._map])
+
+    def view(self, task: str) -> PanopticResult | InstanceResult | SemanticResult:
+        """The annotation as ``task`` ("panoptic", "instance" or "semantic") sees it."""
+        if task == "panoptic":
+            return self.panoptic_result()
+        if task == "instance":
+            return self.instance_view()
+        if task == "semantic":
+            return self.semantic_view()
+        raise ValueError(f"unknown task {task!r} (one of {', '.join(TASKS)})")
+
+    # ---------------------------------------------------------------------------- validation
+    def _check_class(self, category_id: int) -> int:
+        if isinstance(category_id, bool) or not isinstance(category_id, (int, np.integer)):
+            raise ValueError(f"class id must be an integer, got {category_id!r}")
+        if not 0 <= int(category_id) < len(self.is_thing):
+            raise ValueError(f"unknown class id {category_id} (the model has classes 0..{len(self.is_thing) - 1})")
+        return int(category_id)
+
+    def _require_segment(self, segment_id: int) -> int:
+        if isinstance(segment_id, bool) or not isinstance(segment_id, (int, np.integer)) \
+                or int(segment_id) not in self._segments:
+            raise ValueError(f"no segment with id {segment_id!r} in this image")
+        return int(segment_id)
+
+    def _region(self, region: Any, radius: float) -> _Crop | None:
+        """A full-size mask or a stroke [(x, y), ...] as a crop (None when it covers no pixel)."""
+        if isinstance(region, np.ndarray):
+            if region.shape != self.shape:
+                h, w = self.shape
+                raise ValueError(f"mask has shape {region.shape}, the image is {w}x{h} (expected ({h}, {w}))")
+            mask = region.astype(bool, copy=False)
+            ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            if ys.size == 0:
+                return None
+            return _Crop(int(ys[0]), int(xs[0]), mask[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1].copy())
+        if isinstance(region, (list, tuple)):
+            crop = _stroke_crop(region, radius, self.shape)
+            if crop is None or not crop.mask.any():
+                return None
+            return crop
+        raise ValueError(f"expected an (H, W) bool mask or a stroke [(x, y), ...], got {type(region).__name__}")
+
+    def _stuff_segment(self, category_id: int, exclude: Iterable[int] = ()) -> int | None:
+        """The existing segment of stuff class ``category_id`` (lowest id), ignoring ``exclude``."""
+        if self.is_thing[category_id]:
+            return None
+        skip = set(exclude)
+        ids = [s.id for s in self._segments.values() if s.category_id == category_id and s.id not in skip]
+        return min(ids) if ids else None
+
+    def _fresh_id(self) -> int:
+        if self._next_id > MAX_SEGMENT_ID:
+            raise ValueError(f"no segment ids left (a panoptic PNG holds ids up to {MAX_SEGMENT_ID})")
+        sid = self._next_id
+        self._next_id += 1
+        return sid
+
+    def _segments_box(self, ids: Iterable[int]) -> Box | None:
+        box = None
+        for sid in ids:
+            box = _union(box, _seg_box(self._segments[sid]))
+        return box
+
+    # ---------------------------------------------------------------------------- the one writer
+    def _commit(self, label: str, box: Box | None, new_crop: np.ndarray | None,
+                rows: dict[int, Segment] | None = None) -> int:
+        """Apply new map values inside ``box`` and new table rows; record the diff. Returns changed pixels.
+
+        Every edit goes through here, so history, ``source="edited"``, areas and boxes are handled
+        once. Nothing is changed if nothing would change (no history entry either).
+        """
+        rows = dict(rows or {})
+        old_c = new_c = None
+        changed_box: Box | None = None
+        n_changed = 0
+        removed: dict[int, int] = {}
+        added: dict[int, int] = {}
+        if box is not None and new_crop is not None:
+            y0, x0, y1, x1 = box
+            old_full = self._map[y0:y1, x0:x1]
+            diff = old_full != new_crop
+            n_changed = int(np.count_nonzero(diff))
+            if n_changed:
+                ys, xs = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
+                cy0, cy1, cx0, cx1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+                changed_box = (y0 + cy0, x0 + cx0, y0 + cy1, x0 + cx1)
+                old_c = old_full[cy0:cy1, cx0:cx1].copy()
+                new_c = np.ascontiguousarray(new_crop[cy0:cy1, cx0:cx1], dtype=np.int32)
+                d = diff[cy0:cy1, cx0:cx1]
+                for src, dst in ((old_c[d], removed), (new_c[d], added)):
+                    vals, counts = np.unique(src, return_counts=True)
+                    dst.update({int(v): int(c) for v, c in zip(vals, counts) if v != 0})
+        touched = set(removed) | set(added) | set(rows)
+        unknown = set(added) - set(self._segments) - set(rows)
+        if unknown:  # an internal error, never a user's: every painted id needs a row
+            raise AssertionError(f"pixels assigned to ids {sorted(unknown)} without a row")
+        if changed_box is not None:
+            y0, x0, y1, x1 = changed_box
+            self._map[y0:y1, x0:x1] = new_c
+        rows_before: dict[int, Segment | None] = {}
+        rows_after: dict[int, Segment | None] = {}
+        for sid in sorted(touched):
+            old = self._segments.get(sid)
+            base = rows.get(sid, old)
+            assert base is not None
+            area = (old.area if old is not None else 0) + added.get(sid, 0) - removed.get(sid, 0)
+            if area <= 0:
+                new = None
+            elif sid in added or sid in removed:
+                assert changed_box is not None
+                region = _union(_seg_box(old) if old is not None else None, changed_box)
+                assert region is not None
+                ry0, rx0, ry1, rx1 = region
+                x, y, w, h = mask_bbox(self._map[ry0:ry1, rx0:rx1] == sid)
+                new = dataclasses.replace(base, id=sid, area=area, bbox=(x + rx0, y + ry0, w, h), source="edited")
+            else:
+                new = dataclasses.replace(base, id=sid, area=old.area if old else 0,
+                                          bbox=old.bbox if old else (0.0, 0.0, 0.0, 0.0), source="edited")
+                if new.area == 0:
+                    new = None
+            if new == old and sid not in added and sid not in removed:
+                continue
+            rows_before[sid], rows_after[sid] = old, new
+        if changed_box is None and not rows_after:
+            return 0
+        for sid, seg in rows_after.items():
+            if seg is None:
+                self._segments.pop(sid, None)
+            else:
+                self._segments[sid] = seg
+        change = _Change(label, changed_box,
+                         _pack(old_c) if old_c is not None else b"", _pack(new_c) if new_c is not None else b"",
+                         rows_before, rows_after)
+        self._push(change)
+        return n_changed
+
+    def _push(self, change: _Change) -> None:
+        self._redo.clear()
+        self._net_edits += 1
+        if self.max_history == 0 or change.nbytes > self.max_history_bytes:
+            self._undo.clear()
+            self._history_bytes = 0
+            return
+        self._undo.append(change)
+        self._history_bytes += change.nbytes
+        while len(self._undo) > self.max_history or self._history_bytes > self.max_history_bytes:
+            self._history_bytes -= self._undo.popleft().nbytes
+
+    def _apply(self, change: _Change, forward: bool) -> None:
+        if change.box is not None:
+            y0, x0, y1, x1 = change.box
+            self._map[y0:y1, x0:x1] = _unpack(change.after if forward else change.before, change.box)
+        for sid, seg in (change.rows_after if forward else change.rows_before).items():
+            if seg is None:
+                self._segments.pop(sid, None)
+            else:
+                self._segments[sid] = seg
+
+    # ---------------------------------------------------------------------------- history
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    @property
+    def history_labels(self) -> list[str]:
+        """Names of the undoable edits, oldest first."""
+        return [c.label for c in self._undo]
+
+    @property
+    def history_nbytes(self) -> int:
+        """Memory held by the undo and redo stacks (compressed diffs), in bytes."""
+        return self._history_bytes + sum(c.nbytes for c in self._redo)
+
+    @property
+    def has_edits(self) -> bool:
+        """True when the annotation differs from how the session started (counting undos)."""
+        return self._net_edits != 0
+
+    def undo(self) -> str | None:
+        """Undo the last edit; returns its name (None when there is nothing to undo)."""
+        if not self._undo:
+            return None
+        change = self._undo.pop()
+        self._history_bytes -= change.nbytes
+        self._apply(change, forward=False)
+        self._redo.append(change)
+        self._net_edits -= 1
+        return change.label
+
+    def redo(self) -> str | None:
+        """Redo the last undone edit; returns its name (None when there is nothing to redo)."""
+        if not self._redo:
+            return None
+        change = self._redo.pop()
+        self._apply(change, forward=True)
+        self._undo.append(change)
+        self._history_bytes += change.nbytes
+        self._net_edits += 1
+        return change.label
+
+    # ---------------------------------------------------------------------------- edits
+    def relabel(self, segment_id: int, category_id: int) -> int:
+        """Give a segment another class; ``isthing`` follows the class. Returns the id now holding the pixels.
+
+        Relabelling to a stuff class that already has a segment merges into that segment (the COCO
+        rule: one segment per stuff class), whose id is returned.
+        """
+        sid = self._require_segment(segment_id)
+        cat = self._check_class(category_id)
+        seg = self._segments[sid]
+        if seg.category_id == cat:
+            return sid
+        target = self._stuff_segment(cat, exclude=[sid])
+        if target is None:
+            self._commit("relabel", None, None,
+                         {sid: dataclasses.replace(seg, category_id=cat, isthing=self.is_thing[cat])})
+            return sid
+        box = _seg_box(seg)
+        assert box is not None
+        y0, x0, y1, x1 = box
+        crop = self._map[y0:y1, x0:x1].copy()
+        crop[crop == sid] = target
+        self._commit("relabel", box, crop)
+        return target
+
+    def paint(self, segment_id: int, region: Any, radius: float = 5.0, overwrite_others: bool = False) -> int:
+        """Add the pixels of ``region`` (an (H, W) bool mask or a stroke [(x, y), ...] of ``radius``) to a segment.
+
+        With ``overwrite_others=False`` only void pixels change. Returns the number of pixels changed.
+        """
+        sid = self._require_segment(segment_id)
+        crop = self._region(region, radius)
+        if crop is None:
+            return 0
+        y0, x0, y1, x1 = crop.box
+        values = self._map[y0:y1, x0:x1].copy()
+        sel = crop.mask if overwrite_others else crop.mask & (values == 0)
+        values[sel] = sid
+        return self._commit("paint", crop.box, values)
+
+    def erase(self, region: Any, radius: float = 5.0, segment_id: int | None = None) -> int:
+        """Make the pixels of ``region`` void (only those of ``segment_id`` if given). Returns pixels changed."""
+        sid = None if segment_id is None else self._require_segment(segment_id)
+        crop = self._region(region, radius)
+        if crop is None:
+            return 0
+        y0, x0, y1, x1 = crop.box
+        values = self._map[y0:y1, x0:x1].copy()
+        values[crop.mask & ((values != 0) if sid is None else (values == sid))] = 0
+        return self._commit("erase", crop.box, values)
+
+    def new_segment(self, region: Any, category_id: int, overwrite_others: bool = False, score: float = 1.0,
+                    radius: float = 5.0) -> int:
+        """Create a segment of class ``category_id`` from ``region``; returns its (fresh) id.
+
+        Only void pixels are taken unless ``overwrite_others``. For a stuff class that already has a
+        segment, the pixels are added to it and its id is returned (one segment per stuff class).
+        """
+        cat = self._check_class(category_id)
+        crop = self._region(region, radius)
+        if crop is None:
+            raise ValueError("the new segment's mask is empty")
+        target = self._stuff_segment(cat)
+        y0, x0, y1, x1 = crop.box
+        values = self._map[y0:y1, x0:x1].copy()
+        sel = crop.mask if overwrite_others else crop.mask & (values == 0)
+        if target is not None:
+            sel &= values != target
+        if not sel.any():
+            raise ValueError("the mask adds no pixels (it covers no void pixel; use overwrite_others=True "
+                             "to take pixels from other segments)")
+        if target is not None:
+            values[sel] = target
+            self._commit("new segment", crop.box, values)
+            return target
+        sid = self._fresh_id()
+        values[sel] = sid
+        row = Segment(id=sid, category_id=cat, isthing=self.is_thing[cat], score=float(score), source="edited")
+        self._commit("new segment", crop.box, values, {sid: row})
+        return sid
+
+    def recover(self, candidate: Candidate, overwrite_others: bool = False) -> int:
+        """Add a query the post-processing dropped (``Prediction.candidates_at``) as a new segment.
+
+        Same rules as ``new_segment`` (void pixels only unless ``overwrite_others``; stuff merges);
+        the segment keeps the candidate's class and score.
+        """
+        return self.new_segment(np.asarray(candidate.mask), candidate.category_id, overwrite_others=overwrite_others,
+                                score=float(candidate.score))
+
+    def delete(self, segment_id: int) -> None:
+        """Remove a segment: its pixels become void."""
+        sid = self._require_segment(segment_id)
+        box = _seg_box(self._segments[sid])
+        assert box is not None
+        y0, x0, y1, x1 = box
+        values = self._map[y0:y1, x0:x1].copy()
+        values[values == sid] = 0
+        self._commit("delete", box, values)
+
+    def merge(self, segment_ids: Sequence[int]) -> int:
+        """Merge segments into the FIRST one, which keeps its id, class and score; returns that id.
+
+        The classes may differ: the result takes the first's class (a merge is "these pixels are
+        that object"). If that class is stuff, any other segment of it joins too (one per class).
+        """
+        ids = [self._require_segment(s) for s in segment_ids]
+        if len(set(ids)) < 2:
+            raise ValueError("merge needs at least two different segment ids")
+        first = ids[0]
+        others = set(ids[1:]) - {first}
+        cat = self._segments[first].category_id
+        if not self.is_thing[cat]:
+            others |= {s.id for s in self._segments.values() if s.category_id == cat and s.id != first}
+        box = self._segments_box(others)
+        assert box is not None
+        y0, x0, y1, x1 = box
+        values = self._map[y0:y1, x0:x1].copy()
+        values[np.isin(values, list(others))] = first
+        self._commit("merge", box, values, {first: self._segments[first]})
+        return first
+
+    def split(self, segment_id: int) -> list[int]:
+        """Split a thing segment into its 8-connected components; returns their ids (the largest keeps the id).
+
+        Other components get fresh ids in scan order (top to bottom, left to right) and the
+        original's class and score. Stuff is one segment per class, so splitting it is refused.
+        """
+        sid = self._require_segment(segment_id)
+        seg = self._segments[sid]
+        if not seg.isthing:
+            raise ValueError(f"segment {sid} is stuff ({self.class_names[seg.category_id]}): stuff is one segment "
+                             "per class and cannot be split (erase or relabel parts instead)")
+        box = _seg_box(seg)
+        assert box is not None
+        y0, x0, y1, x1 = box
+        values = self._map[y0:y1, x0:x1].copy()
+        labels, n = ndimage.label(values == sid, structure=np.ones((3, 3), dtype=bool))
+        if n <= 1:
+            return [sid]
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        keep = int(np.argmax(sizes)) + 1
+        out, rows = [sid], {}
+        for comp in range(1, n + 1):
+            if comp == keep:
+                continue
+            new_id = self._fresh_id()
+            values[labels == comp] = new_id
+            rows[new_id] = dataclasses.replace(seg, id=new_id, area=0, bbox=(0.0, 0.0, 0.0, 0.0))
+            out.append(new_id)
+        self._commit("split", box, values, rows)
+        return out

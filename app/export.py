@@ -1,0 +1,158 @@
+"""Export edited annotations as a corrections folder (what ``training.train --train corrections:DIR`` reads).
+
+Pure functions: sessions in, files out. ``out_root/<name>/`` is written by
+``m2f_core.data.corrections.write_corrections`` (COCO panoptic PNG + JSON, COCO instances with
+compressed RLE, semantic PNGs, copies of the images) plus ``edits.json`` (each segment's
+``source`` and score, for review tools; the trainer ignores it).
+
+Atomic at the folder level: everything is written into a hidden temporary sibling
+(``.<name>.tmp-*``) that is renamed to ``<name>`` only when complete, so a reader or a crash
+never sees a half-written export. An existing export is replaced only with ``overwrite=True``
+(the old folder is moved aside, the new one renamed in, then the old one deleted; if the second
+rename fails the old one is put back). A process killed mid-export can leave a hidden ``.<name>.*``
+folder behind, never a partial ``<name>``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from m2f_core.data.corrections import write_corrections
+from m2f_core.data.records import Sample, atomic_write_json, categories_from_config, image_size, normalize_categories
+
+from .editing import EditSession
+
+__all__ = ["ExportError", "export_corrections", "sanitize_name", "zip_export"]
+
+MAX_NAME_LENGTH = 100
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class ExportError(ValueError):
+    """A user-facing export problem; ``str(err)`` is one line."""
+
+
+def sanitize_name(name: str) -> str:
+    """Check an export name: letters, digits, ``-``, ``_``, ``.``; not empty, no ``..``, no leading dot."""
+    if not isinstance(name, str):
+        raise ExportError(f"export name must be text, got {type(name).__name__}")
+    name = name.strip()
+    if not name:
+        raise ExportError("export name is empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ExportError(f"export name is {len(name)} characters long (at most {MAX_NAME_LENGTH})")
+    if not _NAME_RE.fullmatch(name):
+        bad = sorted({c for c in name if not _NAME_RE.fullmatch(c)})
+        raise ExportError(f"export name {name!r} has characters {''.join(bad)!r}: use letters, digits, '-', '_', '.'")
+    if ".." in name or name.startswith("."):
+        raise ExportError(f"export name {name!r} may not start with '.' or contain '..'")
+    return name
+
+
+def _categories(classes: Any) -> list[dict]:
+    """A category list from a ``Mask2FormerConfig`` or a list of dicts (contiguous order)."""
+    if hasattr(classes, "class_names") and hasattr(classes, "dataset_ids"):
+        return categories_from_config(classes)
+    try:
+        return normalize_categories(list(classes), "categories")
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"bad class list: {e}") from None
+
+
+def _samples(sessions: Sequence[tuple[str | Path, EditSession]], categories: list[dict]) -> list[Sample]:
+    """One ``Sample`` per (image, session), checked before anything is written."""
+    samples = []
+    for i, (path, session) in enumerate(sessions):
+        path = Path(path)
+        if session.num_classes != len(categories):
+            raise ExportError(f"{path.name}: the annotation has {session.num_classes} classes, the class list "
+                              f"{len(categories)}")
+        if not path.is_file():
+            raise ExportError(f"{path}: no such image file")
+        h, w = session.shape
+        if image_size(path) != (h, w):
+            ih, iw = image_size(path)
+            raise ExportError(f"{path.name}: image is {iw}x{ih}, its annotation {w}x{h}")
+        samples.append(Sample(image_id=i + 1, file_name=path, height=h, width=w, panoptic=session.panoptic_result()))
+    return samples
+
+
+def export_corrections(sessions: Sequence[tuple[str | Path, EditSession]], classes: Any, out_root: str | Path,
+                       name: str, overwrite: bool = False) -> Path:
+    """Write ``out_root/<name>/`` as a corrections folder, atomically; returns its path.
+
+    ``sessions``: (image path, EditSession) pairs (image names must be distinct); ``classes``: the
+    model's ``Mask2FormerConfig`` or its category list (dataset ids go into the JSON files).
+    """
+    name = sanitize_name(name)
+    if not sessions:
+        raise ExportError("nothing to export (no annotated image)")
+    out_root = Path(out_root)
+    final = out_root / name
+    if final.exists() and not overwrite:
+        raise ExportError(f"{final} already exists (choose another name or overwrite)")
+    categories = _categories(classes)
+    samples = _samples(sessions, categories)
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_root, prefix=f".{name}.tmp-"))
+    try:
+        write_corrections(tmp, samples, categories)
+        atomic_write_json(tmp / "edits.json", {"images": [
+            {"image_id": s.image_id, "file_name": Path(s.file_name).name,
+             "segments": [{"id": seg.id, "source": seg.source, "score": float(seg.score)}
+                          for seg in session.segments]}
+            for s, (_, session) in zip(samples, sessions)]})
+        _swap_in(tmp, final, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _swap_in(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Rename the finished temporary folder to ``final`` (moving an existing export aside if allowed)."""
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    if not overwrite:
+        raise ExportError(f"{final} already exists (choose another name or overwrite)")
+    old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+    os.rmdir(old)
+    os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def zip_export(folder: str | Path) -> Path:
+    """Zip an export folder to ``<folder>.zip`` next to it (entries under ``<name>/``), atomically."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExportError(f"{folder}: no such export folder")
+    target = folder.parent / f"{folder.name}.zip"
+    fd, tmp_name = tempfile.mkstemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".zip.tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                for path in sorted(folder.rglob("*")):
+                    if path.is_file():
+                        zf.write(path, Path(folder.name) / path.relative_to(folder))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
