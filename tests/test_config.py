@@ -21,8 +21,8 @@ def test_required_presets_listed():
     assert set(REQUIRED) <= set(list_presets())
 
 
-@pytest.mark.parametrize("name", list_presets())
-def test_every_preset_is_consistent(name):
+@pytest.mark.parametrize("name", [n for n in list_presets() if n != "synthetic_small"])
+def test_every_official_preset_is_consistent(name):
     cfg = get_preset(name)
     expected = {"coco_panoptic": 133, "coco_instance": 80, "ade20k_semantic": 150, "cityscapes_semantic": 19}
     prefix = next(p for p in expected if name.startswith(p))
@@ -97,3 +97,11 @@ def test_parameter_count_matches_the_paper(name):
 def test_swin_depths_and_heads_must_agree():
     with pytest.raises(ValueError, match="same length"):
         BackboneConfig(type="swin", depths=(1, 1), num_heads=(1, 2, 3))
+
+
+def test_builtin_preset():
+    cfg = get_preset("synthetic_small")
+    assert cfg.num_classes == 11 and sum(cfg.is_thing) == 6 and cfg.backbone.type == "swin"
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build_model(cfg).parameters())
+    assert params * 2 <= 20e6  # ships as fp16 in at most ~20 MB
