@@ -8,9 +8,18 @@ STAMP := $(VENV)/.setup-done
 TORCH_PIN ?= torch==2.13.0
 EXTRAS ?= dev,fiftyone,onnx
 
-.PHONY: setup test test-fast lint clean
+CHROMIUM := /usr/bin/chromium
 
-setup: $(STAMP)
+.PHONY: setup browser test test-fast lint run clean
+
+setup: $(STAMP) browser
+
+# The browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: the browser tests need Chromium at $(CHROMIUM) (apt-get install chromium); they are skipped"; fi; }
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +34,9 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
+
+run: setup
+	$(PY) launch.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

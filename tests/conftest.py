@@ -49,3 +49,18 @@ def coco_sample(tmp_path_factory) -> Path:
         ann["images"] = json.loads((data / "images_info_examples.json").read_text())["images"]
     (root / "panoptic.json").write_text(json.dumps(ann))
     return root
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright launches Debian's Chromium (``playwright install`` cannot download browsers here).
+
+    No sandbox (containers), no GPU, /tmp instead of a small /dev/shm, and no background traffic
+    (component updates, sync, first-run pages) on a machine without network.
+    """
+    return {
+        **browser_type_launch_args,
+        "executable_path": "/usr/bin/chromium",
+        "args": ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"],
+    }
