@@ -83,6 +83,7 @@ def save_model(model: Mask2Former, folder: str | Path, config: Mask2FormerConfig
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; exported data and weights are meant to be shared
     os.close(fd)
     try:
         write(tmp)
