@@ -150,7 +150,7 @@ class Mask2FormerConfig:
         if not self.dataset_ids:
             self.dataset_ids = list(range(n))
         if not self.colors:
-            self.colors = [_default_color(i) for i in range(n)]
+            self.colors = [default_color(i) for i in range(n)]
         for attr in ("is_thing", "dataset_ids", "colors"):
             if len(getattr(self, attr)) != n:
                 raise ValueError(f"{attr} has {len(getattr(self, attr))} entries for {n} class names")
@@ -199,8 +199,8 @@ class Mask2FormerConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _default_color(i: int) -> list[int]:
-    # deterministic, well spread colours (golden-ratio hue walk)
+def default_color(i: int) -> list[int]:
+    """Deterministic, well spread colour of class ``i`` (golden-ratio hue walk): the one palette."""
     import colorsys
 
     r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.95)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from .config import default_color as _config_default_color
 from .structures import InstanceResult, PanopticResult, SemanticResult
 
 __all__ = [
@@ -51,9 +52,8 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def default_color(class_id: int) -> tuple[int, int, int]:
-    """The config's default colour of a class (golden-ratio hue walk); used when ``colors`` is missing."""
-    r, g, b = colorsys.hsv_to_rgb((class_id * 0.618033988749895) % 1.0, 0.65, 0.95)
-    return (int(r * 255), int(g * 255), int(b * 255))
+    """The config's default colour of a class; used when ``colors`` is missing."""
+    return tuple(_config_default_color(class_id))
 
 
 def _class_color(colors: Sequence[Color] | None, class_id: int) -> tuple[int, int, int]:

@@ -16,7 +16,6 @@ annotation files of an item when it is asked for and never load images (``load_i
 
 from __future__ import annotations
 
-import colorsys
 import io
 import json
 import os
@@ -29,6 +28,7 @@ from typing import Any, overload
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..config import default_color
 from ..structures import PanopticResult, Segment
 from .errors import DatasetError
 
@@ -197,12 +197,6 @@ def panoptic_to_instances(panoptic: PanopticResult, things_only: bool = True) ->
 
 # --------------------------------------------------------------------------------------------
 # Categories
-
-
-def default_color(i: int) -> list[int]:
-    """Deterministic, well spread colour for class ``i`` (golden-ratio hue walk)."""
-    r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.95)
-    return [int(r * 255), int(g * 255), int(b * 255)]
 
 
 def normalize_categories(raw: Any, source: str | Path, default_isthing: bool = True) -> list[dict]:
