@@ -14,6 +14,8 @@ from PIL import Image
 
 from m2f_core.evaluate import build_parser, main
 
+# these tests read the real photos of ../shared/data/real (test use only); skip without them
+pytestmark = pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"shared real data not found at {SHARED_DATA}")
 PAN = SHARED_DATA / "coco_panoptic_panopticapi" / "sample_data"
 VOC = SHARED_DATA / "voc_labelme" / "examples" / "instance_segmentation"
 PAN_ARGS = ["--gt-json", str(PAN / "panoptic_examples.json"), "--gt-dir", str(PAN / "panoptic_examples"),

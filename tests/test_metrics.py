@@ -29,6 +29,8 @@ from m2f_core.metrics import (
     sem_seg_compute,
 )
 
+# these tests read the real photos of ../shared/data/real (test use only); skip without them
+pytestmark = pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"shared real data not found at {SHARED_DATA}")
 PAN = SHARED_DATA / "coco_panoptic_panopticapi" / "sample_data"
 PAN_JSON = PAN / "panoptic_examples.json"
 PAN_PNG = PAN / "panoptic_examples" / "000000142238.png"
