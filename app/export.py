@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from m2f_core.data.corrections import write_corrections
-from m2f_core.data.records import Sample, atomic_write_json, categories_from_config, image_size, normalize_categories
+from m2f_core.data.records import (
+    Sample,
+    atomic_write,
+    atomic_write_json,
+    categories_from_config,
+    image_size,
+    normalize_categories,
+)
 
 from .editing import EditSession
 
@@ -140,19 +147,12 @@ def zip_export(folder: str | Path) -> Path:
     if not folder.is_dir():
         raise ExportError(f"{folder}: no such export folder")
     target = folder.parent / f"{folder.name}.zip"
-    fd, tmp_name = tempfile.mkstemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".zip.tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                for path in sorted(folder.rglob("*")):
-                    if path.is_file():
-                        zf.write(path, Path(folder.name) / path.relative_to(folder))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def write_zip(tmp: str) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    zf.write(path, Path(folder.name) / path.relative_to(folder))
+
+    atomic_write(target, write_zip)
     return target

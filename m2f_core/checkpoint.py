@@ -14,10 +14,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import pickle
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import Mask2FormerConfig, dataset_classes, get_preset, list_presets, resolve_config
+from .data.records import atomic_write
 from .model import Mask2Former, build_model
 
 logger = logging.getLogger(__name__)
@@ -75,24 +74,9 @@ def save_model(model: Mask2Former, folder: str | Path, config: Mask2FormerConfig
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         state[k] = v.contiguous()
-    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": FORMAT_TAG}))
-    _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config.to_dict(), indent=2) + "\n"))
+    atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": FORMAT_TAG}))
+    atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config.to_dict(), indent=2) + "\n"))
     return folder
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; exported data and weights are meant to be shared
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _is_own_folder(folder: Path) -> bool:

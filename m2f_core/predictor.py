@@ -103,18 +103,17 @@ class Prediction:
     def panoptic(self, object_mask_threshold: float | None = None,
                  overlap_threshold: float | None = None) -> PanopticResult:
         """Official panoptic inference at the original size (thresholds default to the config's)."""
-        t_obj = self.config.object_mask_threshold if object_mask_threshold is None else object_mask_threshold
-        t_ovl = self.config.overlap_threshold if overlap_threshold is None else overlap_threshold
-        result, _ = self._cached(("panoptic", t_obj, t_ovl), lambda: self._panoptic(t_obj, t_ovl))
-        return result
+        return self._panoptic_cached(object_mask_threshold, overlap_threshold)[0]
 
     def segment_queries(self, object_mask_threshold: float | None = None,
                         overlap_threshold: float | None = None) -> dict[int, list[int]]:
         """Segment id -> the queries that produced it (several for a merged stuff segment)."""
-        self.panoptic(object_mask_threshold, overlap_threshold)
+        return self._panoptic_cached(object_mask_threshold, overlap_threshold)[1]
+
+    def _panoptic_cached(self, object_mask_threshold: float | None, overlap_threshold: float | None):
         t_obj = self.config.object_mask_threshold if object_mask_threshold is None else object_mask_threshold
         t_ovl = self.config.overlap_threshold if overlap_threshold is None else overlap_threshold
-        return self._cache[("panoptic", t_obj, t_ovl)][1]
+        return self._cached(("panoptic", t_obj, t_ovl), lambda: self._panoptic(t_obj, t_ovl))
 
     def _panoptic(self, object_mask_threshold: float, overlap_threshold: float):
         h, w = self.size

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from m2f_core.checkpoint import _atomic_write, load_model, save_model
+from m2f_core.checkpoint import load_model, save_model
+from m2f_core.data.records import atomic_write
 
 from .config import TrainConfig
 
@@ -66,7 +67,7 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
         state = {"iteration": iteration, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict() if scaler is not None else {}, "rng": rng_state(),
                  "extra": extra or {}}
-        _atomic_write(tmp / STATE_NAME, lambda p: torch.save(state, p))
+        atomic_write(tmp / STATE_NAME, lambda p: torch.save(state, p))
         train_cfg.to_json(tmp / "train_config.json")
         _fsync_dir(tmp)
         if final.exists():
@@ -82,7 +83,7 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     if name.startswith("iter_"):
-        _atomic_write(ckpt_root / "last", lambda p: Path(p).write_text(name + "\n"))
+        atomic_write(ckpt_root / "last", lambda p: Path(p).write_text(name + "\n"))
         _prune(ckpt_root, keep)
     return final
 

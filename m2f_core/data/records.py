@@ -20,7 +20,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -375,19 +375,21 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, ``os.replace``.
+def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
+    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file in the same folder, which is
+    fsynced and renamed over ``path`` (mode kept, 0644 for a new file), then the folder is fsynced.
 
     A reader (or a crash) never sees a half-written file: it sees the old file or the new one.
+    The one mechanism behind every write of data, exports and checkpoints.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
@@ -405,6 +407,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """``atomic_write`` of bytes."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
