@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .editing import TASKS
+from .fiftyone_bridge.editor import open_from_query
 from .render import SELECTED_MARK, TABLE_HEADERS
 from .workbench import CLICK_MODES, TASK_LABELS, EditorSession, Screen, Workbench
 
@@ -169,9 +170,11 @@ def build_app(wb: Workbench) -> gr.Blocks:
         def session(s: EditorSession | None) -> EditorSession:
             return s if s is not None else wb.new_session()
 
-        def on_load(s):
+        def on_load(s, request: gr.Request):
             s = session(s)
-            return show(s, wb.start(s))
+            # a link from FiftyOne: ?image=PATH[&labels=CORRECTIONS_FOLDER] (paths the app may read only)
+            query = dict(getattr(request, "query_params", None) or {})
+            return show(s, open_from_query(wb, s, query) or wb.start(s))
 
         def on_upload(s, path):
             s = session(s)

@@ -1,0 +1,153 @@
+"""Open a FiftyOne sample in the Gradio editor: a link that carries the image and its current labels.
+
+``editor_link`` (FiftyOne side) exports the sample's labels as a one-image corrections folder inside
+the editor's corrections directory and returns
+``http://127.0.0.1:7860/?image=<folder>/images/<file>&labels=<folder>``.
+
+``open_from_query`` (Gradio side, called on page load by ``app/ui.py``) opens that image with those
+labels as the editable annotation (the model still runs once, for its top-k menus and the
+uncertainty view). Only files the app may read are opened: the images it was started with
+(``--images`` / ``--dataset``) and anything under its ``--corrections-dir`` (where the link's folder
+is); everything else is refused with a message, so a crafted URL cannot read arbitrary files.
+This module imports neither FiftyOne nor Gradio at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlencode
+
+from . import GT
+
+if TYPE_CHECKING:
+    from app.workbench import EditorSession, Screen, Workbench
+
+__all__ = ["DEFAULT_EDITOR_URL", "editor_link", "editor_url", "open_from_query"]
+
+DEFAULT_EDITOR_URL = os.environ.get("M2F_EDITOR_URL", "http://127.0.0.1:7860")
+OPEN_PREFIX = "fiftyone-open-"
+
+
+def editor_url(base: str, image: str | Path, labels: str | Path | None = None) -> str:
+    """The editor's URL that opens ``image`` (absolute path), with the corrections folder ``labels``."""
+    query = {"image": str(Path(image).resolve())}
+    if labels is not None:
+        query["labels"] = str(Path(labels).resolve())
+    return f"{base.rstrip('/')}/?{urlencode(query)}"
+
+
+def editor_link(sample_view, corrections_dir: str | Path, base_url: str = DEFAULT_EDITOR_URL,
+                prefix: str = GT) -> tuple[str, Path]:
+    """Export one sample's ``prefix`` labels for the editor; returns (URL, labels folder).
+
+    The folder is ``<corrections_dir>/fiftyone-open-<dataset>-<sample id>`` (replaced on each call),
+    which the editor may read because it is inside its ``--corrections-dir``.
+    """
+    from . import BridgeError
+    from .core import export_view
+
+    if len(sample_view) != 1:
+        raise BridgeError(f"select exactly one sample to open in the editor ({len(sample_view)} selected)")
+    sample = sample_view.first()
+    ds = sample_view._dataset
+    name = f"{OPEN_PREFIX}{ds.slug}-{sample.id}"
+    folder = export_view(sample_view, Path(corrections_dir).expanduser().resolve() / name, prefix=prefix,
+                         overwrite=True)
+    return editor_url(base_url, folder / "images" / Path(sample.filepath).name, folder), folder
+
+
+# --------------------------------------------------------------------------------------------
+# Gradio side
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def _allowed(wb: Workbench, text: str, what: str, folder: bool = False) -> Path:
+    """``text`` as a resolved path the editor may read, else a ValueError naming why."""
+    if not text or "\x00" in text:
+        raise ValueError(f"empty or invalid {what} path")
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        raise ValueError(f"the {what} path must be absolute: {text}")
+    path = path.resolve()
+    browse = {Path(p).resolve() for p in wb.browse}
+    if not (path in browse or _inside(path, wb.corrections_dir.resolve())):
+        raise ValueError(f"{path} is not one of the app's images nor inside its corrections folder "
+                         f"{wb.corrections_dir} (start launch.py with --images, --dataset or --corrections-dir)")
+    if folder and not path.is_dir():
+        raise ValueError(f"{path}: no such labels folder")
+    if not folder and not path.is_file():
+        raise ValueError(f"{path}: no such image")
+    return path
+
+
+def _labels_session(wb: Workbench, image: Path, labels: Path):
+    """The editable annotation of ``image`` from a corrections folder, in the model's class ids."""
+    import numpy as np
+
+    from app.editing import EditSession
+    from m2f_core.data.corrections import CorrectionsDataset
+    from m2f_core.data.images import load_image
+    from m2f_core.metrics.model_eval import class_mapping
+    from m2f_core.structures import PanopticResult
+
+    ds = CorrectionsDataset(labels)
+    if ds.panoptic is None:
+        raise ValueError(f"{labels}: no panoptic.json, nothing the editor can load")
+    record = next((r for r in (ds[i] for i in range(len(ds))) if Path(r.file_name).name == image.name), None)
+    if record is None:
+        raise ValueError(f"{labels}: no labels for {image.name}")
+    pan = record.panoptic
+    h, w = load_image(image, max_pixels=wb.max_pixels).shape[:2]
+    if (pan.height, pan.width) != (h, w):
+        raise ValueError(f"{labels}: labels are {pan.width}x{pan.height}, the image {w}x{h}")
+    model = [{"name": n} for n in wb.config.class_names]
+    to_model = class_mapping([c["name"] for c in ds.categories], None, model)
+    used = sorted({s.category_id for s in pan.segments})
+    unknown = [ds.categories[c]["name"] for c in used if to_model[c] < 0]
+    if unknown:
+        raise ValueError(f"the labels use classes the model does not know ({', '.join(unknown[:5])}); "
+                         "start the editor with weights trained on the dataset's classes")
+    for s in pan.segments:
+        s.category_id = int(to_model[s.category_id])
+    remapped = PanopticResult(np.asarray(pan.segment_map), pan.segments)
+    return EditSession.from_panoptic(remapped, wb.config, max_history=200)
+
+
+def open_from_query(wb: Workbench, s: EditorSession, params: Mapping[str, str]) -> Screen | None:
+    """Page-load hook: open ``?image=`` (with ``&labels=`` as its annotation); None without ``image``.
+
+    A refused or unreadable path, or labels that do not fit, give the normal start screen with the
+    reason in the status line.
+    """
+    image_text = params.get("image")
+    if not image_text:
+        return None
+    labels_text = params.get("labels")
+    try:
+        image = _allowed(wb, image_text, "image")
+        labels = _allowed(wb, labels_text, "labels", folder=True) if labels_text else None
+        session = _labels_session(wb, image, labels) if labels is not None else None
+    except ValueError as e:  # DatasetError and ImageError are ValueErrors too
+        screen = wb.start(s)
+        screen.status = f"⚠️ cannot open the link: {' '.join(str(e).split())}\n\n{screen.status}"
+        return screen
+    with s.lock:
+        key = s.workspace.add_image(image)
+        if session is not None:
+            s.workspace.set_session(key, session)
+        s.workspace.open(key)
+        s.selected, s.candidates = [], []
+    wb.start(s)  # runs the model once on the opened image; a loaded annotation is kept
+    message = f"opened {image.name}" + (f" with the labels of {labels.name}" if labels is not None else "")
+    s.message = message
+    return wb.screen(s, message)

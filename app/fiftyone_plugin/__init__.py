@@ -1,0 +1,269 @@
+"""FiftyOne plugin ``@m2f/workbench``: the bridge's actions as operators in the App (press ``` ` ``` to list them).
+
+- ``run_model``: predictions of the model (panoptic, instance, semantic, uncertainty) on the target view;
+- ``evaluate``: per-sample and dataset PQ / mIoU / mask AP (sort the grid by ``pred_pq`` to see the worst);
+- ``open_in_editor``: a link that opens the selected sample, with its labels, in the Gradio editor;
+- ``finetune``: export the view and start ``training.train`` detached (``torchrun`` over the GPUs if any);
+- ``finetune_status``: progress of the runs recorded on the dataset (``metrics.jsonl``, checkpoints);
+- ``load_finetuned``: predictions of the newest fine-tuned checkpoint into new fields, before / after metrics.
+
+Thin on purpose: every operator calls ``app.fiftyone_bridge``. Install with
+``python -m app.fiftyone_bridge plugin`` (a link in FiftyOne's plugins folder; the App command does it).
+Settings: ``M2F_EDITOR_URL`` (default http://127.0.0.1:7860), ``M2F_CORRECTIONS_DIR`` (default
+``<repo>/datasets/corrections``, the editor's ``--corrections-dir``), ``M2F_RUNS_DIR`` (``<repo>/runs``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+# The App server runs from fiftyone/server, which has an app.py of its own: our repository goes first.
+_REPO = Path(__file__).resolve().parents[2]
+if str(_REPO) not in sys.path[:1]:
+    sys.path.insert(0, str(_REPO))
+
+from app.fiftyone_bridge import FINETUNED, GT, PRED  # noqa: E402
+
+
+def _setting(name: str, default: Path | str) -> str:
+    return os.environ.get(name) or str(default)
+
+
+def corrections_dir() -> str:
+    return _setting("M2F_CORRECTIONS_DIR", _REPO / "datasets" / "corrections")
+
+
+def runs_dir() -> str:
+    return _setting("M2F_RUNS_DIR", _REPO / "runs")
+
+
+def editor_url() -> str:
+    return _setting("M2F_EDITOR_URL", "http://127.0.0.1:7860")
+
+
+def _progress(ctx, label: str):
+    def report(done: int, total: int) -> None:
+        ctx.set_progress(progress=done / max(total, 1), label=f"{label} {done}/{total}")
+    return report
+
+
+def _headline(summary: dict | None) -> str:
+    from app.fiftyone_bridge.finetune import headline
+
+    h = headline(summary)
+    return ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in h.items())
+
+
+class RunModel(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="run_model", label="Mask2Former: run the model on the view",
+                                  allow_immediate_execution=True, allow_delegated_execution=True, dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx)
+        last = ctx.dataset.info.get("m2f", {}).get("predictions", {}).get(PRED, {}).get("weights", "")
+        inputs.str("weights", label="Weights", default="" if last == "builtin" else last,
+                   description="our folder, .pkl, .pth, Hugging Face folder or id; empty = the built-in model")
+        inputs.str("prefix", label="Field prefix", default=PRED)
+        inputs.str("device", label="Device", default="", description="cpu, cuda (empty: cuda if available)")
+        return types.Property(inputs, view=types.View(label="Run Mask2Former"))
+
+    def execute(self, ctx):
+        from app.fiftyone_bridge.core import predict_view
+
+        report = predict_view(ctx.target_view(), weights=ctx.params.get("weights") or None,
+                              prefix=ctx.params.get("prefix") or PRED, device=ctx.params.get("device") or None,
+                              progress=False, callback=_progress(ctx, "predict"))
+        ctx.trigger("reload_dataset")
+        return report.to_dict()
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("samples", label="Samples predicted")
+        outputs.list("fields", types.String(), label="Fields written")
+        outputs.list("unmapped_classes", types.String(), label="Model classes the dataset does not have")
+        outputs.list("errors", types.String(), label="Samples that failed")
+        return types.Property(outputs)
+
+
+class Evaluate(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="evaluate", label="Mask2Former: evaluate predictions (PQ, mIoU, mask AP)",
+                                  allow_immediate_execution=True, allow_delegated_execution=True, dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx)
+        inputs.str("pred", label="Prediction prefix", default=PRED)
+        inputs.str("gt", label="Ground-truth prefix", default=GT)
+        return types.Property(inputs, view=types.View(label="Evaluate"))
+
+    def execute(self, ctx):
+        from app.fiftyone_bridge.evaluate import evaluate_view
+
+        pred = ctx.params.get("pred") or PRED
+        summary = evaluate_view(ctx.target_view(), pred=pred, gt=ctx.params.get("gt") or GT, progress=False,
+                                callback=_progress(ctx, "evaluate"))
+        ctx.trigger("reload_dataset")
+        sem = summary.get("semantic", {})
+        return {"summary": _headline(summary), "miou_fiftyone": sem.get("mIoU_fiftyone"),
+                "mAP_fiftyone": summary.get("instance", {}).get("mAP_fiftyone"),
+                "sort_by": f"{pred}_pq (ascending: worst first), {pred}_miou, {pred}_ap"}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("summary", label="PQ / mIoU / mask AP (pycocotools)")
+        outputs.float("miou_fiftyone", label="mIoU from FiftyOne's confusion matrix")
+        outputs.float("mAP_fiftyone", label="FiftyOne mask mAP")
+        outputs.str("sort_by", label="Per-sample fields")
+        return types.Property(outputs)
+
+
+class OpenInEditor(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="open_in_editor", label="Mask2Former: open the selected sample in the editor",
+                                  dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        n = len(ctx.selected) if ctx.selected else (1 if ctx.current_sample else 0)
+        if n != 1:
+            prop = inputs.str("msg", label=f"Select exactly one sample ({n} selected)", view=types.Warning())
+            prop.invalid = True
+        inputs.str("labels", label="Labels to edit (prefix)", default=GT)
+        inputs.str("editor_url", label="Editor URL", default=editor_url())
+        inputs.str("corrections_dir", label="The editor's --corrections-dir", default=corrections_dir())
+        return types.Property(inputs, view=types.View(label="Open in the Gradio editor"))
+
+    def execute(self, ctx):
+        from app.fiftyone_bridge.editor import editor_link
+
+        ids = list(ctx.selected) or ([ctx.current_sample] if ctx.current_sample else [])
+        url, folder = editor_link(ctx.dataset.select(ids), ctx.params.get("corrections_dir") or corrections_dir(),
+                                  base_url=ctx.params.get("editor_url") or editor_url(),
+                                  prefix=ctx.params.get("labels") or GT)
+        return {"url": url, "labels": str(folder)}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        url = (ctx.results or {}).get("url")
+        outputs.str("url", label="Open in the editor", view=types.LinkView(href=url, label=url))
+        outputs.str("labels", label="Labels folder")
+        return types.Property(outputs)
+
+
+class FineTune(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="finetune", label="Mask2Former: fine-tune on the view", dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx)
+        inputs.str("name", label="Export / run name", default=f"{ctx.dataset.slug}-finetune")
+        inputs.str("weights", label="Starting weights", default="",
+                   description="empty: the weights of the 'pred' predictions, else the built-in model")
+        inputs.int("max_iter", label="Iterations", default=200, min=1)
+        inputs.int("batch_size", label="Batch size (total)", default=2, min=1)
+        inputs.str("labels", label="Labels to train on (prefix)", default=GT)
+        inputs.str("trainer_args", label="More training.train options", default="")
+        inputs.str("corrections_dir", label="Export folder root", default=corrections_dir())
+        inputs.str("runs_dir", label="Runs folder", default=runs_dir())
+        return types.Property(inputs, view=types.View(label="Fine-tune"))
+
+    def execute(self, ctx):
+        import shlex
+
+        from app.export import sanitize_name
+        from app.fiftyone_bridge.finetune import start_finetune
+
+        name = sanitize_name(ctx.params.get("name") or f"{ctx.dataset.slug}-finetune")
+        record = start_finetune(ctx.target_view(), Path(ctx.params.get("corrections_dir") or corrections_dir()) / name,
+                                Path(ctx.params.get("runs_dir") or runs_dir()) / name,
+                                weights=ctx.params.get("weights") or None,
+                                max_iter=int(ctx.params.get("max_iter") or 200),
+                                batch_size=int(ctx.params.get("batch_size") or 2),
+                                prefix=ctx.params.get("labels") or GT,
+                                extra=shlex.split(ctx.params.get("trainer_args") or ""), overwrite_export=True)
+        return {"run_dir": record.run_dir, "pid": record.pid, "command": " ".join(record.command),
+                "gpus": record.gpus, "export": record.export_dir}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("run_dir", label="Run directory (progress: the finetune_status operator)")
+        outputs.int("pid", label="Process id")
+        outputs.int("gpus", label="GPUs")
+        outputs.str("command", label="Command")
+        outputs.str("export", label="Exported training data")
+        return types.Property(outputs)
+
+
+class FineTuneStatus(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="finetune_status", label="Mask2Former: fine-tuning progress")
+
+    def execute(self, ctx):
+        from app.fiftyone_bridge.finetune import list_runs, run_status
+
+        lines = []
+        for record in reversed(list_runs(ctx.dataset)):
+            st = run_status(record, metrics=3)
+            lines.append(f"**{st['run_dir']}**: {st['state']}"
+                         + (f" (exit {st['returncode']})" if st["returncode"] not in (None, 0) else ""))
+            for m in st["metrics"]:
+                lines.append(f"- iter {m.get('iter', '?')}: loss {m.get('loss', float('nan')):.4g}")
+            lines.append(f"- checkpoint: {st['checkpoint'] or 'none yet'}")
+        return {"report": "\n".join(lines) or "no fine-tuning run recorded on this dataset"}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("report", label="Runs", view=types.MarkdownView())
+        return types.Property(outputs)
+
+
+class LoadFinetuned(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="load_finetuned", label="Mask2Former: predictions of the fine-tuned model",
+                                  allow_immediate_execution=True, allow_delegated_execution=True, dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx)
+        inputs.str("run_dir", label="Run directory", default="", description="empty: the latest run")
+        inputs.str("prefix", label="Field prefix", default=FINETUNED)
+        inputs.str("before", label="Compare with (prefix)", default=PRED)
+        return types.Property(inputs, view=types.View(label="Load fine-tuned predictions"))
+
+    def execute(self, ctx):
+        from app.fiftyone_bridge.finetune import compare_finetuned
+
+        result = compare_finetuned(ctx.target_view(), run_dir=ctx.params.get("run_dir") or None,
+                                   prefix=ctx.params.get("prefix") or FINETUNED,
+                                   before=ctx.params.get("before") or PRED, progress=False,
+                                   callback=_progress(ctx, "predict"))
+        ctx.trigger("reload_dataset")
+        return {"checkpoint": result["checkpoint"], "before": _headline(result["before"]),
+                "after": _headline(result["after"])}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("checkpoint", label="Checkpoint")
+        outputs.str("before", label="Before")
+        outputs.str("after", label="After")
+        return types.Property(outputs)
+
+
+def register(p):
+    for cls in (RunModel, Evaluate, OpenInEditor, FineTune, FineTuneStatus, LoadFinetuned):
+        p.register(cls)
