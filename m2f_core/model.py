@@ -24,15 +24,16 @@ class MaskFormerHead(nn.Module):
         self.pixel_decoder = pixel_decoder
         self.predictor = predictor
 
-    def forward(self, features: dict[str, torch.Tensor]) -> dict:
+    def forward(self, features: dict[str, torch.Tensor], return_aux: bool = True) -> dict:
         mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
-        return self.predictor(multi_scale_features, mask_features)
+        return self.predictor(multi_scale_features, mask_features, return_aux=return_aux)
 
 
 class Mask2Former(nn.Module):
     """``forward(images)`` takes a normalised, size-divisible batch (B, 3, H, W) and returns
     ``pred_logits`` (B, Q, K+1), ``pred_masks`` (B, Q, H/4, W/4) and ``aux_outputs`` (the
-    predictions of the learned queries and of every decoder layer but the last)."""
+    predictions of the learned queries and of every decoder layer but the last; an empty list with
+    ``return_aux=False``, which inference uses: it skips their full-size masks)."""
 
     def __init__(self, backbone: nn.Module, sem_seg_head: MaskFormerHead, config: Mask2FormerConfig | None = None):
         super().__init__()
@@ -44,9 +45,9 @@ class Mask2Former(nn.Module):
     def size_divisibility(self) -> int:
         return self.config.size_divisibility if self.config is not None else 32
 
-    def forward(self, images: torch.Tensor) -> dict:
+    def forward(self, images: torch.Tensor, return_aux: bool = True) -> dict:
         features = self.backbone.forward_features(images)
-        return self.sem_seg_head(features)
+        return self.sem_seg_head(features, return_aux=return_aux)
 
 
 def build_model(config: Mask2FormerConfig) -> Mask2Former:

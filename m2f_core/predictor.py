@@ -23,7 +23,7 @@ from .data.images import load_image
 from .model import Mask2Former
 from .postprocess import score_order
 from .resize import MaskUpsampler
-from .structures import Candidate, InstanceResult, PanopticResult, Segment, SemanticResult, mask_bbox
+from .structures import Candidate, InstanceResult, PanopticResult, Segment, SemanticResult
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -64,6 +64,10 @@ class Prediction:
         if "class_probs" not in self._cache:
             self._cache["class_probs"] = F.softmax(self.pred_logits, dim=-1)
         return self._cache["class_probs"]
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.pred_logits.shape[0])
 
     @property
     def upsampler(self) -> MaskUpsampler:
@@ -128,12 +132,22 @@ class Prediction:
         winner = torch.zeros((h, w), dtype=torch.int64)  # index into the kept queries
         winner_own = torch.zeros((h, w), dtype=torch.bool)  # the winner's own mask is >= 0.5 here
         original_area = torch.zeros(n, dtype=torch.int64)
-        for r0, r1, probs in self.prob_chunks(queries):  # probs: (rows, n, W)
-            own = probs >= 0.5
-            original_area += torch.count_nonzero(own, dim=(0, 2))
-            ids = (cur_scores.view(1, -1, 1) * probs).max(1).indices  # (rows, W); max(1) is faster than argmax(1)
+        for r0, r1, probs in self.prob_chunks():  # probs: (rows, Q, W)
+            # running argmax over the kept queries (first maximum wins ties, as argmax does); each step
+            # reads one (rows, W) slice, where a stacked max would copy (rows, n, W) first
+            best = torch.full((r1 - r0, w), -1.0)
+            best_p = torch.zeros((r1 - r0, w))
+            ids = torch.zeros((r1 - r0, w), dtype=torch.int64)
+            for k, q in enumerate(queries.tolist()):
+                p = probs[:, q]
+                original_area[k] += torch.count_nonzero(p >= 0.5)
+                score = p * cur_scores[k]
+                better = score > best
+                best = torch.where(better, score, best)
+                best_p = torch.where(better, p, best_p)
+                ids.masked_fill_(better, k)
             winner[r0:r1] = ids
-            winner_own[r0:r1] = own.gather(1, ids[:, None, :])[:, 0]
+            winner_own[r0:r1] = best_p >= 0.5
         mask_area = torch.bincount(winner.flatten(), minlength=n)
         final_area = torch.bincount(winner[winner_own], minlength=n)
         lut = torch.zeros(n, dtype=torch.int32)
@@ -185,25 +199,27 @@ class Prediction:
         if len(query_idx) == 0:
             return InstanceResult(np.zeros((0, h, w), bool), np.zeros((0, 4)), np.zeros(0), np.zeros(0))
         unique_q, inverse = torch.unique(query_idx, return_inverse=True)
-        masks = torch.zeros((len(unique_q), h, w), dtype=torch.bool)
-        prob_sum = torch.zeros(len(unique_q), dtype=torch.float64)
-        counts = torch.zeros(len(unique_q), dtype=torch.float64)
-        for r0, r1, probs in self.prob_chunks(unique_q):  # (rows, U, W)
-            binary = probs > 0.5  # logit > 0
-            masks[:, r0:r1] = binary.permute(1, 0, 2)
-            # reduce the contiguous last axis first: much faster than .sum((0, 2))
-            prob_sum += probs.masked_fill(~binary, 0).sum(2).sum(0).double()
-            counts += torch.count_nonzero(binary, dim=2).sum(0).double()
+        u = len(unique_q)
+        masks = torch.zeros((u, h, w), dtype=torch.bool)
+        prob_sum = torch.zeros(u, dtype=torch.float64)
+        counts = torch.zeros(u, dtype=torch.float64)
+        # Upsampling is a convex combination of mask logits, so a query with no positive logit has an
+        # empty mask (and mask score 0) at any size: only the others are read at full size.
+        nonempty = (self.pred_masks[unique_q].flatten(1).amax(1) > 0).nonzero().flatten()
+        if len(nonempty):
+            for r0, r1, probs in self.prob_chunks(unique_q[nonempty]):  # (rows, U', W)
+                binary = probs > 0.5  # logit > 0
+                # reduce the contiguous last axis first: much faster than .sum((0, 2))
+                prob_sum[nonempty] += torch.where(binary, probs, 0.0).sum(2).sum(0).double()
+                counts[nonempty] += torch.count_nonzero(binary, dim=2).sum(0).double()
+                masks[nonempty, r0:r1] = binary.permute(1, 0, 2)
         mask_scores = (prob_sum / (counts + 1e-6)).float()
         final = scores_per_image * mask_scores[inverse]
         order = torch.from_numpy(score_order(final, query_idx, labels))
         rows = inverse[order]
         out_masks = masks[rows].numpy()
-        unique_boxes = np.zeros((len(unique_q), 4), dtype=np.float32)
-        for i, m in enumerate(masks.numpy()):
-            x, y, bw, bh = mask_bbox(m)
-            unique_boxes[i] = (x, y, x + bw, y + bh)
-        return InstanceResult(masks=out_masks, boxes=unique_boxes[rows.numpy()], scores=final[order].numpy(),
+        unique_boxes = _mask_boxes(masks)
+        return InstanceResult(masks=out_masks, boxes=unique_boxes[rows].numpy(), scores=final[order].numpy(),
                               labels=labels[order].numpy())
 
     # ---------------------------------------------------------------------------------- semantic
@@ -216,13 +232,22 @@ class Prediction:
         cls = self.class_probs[:, :-1]  # (Q, K)
         num_classes = cls.shape[1]
         # Exact pruning: class k scores at most sum_q p(k|q) anywhere (sigmoid <= 1). Score the classes
-        # with the most mass; pixels whose best score does not beat the largest left-out mass are
-        # scored again with every class.
+        # that some query predicts (more likely than no-object) plus the heaviest few; pixels whose
+        # best score does not beat the largest left-out mass are scored again with every class.
         mass = cls.sum(0)
         order = mass.argsort(descending=True)
-        kept = num_classes if with_probs else min(num_classes, max(16, int(cls.argmax(1).unique().numel())))
+        if with_probs:
+            kept = num_classes
+        else:
+            best_prob, best_class = cls.max(1)
+            predicted = best_class[best_prob > self.class_probs[:, -1]].unique()
+            chosen = torch.zeros(num_classes, dtype=torch.bool)
+            chosen[predicted] = True
+            chosen[order[:4]] = True
+            order = torch.cat([order[chosen[order]], order[~chosen[order]]])  # chosen first, by mass
+            kept = int(chosen.sum())
         included = order[:kept]
-        bound = float(mass[order[kept]]) if kept < num_classes else float("-inf")
+        bound = float(mass[order[kept:]].max()) if kept < num_classes else float("-inf")
         cls_t = cls[:, included].T.contiguous()  # (K', Q)
         label_map = torch.zeros((h, w), dtype=torch.int64)
         probs = torch.zeros((num_classes, h, w), dtype=torch.float32) if with_probs else None
@@ -244,10 +269,24 @@ class Prediction:
         """(H, W) in [0, 1]: 1 - the best query's class probability x mask probability at each pixel."""
         def compute():
             h, w = self.size
-            best_cls = self.class_probs[:, :-1].max(-1).values.view(1, -1, 1)
+            best_cls = self.class_probs[:, :-1].max(-1).values  # (Q,)
+            # Exact pruning: a query scores at most its class probability, so the most confident
+            # queries decide almost every pixel; pixels where the best of them is below the next
+            # query's probability are scored with every query.
+            order = best_cls.argsort(descending=True).tolist()
+            predicted = int((self.class_probs[:, :-1].max(-1).values > self.class_probs[:, -1]).sum())
+            top, rest = order[:max(16, predicted)], order[max(16, predicted):]
+            bound = float(best_cls[rest[0]]) if rest else float("-inf")
             out = torch.zeros((h, w), dtype=torch.float32)
-            for r0, r1, p in self.prob_chunks():
-                out[r0:r1] = 1.0 - (best_cls * p).amax(1)
+            for r0, r1, p in self.prob_chunks():  # (rows, Q, W)
+                best = torch.zeros((r1 - r0, w), dtype=torch.float32)
+                for q in top:
+                    torch.maximum(best, p[:, q] * best_cls[q], out=best)
+                unsure = best < bound
+                if bool(unsure.any()):
+                    rr, cc = unsure.nonzero(as_tuple=True)
+                    best[rr, cc] = (p[rr, :, cc] * best_cls).amax(1)
+                out[r0:r1] = 1.0 - best
             return out.numpy()
         return self._cached(("uncertainty",), compute)
 
@@ -325,7 +364,7 @@ class Predictor:
         rgb = load_image(image)
         x, input_size = self.preprocess(rgb)
         t1 = time.perf_counter()
-        out = self.model(x)
+        out = self.model(x, return_aux=False)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
@@ -343,6 +382,18 @@ class Predictor:
                 yield item, self.predict(item)
             except ValueError as e:  # unreadable or odd image: report it, go on with the others
                 yield item, e
+
+
+def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(N, 4) xyxy boxes (x1, y1 exclusive) of (N, H, W) bool masks; zeros for empty masks."""
+    n, h, w = masks.shape
+    rows, cols = masks.any(2), masks.any(1)  # (N, H), (N, W)
+    y0 = rows.to(torch.uint8).argmax(1)
+    y1 = h - rows.flip(1).to(torch.uint8).argmax(1)
+    x0 = cols.to(torch.uint8).argmax(1)
+    x1 = w - cols.flip(1).to(torch.uint8).argmax(1)
+    boxes = torch.stack([x0, y0, x1, y1], 1).float()
+    return torch.where(rows.any(1, keepdim=True), boxes, 0.0)
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -116,47 +116,53 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
-    def forward(self, x: list[torch.Tensor], mask_features: torch.Tensor) -> dict:
-        """x: 3 levels (B, C, H_l, W_l), low to high resolution; mask_features: (B, mask_dim, H/4, W/4)."""
+    def forward(self, x: list[torch.Tensor], mask_features: torch.Tensor, return_aux: bool = True) -> dict:
+        """x: 3 levels (B, C, H_l, W_l), low to high resolution; mask_features: (B, mask_dim, H/4, W/4).
+
+        ``return_aux=False`` (inference) skips the full-resolution masks of the intermediate
+        predictions, which only the losses use; the outputs are the same either way.
+        """
         src, pos, sizes = [], [], []
         for i in range(self.num_feature_levels):
             sizes.append(x[i].shape[-2:])
             pos.append(self.pe_layer(x[i]).flatten(2).permute(2, 0, 1))  # (HW, B, C)
             level = self.input_proj[i](x[i]).flatten(2) + self.level_embed.weight[i][None, :, None]
             src.append(level.permute(2, 0, 1))  # (HW, B, C)
+        # The attention masks are bilinear resizes of the predicted masks to each level. Resizing is
+        # linear, so resizing the mask features once per level and predicting there gives the same
+        # masks as resizing every prediction (the official order) without the full-size product.
+        level_features = [F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
+                          for size in sizes]
         bs = src[0].shape[1]
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, bs, 1)  # (Q, B, C)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, bs, 1)
 
         classes, masks = [], []
-        outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(output, mask_features, sizes[0])
-        classes.append(outputs_class)
-        masks.append(outputs_mask)
-        for i in range(self.num_layers):
-            level = i % self.num_feature_levels
-            # a query whose mask covers nothing attends everywhere
-            attn_mask[attn_mask.all(-1)] = False
-            output = self.transformer_cross_attention_layers[i](
-                output, src[level], memory_mask=attn_mask, pos=pos[level], query_pos=query_embed)
-            output = self.transformer_self_attention_layers[i](output, query_pos=query_embed)
-            output = self.transformer_ffn_layers[i](output)
-            outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
-                output, mask_features, sizes[(i + 1) % self.num_feature_levels])
+        attn_mask = None  # made by the prediction before each layer
+        for i in range(self.num_layers + 1):
+            if i > 0:
+                level = (i - 1) % self.num_feature_levels
+                output = self.transformer_cross_attention_layers[i - 1](
+                    output, src[level], memory_mask=attn_mask, pos=pos[level], query_pos=query_embed)
+                output = self.transformer_self_attention_layers[i - 1](output, query_pos=query_embed)
+                output = self.transformer_ffn_layers[i - 1](output)
+            last = i == self.num_layers
+            outputs_class, mask_embed = self.forward_prediction_heads(output)
             classes.append(outputs_class)
-            masks.append(outputs_mask)
-        return {
-            "pred_logits": classes[-1],
-            "pred_masks": masks[-1],
-            "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1])],
-        }
+            masks.append(torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features) if return_aux or last else None)
+            if not last:
+                attn_mask = self.attention_mask(mask_embed, level_features[i % self.num_feature_levels])
+        aux = [{"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1])] if return_aux else []
+        return {"pred_logits": classes[-1], "pred_masks": masks[-1], "aux_outputs": aux}
 
-    def forward_prediction_heads(self, output: torch.Tensor, mask_features: torch.Tensor, target_size):
+    def forward_prediction_heads(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits (B, Q, K+1) and mask embeddings (B, Q, mask_dim) of the queries (Q, B, C)."""
         decoder_output = self.decoder_norm(output).transpose(0, 1)  # (B, Q, C)
-        outputs_class = self.class_embed(decoder_output)
-        mask_embed = self.mask_embed(decoder_output)
-        outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
-        # attention mask for the next layer: (B, Q, h, w) -> (B*heads, Q, h*w), True = not attended
-        attn_mask = F.interpolate(outputs_mask, size=target_size, mode="bilinear", align_corners=False)
-        attn_mask = attn_mask.sigmoid().flatten(2) < 0.5
-        attn_mask = attn_mask.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
-        return outputs_class, outputs_mask, attn_mask
+        return self.class_embed(decoder_output), self.mask_embed(decoder_output)
+
+    def attention_mask(self, mask_embed: torch.Tensor, level_features: torch.Tensor) -> torch.Tensor:
+        """(B*heads, Q, h*w) bool, True = not attended: outside the predicted mask at this level."""
+        mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, level_features)
+        attn_mask = mask_logits.sigmoid().flatten(2) < 0.5
+        attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)  # a query masking everything attends everywhere
+        return attn_mask.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()

@@ -19,6 +19,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from m2f_core import build_model
@@ -250,6 +251,18 @@ def test_model_output_shapes(backbone, hw):
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
+def test_inference_without_aux_gives_the_same_outputs(backbone):
+    """``return_aux=False`` (the predictor's path) skips the intermediate full-size masks only."""
+    model = _build(backbone).eval()
+    x = torch.randn(1, 3, 160, 224)
+    with torch.no_grad():
+        full, lean = model(x), model(x, return_aux=False)
+    assert lean["aux_outputs"] == [] and len(full["aux_outputs"]) == DEC_LAYERS - 1
+    assert torch.equal(full["pred_logits"], lean["pred_logits"])
+    assert torch.equal(full["pred_masks"], lean["pred_masks"])
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
 def test_model_batch_independence(backbone):
     """Each image's outputs do not depend on the other images of the batch.
 
@@ -461,13 +474,17 @@ def _reference_mask(logits: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
 
 def test_prediction_heads_attention_mask_rule():
     """attn_mask = sigmoid(bilinear resize of the mask logits) < 0.5, shape (B*heads, Q, h*w),
-    image-major then head; pred_masks are the logits themselves."""
+    image-major then head, fully masked rows cleared; computed from the mask features resized to the
+    level (linearity), it equals resizing the full-size logits; pred_masks are the logits themselves."""
     dec, mask_features, logits = _decoder_with_known_masks()
     b, q = logits.shape[:2]
     output = torch.randn(q, b, 16, dtype=torch.float64)
     for size in FEATURE_SIZES:
         with torch.no_grad():
-            cls, masks, attn_mask = dec.forward_prediction_heads(output, mask_features, size)
+            cls, embed = dec.forward_prediction_heads(output)
+            masks = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
+            level = F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
+            attn_mask = dec.attention_mask(embed, level)
         assert cls.shape == (b, q, 3 + 1)
         np.testing.assert_allclose(masks.numpy(), logits, atol=1e-12, rtol=0)
         assert attn_mask.dtype == torch.bool and attn_mask.shape == (b * HEADS, q, size[0] * size[1])
@@ -475,6 +492,7 @@ def test_prediction_heads_attention_mask_rule():
         assert ref[:, 0].any() and not ref[:, 0].all()  # query 0 is partly masked
         assert not ref[:, 1].any() and ref[:, 2].all() and not ref[:, 3].any()
         assert not torch.equal(ref[0, 0], ref[1, 0])  # the two images differ
+        ref[ref.all(-1)] = False  # query 2 masks everything: it attends everywhere instead
         for i in range(b):
             for head in range(HEADS):
                 assert torch.equal(attn_mask[i * HEADS + head], ref[i]), (size, i, head)

@@ -2,7 +2,15 @@
 
 ``ms_deform_attn_core`` is the reference implementation (bilinear sampling with ``grid_sample``,
 zeros outside the map, ``align_corners=False``), the same computation as the CUDA kernel of the
-official code. Faster paths added later must match it within fp32 noise.
+official code.
+
+``ms_deform_attn_gather`` computes the same sum as one fused gather: every sample is 4 bilinear
+corners, and each corner's weight (bilinear x attention, 0 outside the map) multiplies one row of
+the flattened value table. ``embedding_bag(mode="sum", per_sample_weights=...)`` does the gather and
+the weighted sum for all levels, heads and points in one kernel, without materialising the sampled
+values; its backward gives gradients for the values and (through the weights) for the sampling
+locations and attention weights, so training uses it too. On CPU it is several times faster than
+per-level ``grid_sample``; the two agree within fp32 rounding (tests/test_ms_deform_attn.py).
 """
 
 from __future__ import annotations
@@ -42,6 +50,43 @@ def ms_deform_attn_core(
     return out.view(n, m * d, lq).transpose(1, 2).contiguous()
 
 
+def ms_deform_attn_gather(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Same inputs and output as ``ms_deform_attn_core``, computed as one weighted gather."""
+    n, s, m, d = value.shape
+    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
+    dtype, device = sampling_locations.dtype, sampling_locations.device
+    shapes = torch.tensor(spatial_shapes, dtype=torch.int32, device=device)  # (L, 2) as (H, W)
+    starts = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1].int()])  # (L,)
+    height, width = shapes[:, 0].view(-1, 1, 1), shapes[:, 1].view(-1, 1, 1)  # broadcast over (L, P, 2)
+    # pixel coordinates (align_corners=False) of the two neighbours along each axis: (N, Lq, M, L, P, 2)
+    corner = torch.arange(2, dtype=torch.int32, device=device)
+    x = sampling_locations[..., 0] * width.to(dtype).view(-1, 1) - 0.5
+    y = sampling_locations[..., 1] * height.to(dtype).view(-1, 1) - 0.5
+    x0, y0 = x.detach().floor(), y.detach().floor()
+    fx, fy = (x - x0).unsqueeze(-1), (y - y0).unsqueeze(-1)  # differentiable bilinear fractions
+    xs = x0.int().unsqueeze(-1) + corner
+    ys = y0.int().unsqueeze(-1) + corner
+    wx = torch.where(corner == 0, 1 - fx, fx) * ((xs >= 0) & (xs < width))  # 0 outside the map
+    wy = torch.where(corner == 0, 1 - fy, fy) * ((ys >= 0) & (ys < height)) * attention_weights.unsqueeze(-1)
+    # row of each corner in the value table laid out (N, M, S); clamped rows carry weight 0
+    block = (torch.arange(n * m, dtype=torch.int32, device=device) * s).view(n, 1, m, 1, 1, 1)
+    rows_y = block + starts.view(-1, 1, 1) + ys.clamp(min=0).minimum(height - 1) * width
+    index = rows_y.unsqueeze(-1) + xs.clamp(min=0).minimum(width - 1).unsqueeze(-2)  # (N, Lq, M, L, P, 2, 2)
+    weight = wy.unsqueeze(-1) * wx.unsqueeze(-2)
+    # bags ordered (N, Lq, M), each of L * P * 4 corners
+    table = value.permute(0, 2, 1, 3).reshape(n * m * s, d)  # (N*M*S, D)
+    bag = num_levels * num_points * 4
+    offsets = torch.arange(0, index.numel(), bag, dtype=torch.int32, device=device)
+    out = F.embedding_bag(index.reshape(-1), table, offsets, mode="sum",
+                          per_sample_weights=weight.reshape(-1).to(table.dtype))
+    return out.view(n, lq, m * d)
+
+
 class MSDeformAttn(nn.Module):
     """Each query attends to ``n_points`` learned offsets around its reference point on every level."""
 
@@ -57,6 +102,9 @@ class MSDeformAttn(nn.Module):
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
+        # the sampling kernel: the fused gather; ``ms_deform_attn_core`` (grid_sample) is the reference
+        # and the one ONNX export uses (GridSample is a standard ONNX operator)
+        self.core = ms_deform_attn_gather
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -93,5 +141,5 @@ class MSDeformAttn(nn.Module):
         # offsets are in pixels of each level: normalise by (W, H)
         normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        out = ms_deform_attn_core(value, spatial_shapes, locations, weights)
+        out = self.core(value, spatial_shapes, locations, weights)
         return self.output_proj(out)

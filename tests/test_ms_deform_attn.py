@@ -1,0 +1,74 @@
+"""The fused-gather deformable attention equals the grid_sample reference, values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from m2f_core.ops import ms_deform_attn_core, ms_deform_attn_gather
+
+SHAPES = [(13, 17), (7, 9), (4, 5)]
+
+
+def _inputs(dtype: torch.dtype, n: int = 2, lq: int = 23, m: int = 4, d: int = 8, points: int = 3, spread=0.3):
+    g = torch.Generator().manual_seed(0)
+    s = sum(h * w for h, w in SHAPES)
+    value = torch.randn(n, s, m, d, generator=g, dtype=dtype)
+    # locations partly outside [0, 1] so the zero padding and the borders are exercised
+    loc = torch.rand(n, lq, m, len(SHAPES), points, 2, generator=g, dtype=dtype) * (1 + 2 * spread) - spread
+    attn = torch.rand(n, lq, m, len(SHAPES), points, generator=g, dtype=dtype)
+    return value, loc, attn / attn.sum((-1, -2), keepdim=True)
+
+
+@pytest.mark.parametrize("spread", [0.0, 0.3, 2.0])
+def test_gather_equals_grid_sample_fp64(spread):
+    value, loc, attn = _inputs(torch.float64, spread=spread)
+    ref = ms_deform_attn_core(value, SHAPES, loc, attn)
+    out = ms_deform_attn_gather(value, SHAPES, loc, attn)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-12, rtol=0)
+
+
+def test_gather_on_exact_pixel_centres_and_edges():
+    """Samples exactly on pixel centres, on the map border and exactly at 0 and 1."""
+    value, _, _ = _inputs(torch.float64)
+    h, w = SHAPES[0]
+    xs = torch.tensor([0.0, 0.5 / w, 1.0 - 0.5 / w, 1.0, 3.5 / w, -0.5 / w])
+    ys = torch.tensor([0.0, 0.5 / h, 1.0 - 0.5 / h, 1.0, 2.5 / h, 1.0 + 0.5 / h])
+    loc = torch.stack([xs, ys], -1).view(1, 6, 1, 1, 1, 2).expand(2, 6, 4, 3, 1, 2).contiguous().double()
+    attn = torch.full((2, 6, 4, 3, 1), 1 / 3, dtype=torch.float64)
+    assert torch.allclose(ms_deform_attn_gather(value, SHAPES, loc, attn),
+                          ms_deform_attn_core(value, SHAPES, loc, attn), atol=1e-12, rtol=0)
+
+
+def test_gather_fp32_within_rounding():
+    value, loc, attn = _inputs(torch.float32, lq=200, m=8, d=32, points=4)
+    ref = ms_deform_attn_core(value.double(), SHAPES, loc.double(), attn.double())
+    out = ms_deform_attn_gather(value, SHAPES, loc, attn)
+    assert (out.double() - ref).abs().max() < 2e-6
+
+
+def test_gather_gradients_equal_grid_sample():
+    value, loc, attn = _inputs(torch.float64)
+    grads = []
+    for fn in (ms_deform_attn_core, ms_deform_attn_gather):
+        v, p, a = (t.clone().requires_grad_(True) for t in (value, loc, attn))
+        out = fn(v, SHAPES, p, a)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads.append((v.grad, p.grad, a.grad))
+    for ref, got in zip(*grads, strict=True):
+        assert torch.allclose(got, ref, atol=1e-10, rtol=0)
+
+
+def test_gather_gradcheck():
+    value, loc, attn = _inputs(torch.float64, n=1, lq=3, m=2, d=2, points=2)
+    inputs = tuple(t.clone().requires_grad_(True) for t in (value, loc, attn))
+    assert torch.autograd.gradcheck(lambda v, p, a: ms_deform_attn_gather(v, SHAPES, p, a), inputs)
+
+
+def test_gather_bfloat16_runs_and_is_close():
+    value, loc, attn = _inputs(torch.float32, lq=50, m=4, d=16)
+    ref = ms_deform_attn_core(value, SHAPES, loc, attn)
+    out = ms_deform_attn_gather(value.bfloat16(), SHAPES, loc.bfloat16(), attn.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() < 0.1
