@@ -6,11 +6,13 @@ compressed RLE, semantic PNGs, copies of the images) plus ``edits.json`` (each s
 ``source`` and score, for review tools; the trainer ignores it).
 
 Atomic at the folder level: everything is written into a hidden temporary sibling
-(``.<name>.tmp-*``) that is renamed to ``<name>`` only when complete, so a reader or a crash
+(``.<name>.tmp-<pid>-*``) that is renamed to ``<name>`` only when complete, so a reader or a crash
 never sees a half-written export. An existing export is replaced only with ``overwrite=True``
-(the old folder is moved aside, the new one renamed in, then the old one deleted; if the second
-rename fails the old one is put back). A process killed mid-export can leave a hidden ``.<name>.*``
-folder behind, never a partial ``<name>``.
+(the old folder is moved aside as ``.<name>.old-<pid>-*``, the new one renamed in, then the old
+one deleted; if the second rename fails the old one is put back). A process killed mid-export
+leaves only such hidden entries, never a partial ``<name>``; the next export into the same folder
+removes them (``remove_stale_temporaries``: only entries of a process that no longer runs), and
+puts a moved-aside export back if the kill came between the two renames.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
+import threading
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +33,9 @@ from m2f_core.data.records import (
     atomic_write_json,
     categories_from_config,
     image_size,
+    make_temp_dir,
     normalize_categories,
+    remove_stale_temporaries,
 )
 
 from .editing import EditSession
@@ -40,6 +44,7 @@ __all__ = ["ExportError", "export_corrections", "sanitize_name", "zip_export"]
 
 MAX_NAME_LENGTH = 100
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+_SWAP_LOCK = threading.Lock()  # two sessions replacing the same export take turns
 
 
 class ExportError(ValueError):
@@ -103,12 +108,13 @@ def export_corrections(sessions: Sequence[tuple[str | Path, EditSession]], class
         raise ExportError("nothing to export (no annotated image)")
     out_root = Path(out_root)
     final = out_root / name
+    remove_stale_temporaries(out_root)  # what an export killed mid-write left (may put an old export back)
     if final.exists() and not overwrite:
         raise ExportError(f"{final} already exists (choose another name or overwrite)")
     categories = _categories(classes)
     samples = _samples(sessions, categories)
     out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_root, prefix=f".{name}.tmp-"))
+    tmp = make_temp_dir(out_root, name)
     try:
         write_corrections(tmp, samples, categories)
         atomic_write_json(tmp / "edits.json", {"images": [
@@ -125,19 +131,20 @@ def export_corrections(sessions: Sequence[tuple[str | Path, EditSession]], class
 
 def _swap_in(tmp: Path, final: Path, overwrite: bool) -> None:
     """Rename the finished temporary folder to ``final`` (moving an existing export aside if allowed)."""
-    if not final.exists():
-        os.rename(tmp, final)
-        return
-    if not overwrite:
-        raise ExportError(f"{final} already exists (choose another name or overwrite)")
-    old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
-    os.rmdir(old)
-    os.rename(final, old)
-    try:
-        os.rename(tmp, final)
-    except BaseException:
-        os.rename(old, final)
-        raise
+    with _SWAP_LOCK:
+        if not final.exists():
+            os.rename(tmp, final)  # fails, never merges, if another process created ``final`` meanwhile
+            return
+        if not overwrite:
+            raise ExportError(f"{final} already exists (choose another name or overwrite)")
+        old = make_temp_dir(final.parent, final.name, kind="old")
+        os.rmdir(old)
+        os.rename(final, old)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            os.rename(old, final)
+            raise
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -147,6 +154,7 @@ def zip_export(folder: str | Path) -> Path:
     if not folder.is_dir():
         raise ExportError(f"{folder}: no such export folder")
     target = folder.parent / f"{folder.name}.zip"
+    remove_stale_temporaries(folder.parent)
 
     def write_zip(tmp: str) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:

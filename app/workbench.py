@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from m2f_core.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from m2f_core.data.records import remove_stale_temporaries
 
 from .editing import TASKS
 from .export import export_corrections, sanitize_name, zip_export
@@ -112,6 +113,7 @@ class Workbench:
                  finetune_batch: int = 2) -> None:
         self.predictor = predictor
         self.corrections_dir = Path(corrections_dir)
+        remove_stale_temporaries(self.corrections_dir)  # an export killed mid-write: put the old one back
         self.dataset = dataset
         self._gt_index: dict[str, int] = {}
         browse = [Path(p) for p in images]

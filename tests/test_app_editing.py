@@ -509,7 +509,8 @@ def test_export_reads_back_with_corrections_dataset_and_pycocotools(tmp_path, im
 
 def test_export_names_and_no_overwrite(tmp_path, images):
     assert sanitize_name(" ok-name_1.v2 ") == "ok-name_1.v2"
-    for bad, msg in (("", "empty"), ("../evil", "'/'"), ("a/b", "'/'"), ("a\\b", "characters"),
+    for bad, msg in (("", "empty"), ("../evil", "'/'"), ("a/b", "'/'"), ("/etc/cron.d", "'/'"),
+                     ("C:\\x", "characters"), ("a\\b", "characters"),
                      ("x" * 101, "at most 100"), (".hidden", "start with '.'"), ("a..b", r"'\.\.'"),
                      ("caf\u00e9", "characters")):
         with pytest.raises(ExportError, match=msg):

@@ -4,25 +4,27 @@
     RUN_DIR/checkpoints/last          (a one-line file naming the newest complete checkpoint)
     RUN_DIR/checkpoints/best          (the best by the evaluation metric, when evaluating)
 
-A checkpoint folder is written under a temporary name and renamed when complete, and ``last`` is
-replaced atomically after that: a run killed at any moment leaves the previous checkpoint usable.
+A checkpoint folder is written under a temporary name (``.iter_0000500.tmp-<pid>-*``) and renamed
+when complete, and ``last`` is replaced atomically after that: a run killed at any moment leaves the
+previous checkpoint usable. The next save removes what a killed run left behind (and puts back a
+checkpoint that was moved aside to be replaced, if the kill came between the two renames).
 ``trainer_state.pt`` holds only tensors and plain containers and is read with weights_only=True.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from m2f_core.checkpoint import load_model, save_model
-from m2f_core.data.records import atomic_write
+from m2f_core.checkpoint import CheckpointError, first_line, load_model, save_model
+from m2f_core.data.records import atomic_write, make_temp_dir, remove_stale_temporaries
 
 from .config import TrainConfig
 
@@ -59,9 +61,10 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
     """Write a complete checkpoint folder atomically and point ``last`` at it."""
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(ckpt_root)  # left by a run killed while saving
     name = name or f"iter_{iteration:07d}"
     final = ckpt_root / name
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{name}."))
+    tmp = make_temp_dir(ckpt_root, name)
     try:
         save_model(model, tmp)
         state = {"iteration": iteration, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -71,10 +74,14 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
         train_cfg.to_json(tmp / "train_config.json")
         _fsync_dir(tmp)
         if final.exists():
-            old = ckpt_root / f".{name}.old"
-            shutil.rmtree(old, ignore_errors=True)
+            old = make_temp_dir(ckpt_root, name, kind="old")
+            os.rmdir(old)
             os.replace(final, old)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old, final)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
@@ -115,7 +122,11 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler, 
     """Restore model, optimiser, scheduler, scaler and RNG; returns the saved state (iteration, extra)."""
     weights = load_model(folder)
     model.load_state_dict(weights.state_dict())
-    state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # damaged on disk after it was written
+        raise CheckpointError(f"{folder / STATE_NAME}: not a readable trainer state ({first_line(e)}); "
+                              "resume from an earlier checkpoint") from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..structures import InstanceResult, PanopticResult, mask_bbox
 from .errors import DatasetError
+from .images import DEFAULT_MAX_PIXELS
 from .records import (
     GTSegment,
     InstanceAnnotation,
@@ -123,6 +124,8 @@ def _read_images(data: dict, source: Path, required: bool) -> dict[int | str, tu
         w = require(img, "width", "int", where, source)
         if h <= 0 or w <= 0:
             raise DatasetError(source, f"{where} has size {w}x{h}")
+        if h * w > DEFAULT_MAX_PIXELS:  # its masks would be decoded at this size
+            raise DatasetError(source, f"{where} is {w}x{h}: more than the {DEFAULT_MAX_PIXELS:,} pixel limit")
         out[iid] = (require(img, "file_name", "str", where, source), h, w)
     return out
 
@@ -404,6 +407,10 @@ def _check_segmentation(seg: list | dict, where: str, h: int, w: int, src: Path)
                 raise DatasetError(src, f"{where}.segmentation[{k}] must be a list of numbers")
             if len(poly) % 2:
                 raise DatasetError(src, f"{where}.segmentation[{k}] has an odd number of coordinates ({len(poly)})")
+            # pycocotools rasterises along every edge: a point far outside would cost memory without
+            # bound (and NaN fails these comparisons too)
+            if not (all(-w <= x <= 2 * w for x in poly[0::2]) and all(-h <= y <= 2 * h for y in poly[1::2])):
+                raise DatasetError(src, f"{where}.segmentation[{k}] has points far outside the {w}x{h} image")
             if len(poly) >= 6:
                 polys.append([float(v) for v in poly])
         return polys or None
@@ -421,7 +428,39 @@ def _check_segmentation(seg: list | dict, where: str, h: int, w: int, src: Path)
     elif not isinstance(counts, str):
         raise DatasetError(src, f"{where}.segmentation.counts must be a string or a list, "
                                 f"got {type(counts).__name__}")
+    else:
+        covered = _compressed_rle_length(counts)
+        if covered != h * w:  # pycocotools would decode such a string to uninitialised memory
+            problem = "is not a valid compressed RLE" if covered is None else f"covers {covered} pixels"
+            raise DatasetError(src, f"{where}.segmentation.counts {problem}, the image has {h * w}")
     return seg
+
+
+def _compressed_rle_length(counts: str) -> int | None:
+    """Pixels covered by a COCO compressed RLE string (pycocotools' ``rleFrString``); None if malformed."""
+    total, runs, prev2, prev1, i = 0, 0, 0, 0, 0
+    while i < len(counts):
+        x, k, more = 0, 0, True
+        while more:
+            if i >= len(counts):
+                return None
+            c = ord(counts[i]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            i += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if runs > 2:
+            x += prev2
+        if x < 0:
+            return None
+        total += x
+        runs += 1
+        prev2, prev1 = prev1, x
+    return total
 
 
 def instance_results_to_coco(image_id: int | str, result: InstanceResult, categories: list[dict]) -> list[dict]:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# refuse images above this many pixels (overridable: M2F_MAX_PIXELS or the max_pixels argument)
+# refuse images above this many pixels (overridable: M2F_MAX_PIXELS or the max_pixels argument);
+# PIL refuses more than 2 x Image.MAX_IMAGE_PIXELS (179 Mpx) whatever this says
 DEFAULT_MAX_PIXELS = int(os.environ.get("M2F_MAX_PIXELS", 100_000_000))
 
 
@@ -42,7 +43,9 @@ def load_image(source, max_pixels: int | None = None) -> np.ndarray:
         opener = lambda: open(path, "rb")  # noqa: E731
     try:
         with opener() as f, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL's own warning threshold (89 Mpx) would refuse images under a larger configured limit:
+            # our limit decides, checked from the header before any pixel is decoded
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(f) as img:
                 if img.width * img.height > limit:
                     raise ImageError(f"{name}: {img.width}x{img.height} is more than the {limit:,} pixel limit")

@@ -19,7 +19,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from ..config import default_color
 from ..structures import PanopticResult, Segment
 from .errors import DatasetError
+from .images import DEFAULT_MAX_PIXELS
 
 IGNORE_LABEL = 255
 _CLASSES_DIR = Path(__file__).parent / "classes"
@@ -338,14 +342,27 @@ def read_json(path: str | Path) -> Any:
         raise DatasetError(path, "not valid JSON (not UTF-8 text)") from None
 
 
-def read_png(path: str | Path) -> np.ndarray:
-    """Pixels of an annotation image as stored (no palette or colour conversion)."""
+def read_png(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Pixels of an annotation image as stored (no palette or colour conversion).
+
+    Refuses images above ``max_pixels`` (default ``M2F_MAX_PIXELS``, as ``load_image``) from the
+    header, before decoding, so a decompression bomb costs nothing.
+    """
     path = Path(path)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     if not path.is_file():
         raise DatasetError(path, "no such file")
     try:
-        with Image.open(path) as img:
-            return np.array(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
+            with Image.open(path) as img:
+                if img.width * img.height > limit:
+                    raise DatasetError(path, f"{img.width}x{img.height} is more than the {limit:,} pixel limit")
+                return np.array(img)
+    except DatasetError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DatasetError(path, f"refused as a decompression bomb ({e})") from None
     except UnidentifiedImageError:
         raise DatasetError(path, "not an image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -358,9 +375,13 @@ def image_size(path: str | Path) -> tuple[int, int]:
     if not path.is_file():
         raise DatasetError(path, "no such file")
     try:
-        with Image.open(path) as img:
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # only the header is read
+            with Image.open(path) as img:
+                w, h = img.size
+                orientation = img.getexif().get(0x0112, 1)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DatasetError(path, f"refused as a decompression bomb ({e})") from None
     except UnidentifiedImageError:
         raise DatasetError(path, "not an image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -375,17 +396,79 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# Hidden temporaries of the atomic writers: ``.<target>.tmp-<pid>-<random>`` (being written) and
+# ``.<target>.old-<pid>-<random>`` (a previous version moved aside during a swap). The pid tells the
+# leftovers of a killed writer from the work of a running one.
+_TEMP_RE = re.compile(r"\.(?P<target>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[a-z0-9_]+")
+
+
+def temp_prefix(target_name: str, kind: str = "tmp") -> str:
+    """Name prefix of this process's temporaries for ``target_name`` (``kind``: tmp or old)."""
+    return f".{target_name}.{kind}-{os.getpid()}-"
+
+
+def make_temp_dir(folder: str | Path, target_name: str, kind: str = "tmp") -> Path:
+    """A new hidden folder in ``folder`` named after ``target_name`` (see ``temp_prefix``)."""
+    return Path(tempfile.mkdtemp(dir=folder, prefix=temp_prefix(target_name, kind)))
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill would terminate it there: never call a Windows process dead
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Clean up after writers that were killed mid-write in ``folder``; returns what was handled.
+
+    Only entries of the writers' own pattern (``.<target>.tmp-<pid>-*``, ``.<target>.old-*``)
+    whose process no longer runs are touched. A ``.old`` entry is a previous good version moved
+    aside during a swap: it is put back when ``<target>`` is missing, deleted otherwise.
+    """
+    folder = Path(folder)
+    handled: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return handled
+    for entry in entries:
+        m = _TEMP_RE.fullmatch(entry.name)
+        if m is None or _process_alive(int(m["pid"])):
+            continue
+        target = folder / m["target"]
+        try:
+            if m["kind"] == "old" and not os.path.lexists(target):
+                os.rename(entry, target)
+            elif entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue  # another process cleaned it first, or it is not ours to remove
+        handled.append(entry)
+    return handled
+
+
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     """Write ``path`` atomically: ``write(tmp)`` fills a temporary file in the same folder, which is
     fsynced and renamed over ``path`` (mode kept, 0644 for a new file), then the folder is fsynced.
 
     A reader (or a crash) never sees a half-written file: it sees the old file or the new one.
-    The one mechanism behind every write of data, exports and checkpoints.
+    The one mechanism behind every write of data, exports and checkpoints. A process killed here
+    leaves a hidden ``.<name>.tmp-<pid>-*`` file, which ``remove_stale_temporaries`` cleans.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name))
     os.close(fd)
     try:
         write(tmp)
