@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the built-in model trained on synthetic scenes)")
     p.add_argument("--config", default=None, help="preset name or config JSON, for weights without one")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="run the network in PyTorch (default) or exported to ONNX in onnxruntime (CPU)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
     p.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             if len(dataset) == 0:
                 raise ValueError(f"{args.dataset}: the dataset has no images")
         print(f"loading model {args.weights or '(built-in)'} ...", file=sys.stderr)
-        predictor = Predictor(args.weights, device=args.device, config=args.config)
+        predictor = Predictor(args.weights, device=args.device, config=args.config, backend=args.backend)
     except (ValueError, OSError, RuntimeError) as e:
         hint = "" if args.weights else " (use --weights SOURCE)"
         msg = " ".join(str(e).split())

@@ -35,7 +35,7 @@ def resize_shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tupl
     if max(newh, neww) > max_size:
         scale = max_size / max(newh, neww)
         newh, neww = newh * scale, neww * scale
-    return int(newh + 0.5), int(neww + 0.5)
+    return max(1, int(newh + 0.5)), max(1, int(neww + 0.5))  # extreme aspect ratios keep >= 1 px
 
 
 class Prediction:
@@ -83,7 +83,8 @@ class Prediction:
         h, w = self.size
         if "probs" not in self._cache and self.pred_masks.shape[0] * h * w <= self.CACHE_ELEMENTS:
             start = time.perf_counter()
-            self._cache["probs"] = torch.cat([c.sigmoid_() for _, _, c in self.upsampler.chunks()], dim=0)
+            chunks = [c.sigmoid_() for _, _, c in self.upsampler.chunks()]
+            self._cache["probs"] = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=0)
             self.timings["upsample"] = time.perf_counter() - start
         return self
 
@@ -319,15 +320,28 @@ class Predictor:
     """One model, one forward pass per image. ``Predictor(source)`` accepts anything ``load_model`` does;
     ``Predictor()`` uses the built-in model (synthetic classes only)."""
 
+    BACKENDS = ("torch", "onnxruntime")
+
     def __init__(self, model_or_source: Mask2Former | str | Path | None = None,
                  device: str | torch.device | None = None, min_size: int | None = None, max_size: int | None = None,
-                 config=None):
+                 config=None, backend: str = "torch"):
+        """``backend="onnxruntime"`` runs the network exported to ONNX (CPU; exported once and cached,
+        or a ``.onnx`` file given directly); post-processing is the same either way."""
         from .checkpoint import load_model
 
+        if backend not in self.BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(self.BACKENDS)}")
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = "cuda" if torch.cuda.is_available() and backend == "torch" else "cpu"
         self.device = torch.device(device)
-        if isinstance(model_or_source, torch.nn.Module):
+        self.backend = backend
+        if backend == "onnxruntime":
+            from .onnx_backend import load_onnx_model
+
+            if self.device.type != "cpu":
+                raise ValueError("the onnxruntime backend runs on the CPU (use --device cpu)")
+            model = load_onnx_model(model_or_source, config=config)
+        elif isinstance(model_or_source, torch.nn.Module):
             model = model_or_source
         else:
             model = load_model(model_or_source, device=self.device, config=config)

@@ -40,6 +40,21 @@ def chain_matrix(mask_size: int, padded_size: int, image_size: int, output_size:
     return up
 
 
+def _taps(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse form of an (out, in) resize operator: (out, taps) input indices and fp32 weights, where
+    taps is the most non-zero weights of any row (2 for a plain bilinear upsampling)."""
+    taps = max(1, int((matrix != 0).sum(1).max()))
+    _, index = matrix.abs().topk(taps, dim=1)
+    return index, torch.gather(matrix, 1, index).float()
+
+
+def _apply_taps(table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Rows of ``operator @ table`` for a sparse operator: one fused weighted gather (embedding_bag)."""
+    taps = index.shape[1]
+    return F.embedding_bag(index.reshape(-1), table, offsets=torch.arange(0, index.numel(), taps),
+                           per_sample_weights=weight.reshape(-1), mode="sum")
+
+
 class MaskUpsampler:
     """Rows of the upsampled mask logits, (rows, Q, W), for all queries or a subset."""
 
@@ -49,13 +64,10 @@ class MaskUpsampler:
         self.output_size = output_size
         self.num_queries = q
         rows = chain_matrix(h, padded_size[0], image_size[0], output_size[0])  # (H, h)
-        cols = chain_matrix(w, padded_size[1], image_size[1], output_size[1]).float()  # (W, w)
+        cols = chain_matrix(w, padded_size[1], image_size[1], output_size[1])  # (W, w)
         # columns once on the small tensor, stored row-major: (h, Q, W)
-        self._by_cols = mask_logits.float().permute(1, 0, 2).matmul(cols.T).contiguous()
-        taps = min(4, h)
-        _, index = rows.abs().topk(taps, dim=1)
-        self._row_index = index  # (H, taps)
-        self._row_weight = torch.gather(rows, 1, index).float()
+        self._by_cols = mask_logits.float().permute(1, 0, 2).matmul(cols.float().T).contiguous()
+        self._row_index, self._row_weight = _taps(rows)  # (H, taps)
         self.max_elements = max_elements
 
     def _table(self, queries: torch.Tensor | None) -> torch.Tensor:
@@ -67,10 +79,7 @@ class MaskUpsampler:
         return self._rows(self._table(queries), r0, r1)
 
     def _rows(self, table: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
-        idx, wgt = self._row_index[r0:r1], self._row_weight[r0:r1]
-        taps = idx.shape[1]
-        out = F.embedding_bag(idx.reshape(-1), table, offsets=torch.arange(0, idx.numel(), taps),
-                              per_sample_weights=wgt.reshape(-1), mode="sum")
+        out = _apply_taps(table, self._row_index[r0:r1], self._row_weight[r0:r1])
         return out.view(r1 - r0, -1, self.output_size[1])
 
     def chunks(self, queries: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
