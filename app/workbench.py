@@ -612,7 +612,8 @@ class Workbench:
             ckpt = latest_checkpoint(folder)
             if ckpt is None:
                 raise ValueError(f"{folder}: no checkpoint yet")
-            new = Predictor(str(ckpt), device=self.predictor.device)
+            backend = getattr(self.predictor, "backend", "torch")
+            new = Predictor(str(ckpt), device=self.predictor.device, backend=backend)
             if new.config.class_names != self.config.class_names:
                 raise ValueError(f"{ckpt}: its classes differ from the current model's")
             ws = s.workspace
