@@ -131,7 +131,12 @@ def _time(fn, repeats: int, warmup: int = 1) -> list[float]:
 
 
 def _load(impl: str, weights: Path):
-    if impl == "ours":
+    """The model of an implementation and its stages as (object, method) pairs to time."""
+    if impl == "ours-onnxruntime":
+        from .onnx_backend import load_onnx_model
+
+        return load_onnx_model(weights), {}
+    if impl.startswith("ours"):
         from .checkpoint import load_model
 
         model = load_model(weights)
@@ -149,7 +154,11 @@ def _load(impl: str, weights: Path):
 
 
 def _outputs(impl: str, model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if impl == "ours":
+    if impl == "ours-bf16":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, return_aux=False)
+        return out["pred_logits"].float(), out["pred_masks"].float()
+    if impl.startswith("ours"):
         out = model(x, return_aux=False)  # as the Predictor runs it
         return out["pred_logits"], out["pred_masks"]
     out = model(pixel_values=x)
@@ -353,66 +362,69 @@ def _max_abs_diff(a: Path, b: Path) -> float:
 
 
 def benchmark(presets: list[str], sizes: list[tuple[int, int]], tasks: list[str], compare: str | None,
-              threads: int, repeats: int, rounds: int, work_dir: Path, progress: bool = True) -> list[dict]:
-    """Rows of results: one per (preset, size, task, implementation)."""
+              threads: int, repeats: int, rounds: int, work_dir: Path, modes: tuple[str, ...] = (),
+              progress: bool = True) -> list[dict]:
+    """Rows of results: one per (preset, size, task, implementation).
+
+    ``modes`` adds our faster modes to the forward task (``bf16``: autocast; ``onnxruntime``: the
+    exported network), each with its largest difference from our fp32 outputs.
+    """
     from tqdm import tqdm
 
-    impls = ["ours"] + ([compare] if compare else [])
+    from .checkpoint import load_model
+
+    peers = [compare] if compare else []
     rows = []
-    jobs = [(p, s, t) for p in presets for s in sizes for t in tasks]
-    bar = tqdm(total=len(jobs) * rounds * len(impls), desc="benchmark", disable=not progress)
     for preset in presets:
         hf_dir, ours_dir = prepare_weights(preset, work_dir)
+        config = load_model(ours_dir).config
         weights = {"ours": ours_dir, "transformers": hf_dir}
+        weights.update({f"ours-{mode}": ours_dir for mode in modes})
         for size in sizes:
             tag = f"{preset}-{size[0]}x{size[1]}"
-            raw: dict[str, Path] = {}
+            raw = work_dir / f"{tag}-trained-like.pt"  # post-processing input: see trained_like_outputs
+            torch.save(trained_like_outputs(config.num_queries, config.num_classes, size), raw)
             for task in tasks:
-                task_impls = ["ours"] if task == "switch" else impls  # the peer has no cached views
-                results: dict[str, list[dict]] = {impl: [] for impl in task_impls}
+                if task == "forward":
+                    impls = ["ours"] + [f"ours-{mode}" for mode in modes] + peers
+                elif task == "switch":
+                    impls = ["ours"]  # the peer has no cached views
+                else:
+                    impls = ["ours"] + peers
+                results: dict[str, list[dict]] = {impl: [] for impl in impls}
+                outputs: dict[str, Path] = {}
+                bar = tqdm(total=rounds * len(impls), desc=f"{tag} {task}", disable=not progress)
                 for r in range(rounds):
-                    order = task_impls if r % 2 == 0 else task_impls[::-1]  # alternate who goes first
-                    for impl in order:
+                    for impl in (impls if r % 2 == 0 else impls[::-1]):  # alternate who goes first
                         out = work_dir / f"{tag}-{task}-{impl}-{r}.json"
-                        needs_raw = task in ("postprocess", "switch")
-                        if needs_raw and "ours" not in raw:
-                            raw["ours"] = _raw_outputs(weights["ours"], size, threads, work_dir / f"{tag}-raw.json")
-                        res = _spawn(impl, task, weights[impl], size, threads, repeats, out,
-                                     raw["ours"] if needs_raw else None)
-                        if task == "forward" and r == 0:
-                            raw[impl] = out.with_suffix(".pt")
-                        results[impl].append(res)
+                        results[impl].append(_spawn(impl, task, weights[impl], size, threads, repeats, out, raw))
+                        if task == "forward":
+                            outputs.setdefault(impl, out.with_suffix(".pt"))
                         bar.update(1)
-                bar.update((len(impls) - len(task_impls)) * rounds)
+                bar.close()
                 for impl, runs in results.items():
                     times = [t for res in runs for t in res["times"]]
-                    stages = {k: statistics.median(res["stages"][k] for res in runs) for k in runs[0]["stages"]}
-                    rows.append({"preset": preset, "size": f"{size[0]}x{size[1]}", "task": task, "impl": impl,
-                                 "median_s": statistics.median(times), "min_s": min(times), "n": len(times),
-                                 "peak_rss_mb": max(res["peak_rss_mb"] for res in runs),
-                                 "baseline_rss_mb": min(res["baseline_rss_mb"] for res in runs), "stages": stages})
-                if task == "forward" and compare and compare in raw:
-                    diff = _max_abs_diff(raw["ours"], raw[compare])
-                    for row in rows[-len(results):]:
-                        row["max_abs_diff"] = diff
-    bar.close()
+                    row = {"preset": preset, "size": f"{size[0]}x{size[1]}", "task": task, "impl": impl,
+                           "median_s": statistics.median(times), "min_s": min(times), "n": len(times),
+                           "peak_rss_mb": max(res["peak_rss_mb"] for res in runs),
+                           "baseline_rss_mb": min(res["baseline_rss_mb"] for res in runs),
+                           "stages": {k: statistics.median(res["stages"][k] for res in runs)
+                                      for k in runs[0]["stages"]}}
+                    if task == "forward" and impl != "ours":
+                        row["max_abs_diff"] = _max_abs_diff(outputs["ours"], outputs[impl])
+                    rows.append(row)
     _add_ratios(rows, compare)
     return rows
 
 
-def _raw_outputs(weights: Path, size, threads: int, out: Path) -> Path:
-    """Our raw outputs for the post-processing tasks (one forward, not timed)."""
-    _spawn("ours", "forward", weights, size, threads, 0, out)
-    return out.with_suffix(".pt")
-
-
 def _add_ratios(rows: list[dict], compare: str | None) -> None:
+    """speed-up = the peer's median / ours, for each of our implementations."""
     if not compare:
         return
     peers = {(r["preset"], r["size"], r["task"]): r for r in rows if r["impl"] == compare}
     for r in rows:
         peer = peers.get((r["preset"], r["size"], r["task"]))
-        if r["impl"] == "ours" and peer is not None:
+        if r["impl"] != compare and peer is not None:
             r["speedup"] = peer["median_s"] / r["median_s"]
 
 
@@ -449,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", nargs="+", default=["coco_panoptic_r50"], help="model presets (random weights)")
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[(512, 512)], help="input sizes: N or HxW")
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=["forward", "postprocess", "switch"])
+    p.add_argument("--modes", nargs="*", choices=["bf16", "onnxruntime"], default=[],
+                   help="also time our faster modes (forward task) and their difference from fp32")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per process")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per process, after one warm-up")
     p.add_argument("--rounds", type=int, default=2, help="fresh processes per implementation, interleaved")
@@ -456,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the rows and the machine here")
     p.add_argument("--no-progress", action="store_true")
     # worker mode (internal)
-    p.add_argument("--worker", choices=["ours", "transformers"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ours", "ours-bf16", "ours-onnxruntime", "transformers"],
+                   help=argparse.SUPPRESS)
     p.add_argument("--task", choices=TASKS, help=argparse.SUPPRESS)
     p.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--raw", type=Path, help=argparse.SUPPRESS)
@@ -479,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         work_dir.mkdir(parents=True, exist_ok=True)
         try:
             rows = benchmark(args.preset, args.sizes, args.tasks, args.compare, args.threads, args.repeats,
-                             args.rounds, work_dir, progress=not args.no_progress)
+                             args.rounds, work_dir, modes=tuple(args.modes), progress=not args.no_progress)
         except RuntimeError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
