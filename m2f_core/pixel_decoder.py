@@ -52,9 +52,11 @@ class MSDeformAttnEncoder(nn.Module):
         """Pixel centres of every level, normalised to [0, 1]: (B, S, L, 2) as (x, y)."""
         points = []
         for h, w in spatial_shapes:
+            # arange + 0.5 equals linspace(0.5, h - 0.5, h) exactly, and also exports for h = 1 (an
+            # ONNX linspace divides by h - 1)
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device) / h,
-                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device) / w,
+                (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h,
+                (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w,
                 indexing="ij",
             )
             points.append(torch.stack((ref_x.reshape(-1), ref_y.reshape(-1)), -1))
@@ -90,7 +92,7 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
 
     def forward(self, srcs: list[torch.Tensor], pos_embeds: list[torch.Tensor]):
         """srcs, pos_embeds: per level (B, C, H, W), low to high resolution -> (B, S, C), shapes."""
-        spatial_shapes = [(int(s.shape[2]), int(s.shape[3])) for s in srcs]
+        spatial_shapes = [(s.shape[2], s.shape[3]) for s in srcs]  # no int(): keeps H, W symbolic in an export
         src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         pos_flat = torch.cat(
             [p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, p in enumerate(pos_embeds)],

@@ -149,13 +149,15 @@ class BasicLayer(nn.Module):
     def shift_mask(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         """(nW, ws*ws, ws*ws) additive mask keeping attention inside the regions a shift brought together."""
         ws, s = self.window_size, self.shift_size
-        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
-        img = torch.zeros((1, hp, wp, 1), device=device)
-        cnt = 0
-        for hs in (slice(0, -ws), slice(-ws, -s), slice(-s, None)):
-            for wsl in (slice(0, -ws), slice(-ws, -s), slice(-s, None)):
-                img[:, hs, wsl, :] = cnt
-                cnt += 1
+        hp, wp = h + (ws - h % ws) % ws, w + (ws - w % ws) % ws  # no negative floor division (ONNX Div truncates)
+
+        def region(n: int) -> torch.Tensor:
+            # the official slices (0, -ws), (-ws, -s), (-s, None) numbered 0, 1, 2; comparisons rather
+            # than slice assignment so that an ONNX export with dynamic H, W stays correct at every size
+            i = torch.arange(n, device=device)
+            return (i >= n - ws).long() + (i >= n - s).long()
+
+        img = (region(hp)[:, None] * 3 + region(wp)[None, :]).float().view(1, hp, wp, 1)
         win = window_partition(img, ws).view(-1, ws * ws)
         diff = win.unsqueeze(1) - win.unsqueeze(2)
         return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
