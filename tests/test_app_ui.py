@@ -128,6 +128,9 @@ def canvas_bytes(page) -> bytes:
 
 def click_pixel(page, x: float, y: float) -> None:
     """Click image pixel (x, y) of the test scene on the canvas (the same geometry Gradio's click uses)."""
+    # the new picture may still be loading on a busy machine: its natural size is 0 until it is
+    page.wait_for_function("() => { const i = document.querySelector('#canvas img');"
+                           " return i && i.complete && i.naturalWidth > 0; }")
     img = page.locator("#canvas img")
     box = img.bounding_box()
     nat_w, nat_h = page.evaluate("() => { const i = document.querySelector('#canvas img');"

@@ -37,6 +37,19 @@ pytestmark = [  # FiftyOne's own dependencies (psutil, mongoengine), not our cod
     pytest.mark.filterwarnings("ignore:No uuidRepresentation is specified:DeprecationWarning"),
 ]
 
+def execute_operator(uri: str, ctx: dict):
+    """FiftyOne's ``execute_operator`` from a thread with no event loop.
+
+    It returns a pending ``asyncio.Task`` instead of the result when the calling thread has a running
+    loop, which is the case after Playwright's sync API ran in the same pytest process.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import fiftyone.operators as foo
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(foo.execute_operator, uri, ctx=ctx).result()
+
 
 @pytest.fixture(scope="module")
 def fo_env(tmp_path_factory):
@@ -513,16 +526,15 @@ def test_plugin_operators_discovered_and_run(synthetic, fo_env, tmp_path):
                                                "finetune_status", "load_finetuned")}
     assert expected <= uris, sorted(uris)
     ds = synthetic.ds
-    result = foo.execute_operator(f"{PLUGIN_NAME}/run_model", ctx={"dataset": ds, "view": ds.view(), "params": {}})
+    result = execute_operator(f"{PLUGIN_NAME}/run_model", ctx={"dataset": ds, "view": ds.view(), "params": {}})
     assert result.result["samples"] == 3 and result.result["unmapped_classes"] == []
-    result = foo.execute_operator(f"{PLUGIN_NAME}/evaluate", ctx={"dataset": ds, "view": ds.view(), "params": {}})
+    result = execute_operator(f"{PLUGIN_NAME}/evaluate", ctx={"dataset": ds, "view": ds.view(), "params": {}})
     assert "PQ" in result.result["summary"]
     assert ds.info["m2f_evaluations"]["pred"]["semantic"]["miou_agree"]
 
 
 def test_open_in_editor_link_loads_image_and_labels(synthetic, fo_env, coco_sample, tmp_path):
     """FiftyOne operator -> link -> the Gradio page-load handler of app/ui.py opens that image with those labels."""
-    import fiftyone.operators as foo
     import gradio as gr
     from gradio.helpers import special_args
     from starlette.requests import Request as StarletteRequest
@@ -538,7 +550,7 @@ def test_open_in_editor_link_loads_image_and_labels(synthetic, fo_env, coco_samp
     ds = synthetic.ds
     sample = ds.skip(1).first()
     corrections = tmp_path / "corrections"
-    result = foo.execute_operator(f"{PLUGIN_NAME}/open_in_editor", ctx={
+    result = execute_operator(f"{PLUGIN_NAME}/open_in_editor", ctx={
         "dataset": ds, "view": ds.view(), "selected": [sample.id],
         "params": {"corrections_dir": str(corrections), "editor_url": "http://127.0.0.1:7860"}})
     url = result.result["url"]
@@ -581,7 +593,6 @@ def test_open_in_editor_link_loads_image_and_labels(synthetic, fo_env, coco_samp
 
 @pytest.mark.slow  # ~60 s on a busy 2-core machine
 def test_finetune_operator_starts_a_run_that_writes_a_checkpoint(synthetic, fo_env, tmp_path):
-    import fiftyone.operators as foo
 
     from app.fiftyone_bridge import PLUGIN_NAME
     from app.fiftyone_bridge.core import install_plugin
@@ -590,7 +601,7 @@ def test_finetune_operator_starts_a_run_that_writes_a_checkpoint(synthetic, fo_e
 
     install_plugin()
     ds = synthetic.ds
-    result = foo.execute_operator(f"{PLUGIN_NAME}/finetune", ctx={
+    result = execute_operator(f"{PLUGIN_NAME}/finetune", ctx={
         "dataset": ds, "view": ds.view(), "params": {
             "name": "tiny", "max_iter": 2, "batch_size": 1, "trainer_args": "--checkpoint-period 2",
             "corrections_dir": str(tmp_path / "corrections"), "runs_dir": str(tmp_path / "runs")}})
@@ -608,11 +619,11 @@ def test_finetune_operator_starts_a_run_that_writes_a_checkpoint(synthetic, fo_e
     assert status["state"] == "finished", status
     assert latest_checkpoint(run_dir) is not None and status["metrics"]  # progress: metrics.jsonl
     assert (run_dir / "train.log").is_file()
-    report = foo.execute_operator(f"{PLUGIN_NAME}/finetune_status", ctx={"dataset": ds, "view": ds.view(),
+    report = execute_operator(f"{PLUGIN_NAME}/finetune_status", ctx={"dataset": ds, "view": ds.view(),
                                                                          "params": {}}).result["report"]
     assert str(run_dir) in report and "finished" in report
     # before / after: the fine-tuned weights' predictions in new fields
-    result = foo.execute_operator(f"{PLUGIN_NAME}/load_finetuned", ctx={"dataset": ds, "view": ds.view(),
+    result = execute_operator(f"{PLUGIN_NAME}/load_finetuned", ctx={"dataset": ds, "view": ds.view(),
                                                                         "params": {}})
     assert "PQ" in result.result["after"] and result.result["checkpoint"].startswith(str(run_dir))
     assert ds.first().finetuned_panoptic is not None and "finetuned" in ds.info["m2f_evaluations"]
