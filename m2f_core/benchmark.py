@@ -192,8 +192,12 @@ def trained_like_outputs(num_queries: int, num_classes: int, size: tuple[int, in
     h, w = size[0] // 4, size[1] // 4
     logits = torch.randn(num_queries, num_classes + 1, generator=g)
     logits[:, -1] += 8.0  # no-object
+    things = min(things, num_queries - stuff)
     active = torch.randperm(num_queries, generator=g)[:things + stuff]
-    classes = torch.randperm(num_classes, generator=g)[:things + stuff]
+    if num_classes >= len(active):
+        classes = torch.randperm(num_classes, generator=g)[:len(active)]
+    else:  # few classes (e.g. the built-in model's 11): repeat them
+        classes = torch.randint(0, num_classes, (len(active),), generator=g)
     logits[active, -1] -= 8.0
     logits[active, classes] += torch.empty(len(active)).uniform_(7.0, 10.0, generator=g)
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32) / h, torch.arange(w, dtype=torch.float32) / w,
