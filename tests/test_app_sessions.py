@@ -24,21 +24,11 @@ from scipy import ndimage
 pytestmark = [  # gradio's own use of pandas options, not ours
     pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+    pytest.mark.usefixtures("one_torch_thread"),
 ]
 
 SESSIONS = 8
 MAX_UPLOAD = "1mb"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The inputs are tiny: one thread is as fast, and does not stall on a busy machine (restored after)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _free_port() -> int:

@@ -36,24 +36,14 @@ from m2f_core.data.errors import DatasetError
 from m2f_core.data.images import ImageError, load_image
 from m2f_core.data.records import open_dataset
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")  # PIL on damaged TIFFs
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin"),  # PIL on damaged TIFFs
+              pytest.mark.usefixtures("one_torch_thread")]
 
 CASES = image_corpus()  # in memory, cheap; written to disk once per module by the ``corpus`` fixture
 IDS = [c.name for c in CASES]
 # what a refusal must say (one of these), besides the file's name
 IMAGE_PROBLEMS = ("not an image", "empty file", "unreadable image", "decompression bomb", "pixel limit",
                   "no pixels")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The inputs are tiny: one thread is as fast, and does not stall on a busy machine (restored after)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
