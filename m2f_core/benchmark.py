@@ -28,21 +28,10 @@ from pathlib import Path
 
 import torch
 
+from .cli import parse_size
 from .config import Mask2FormerConfig, get_preset
 
 TASKS = ("forward", "postprocess", "switch", "train")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``512`` -> (512, 512); ``800x1088`` -> (800, 1088) (height x width)."""
-    parts = text.lower().split("x")
-    try:
-        h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r}: expected N or HxW") from None
-    if h <= 0 or w <= 0 or h % 32 or w % 32:
-        raise argparse.ArgumentTypeError(f"size {text!r}: height and width must be positive multiples of 32")
-    return h, w
 
 
 # ------------------------------------------------------------------------------------------ weights

@@ -20,19 +20,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
+from m2f_core.cli import Parser
 from m2f_core.metrics import MetricInputError, mask_ap_compute, pq_compute, sem_seg_compute
 
 PROG = "python -m m2f_core.evaluate"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line usage error (exit code 2, as argparse)."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
-        sys.exit(2)
 
 
 def run_panoptic(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,8 +115,8 @@ def _add_instance(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI parser; each subcommand sets ``func(args) -> dict``."""
-    parser = _Parser(prog=PROG, description="Evaluate saved Mask2Former predictions; prints one JSON object.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    parser = Parser(prog=PROG, description="Evaluate saved Mask2Former predictions; prints one JSON object.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     _add_panoptic(sub)
     _add_semantic(sub)
     _add_instance(sub)

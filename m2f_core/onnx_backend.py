@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -34,11 +35,12 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from torch import nn
 
+from .cli import Parser, parse_size
 from .config import Mask2FormerConfig
 
 FORMAT = "m2f_core.onnx/1"  # bump when the graph's inputs, outputs or metadata change
@@ -346,27 +348,9 @@ def load_onnx_model(source: str | Path | nn.Module | OnnxModel | None = None, ca
 PROG = "python -m m2f_core.onnx_backend"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line usage error (exit code 2, as argparse)."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
-        sys.exit(2)
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 256x256, got {text!r}")
-    h, w = int(parts[0]), int(parts[1])
-    if h <= 0 or w <= 0 or h % 32 or w % 32:
-        raise argparse.ArgumentTypeError(f"size must be positive multiples of 32, got {text!r}")
-    return h, w
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Export Mask2Former to ONNX for the onnxruntime backend.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog=PROG, description="Export Mask2Former to ONNX for the onnxruntime backend.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = sub.add_parser("export", help="export weights to a self-describing .onnx file",
                        description="Export weights (anything load_model accepts) to one .onnx file with "
                                    "dynamic batch, height and width; the config travels in its metadata. "
@@ -374,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None,
                    help="weights folder, .pkl/.pth file, Hugging Face folder or hub id (default: built-in)")
     p.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
-    p.add_argument("--size", type=_parse_size, default=DEFAULT_SIZE,
+    p.add_argument("--size", type=functools.partial(parse_size, allow_square=False), default=DEFAULT_SIZE,
                    help="example input HxW used for tracing and the check (default 256x256)")
     p.add_argument("--config", default=None, help="preset name or config JSON, for weights that need one")
     p.add_argument("--static", action="store_true", help="fix the input to 1x3xHxW instead of dynamic sizes")

@@ -66,8 +66,10 @@ class Prediction:
         return self._cache["class_probs"]
 
     @property
-    def num_queries(self) -> int:
-        return int(self.pred_logits.shape[0])
+    def object_queries(self) -> torch.Tensor:
+        """(Q,) bool: queries whose best class is more likely than no-object."""
+        probs = self.class_probs
+        return probs[:, :-1].max(-1).values > probs[:, -1]
 
     @property
     def upsampler(self) -> MaskUpsampler:
@@ -240,8 +242,7 @@ class Prediction:
         if with_probs:
             kept = num_classes
         else:
-            best_prob, best_class = cls.max(1)
-            predicted = best_class[best_prob > self.class_probs[:, -1]].unique()
+            predicted = cls.argmax(1)[self.object_queries].unique()
             chosen = torch.zeros(num_classes, dtype=torch.bool)
             chosen[predicted] = True
             chosen[order[:4]] = True
@@ -275,8 +276,8 @@ class Prediction:
             # queries decide almost every pixel; pixels where the best of them is below the next
             # query's probability are scored with every query.
             order = best_cls.argsort(descending=True).tolist()
-            predicted = int((self.class_probs[:, :-1].max(-1).values > self.class_probs[:, -1]).sum())
-            top, rest = order[:max(16, predicted)], order[max(16, predicted):]
+            kept = max(16, int(self.object_queries.sum()))
+            top, rest = order[:kept], order[kept:]
             bound = float(best_cls[rest[0]]) if rest else float("-inf")
             out = torch.zeros((h, w), dtype=torch.float32)
             for r0, r1, p in self.prob_chunks():  # (rows, Q, W)

@@ -12,7 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from m2f_core.benchmark import format_table, main, parse_size, trained_like_outputs
+from m2f_core.benchmark import format_table, main, trained_like_outputs
+from m2f_core.cli import parse_size
 from m2f_core.config import get_preset
 from m2f_core.predictor import Prediction
 
@@ -23,6 +24,8 @@ def test_parse_size():
     for bad in ("abc", "500", "0", "512x-32"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_size(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="size must be HxW"):
+        parse_size("512", allow_square=False)
 
 
 def test_trained_like_outputs_look_trained():

@@ -24,20 +24,14 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+from m2f_core.cli import Parser
 
 from . import FINETUNED, GT, PRED, BridgeError
 
 PROG = "python -m app.fiftyone_bridge"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line usage error (exit code 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
-        sys.exit(2)
 
 
 def _print(obj: Any) -> None:
@@ -185,9 +179,9 @@ def _add_view_args(p: argparse.ArgumentParser, tag_help: str = "only the samples
 def build_parser() -> argparse.ArgumentParser:
     from .sources import IMPORT_FORMATS
 
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+    parser = Parser(prog=PROG, description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("import", help="create a persistent FiftyOne dataset from a dataset on disk")
     p.add_argument("--format", required=True, choices=IMPORT_FORMATS)

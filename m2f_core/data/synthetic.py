@@ -42,13 +42,13 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import cv2
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ..cli import Parser
 from ..structures import PanopticResult
 from .coco import CocoPanoptic, write_coco_panoptic
 from .errors import DatasetError
@@ -621,14 +621,6 @@ def synthetic_dataset(out_dir: str | Path, split: str = "train") -> CocoPanoptic
 # CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line usage error (exit code 2, as argparse)."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
-        sys.exit(2)
-
-
 def _size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
     if not m:
@@ -658,7 +650,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Write a synthetic COCO panoptic dataset (stuff textures + overlapping "
+    p = Parser(prog=PROG, description="Write a synthetic COCO panoptic dataset (stuff textures + overlapping "
                                        "shapes) to OUT/train and OUT/val; the same seed gives identical files.")
     p.add_argument("--out", required=True, type=Path, help="output folder (gets train/ and val/)")
     p.add_argument("--train", type=_count, default=1000, metavar="N", help="training images (default 1000)")

@@ -1,0 +1,28 @@
+"""Pieces every command line of the project shares: the one-line usage error and HxW sizes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (exit code 2, as argparse)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def parse_size(text: str, multiple: int = 32, allow_square: bool = True) -> tuple[int, int]:
+    """``800x1088`` -> (800, 1088) (height x width); ``512`` -> (512, 512) when ``allow_square``.
+    Each side must be a positive multiple of ``multiple`` (the network's size divisibility)."""
+    parts = text.lower().split("x")
+    if len(parts) not in ((1, 2) if allow_square else (2,)) or not all(p.strip().isdigit() for p in parts):
+        shapes = "HxW or N" if allow_square else "HxW"
+        raise argparse.ArgumentTypeError(f"size must be {shapes}, e.g. 256x256, got {text!r}")
+    h, w = int(parts[0]), int(parts[-1])
+    if h <= 0 or w <= 0 or h % multiple or w % multiple:
+        raise argparse.ArgumentTypeError(f"size must be positive multiples of {multiple}, got {text!r}")
+    return h, w
