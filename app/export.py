@@ -17,7 +17,6 @@ puts a moved-aside export back if the kill came between the two renames.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import threading
@@ -36,6 +35,7 @@ from m2f_core.data.records import (
     make_temp_dir,
     normalize_categories,
     remove_stale_temporaries,
+    replace_dir,
 )
 
 from .editing import EditSession
@@ -132,20 +132,9 @@ def export_corrections(sessions: Sequence[tuple[str | Path, EditSession]], class
 def _swap_in(tmp: Path, final: Path, overwrite: bool) -> None:
     """Rename the finished temporary folder to ``final`` (moving an existing export aside if allowed)."""
     with _SWAP_LOCK:
-        if not final.exists():
-            os.rename(tmp, final)  # fails, never merges, if another process created ``final`` meanwhile
-            return
-        if not overwrite:
+        if final.exists() and not overwrite:
             raise ExportError(f"{final} already exists (choose another name or overwrite)")
-        old = make_temp_dir(final.parent, final.name, kind="old")
-        os.rmdir(old)
-        os.rename(final, old)
-        try:
-            os.rename(tmp, final)
-        except BaseException:
-            os.rename(old, final)
-            raise
-    shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, final)
 
 
 def zip_export(folder: str | Path) -> Path:

@@ -119,12 +119,12 @@ if mode == "mid-write":  # stall half-way through writing the weights of iterati
     checkpoint.save_file = save_file
     save_checkpoint(run, model, optimizer, scheduler, None, 4, cfg)
 else:  # "swap": stall between the two renames that replace "best"
-    real_replace = os.replace
-    def replace(src, dst):
-        real_replace(src, dst)
+    real_rename = os.rename
+    def rename(src, dst):
+        real_rename(src, dst)
         if Path(dst).name.startswith(".best.old-"):
             stall()
-    os.replace = replace
+    os.rename = rename
     save_checkpoint(run, model, optimizer, scheduler, None, 4, cfg, name="best")
 '''
 

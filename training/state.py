@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from m2f_core.checkpoint import CheckpointError, first_line, load_model, save_model
-from m2f_core.data.records import atomic_write, make_temp_dir, remove_stale_temporaries
+from m2f_core.data.records import atomic_write, make_temp_dir, remove_stale_temporaries, replace_dir
 
 from .config import TrainConfig
 
@@ -73,18 +73,7 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
         atomic_write(tmp / STATE_NAME, lambda p: torch.save(state, p))
         train_cfg.to_json(tmp / "train_config.json")
         _fsync_dir(tmp)
-        if final.exists():
-            old = make_temp_dir(ckpt_root, name, kind="old")
-            os.rmdir(old)
-            os.replace(final, old)
-            try:
-                os.replace(tmp, final)
-            except BaseException:
-                os.replace(old, final)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
         _fsync_dir(ckpt_root)
     finally:
         if tmp.exists():

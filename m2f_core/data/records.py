@@ -457,6 +457,26 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return handled
 
 
+def replace_dir(tmp: str | Path, final: str | Path) -> None:
+    """Rename the finished folder ``tmp`` to ``final``. An existing ``final`` is first moved aside under
+    the ``old`` temporary name and put back if the second rename fails; a process killed between the
+    two renames leaves it for ``remove_stale_temporaries`` to restore. The rename fails, never
+    merges, if another process created ``final`` meanwhile."""
+    tmp, final = Path(tmp), Path(final)
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    old = make_temp_dir(final.parent, final.name, kind="old")
+    os.rmdir(old)
+    os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     """Write ``path`` atomically: ``write(tmp)`` fills a temporary file in the same folder, which is
     fsynced and renamed over ``path`` (mode kept, 0644 for a new file), then the folder is fsynced.
