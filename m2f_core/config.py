@@ -294,7 +294,7 @@ def synthetic_small() -> Mask2FormerConfig:
                                 window_size=8, drop_path_rate=0.1, pretrain_img_size=256),
         conv_dim=128, mask_dim=128, enc_layers=3, enc_dim_feedforward=512, hidden_dim=128, nheads=8,
         dim_feedforward=512, dec_layers=7, num_queries=50, train_num_points=4096,
-        min_size_test=256, max_size_test=512, image_size=192, min_scale=0.5, max_scale=1.5, crop_size=(192, 192),
+        min_size_test=256, max_size_test=512, image_size=192, min_scale=0.9, max_scale=1.5, crop_size=(192, 192),
     )
 
 

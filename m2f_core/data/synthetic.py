@@ -15,9 +15,9 @@ next to the JSON).
 A scene: 2-4 *stuff* regions (``STUFF_NAMES``: sky, grass, water, brick wall, road, each with its own
 texture and at most one segment per image) tile the background with irregular borders (a horizon-like
 stack of bands displaced by smoothed noise, or a warped Voronoi partition); 2-8 *things*
-(``THING_NAMES``: disc, box, triangle, star, ring with a real hole, thin bar) of random size (some 8-16
-px), rotation, hue and texture (flat, stripes, dots, gradient; sometimes an outline) are painted in a
-random depth order, often in touching / overlapping groups of one class, some cut by the image border.
+(``THING_NAMES``: disc, box, triangle, star, ring with a real hole, thin bar) of random size (12% small,
+10-20 px; the others 36 px to half the scene), rotation, hue and texture (flat, stripes, dots, gradient;
+sometimes an outline) are painted in a random depth order, often in touching / overlapping groups of one class, some cut by the image border.
 The ground truth keeps the visible part of each instance; instances left with fewer than ``MIN_AREA``
 visible pixels (or under 10% of their in-image area) are removed before the image is painted, and a
 stuff class left with fewer than ``STUFF_MIN_AREA`` visible pixels is given to its neighbours, so every
@@ -78,6 +78,7 @@ _CLASS = {c["name"]: i for i, c in enumerate(CATEGORIES)}  # name -> contiguous 
 MIN_AREA = 16  # every segment has at least this many pixels
 STUFF_MIN_AREA = 64  # a stuff class shows at least this many pixels or is given to its neighbours
 MIN_VISIBLE_FRACTION = 0.1  # an instance must show at least this share of its in-image area
+SMALL_FRACTION = 0.12  # share of things drawn 10-20 px wide (at 256 px); the others 36 px to half the scene
 DEFAULT_SIZE = (256, 256)
 JPEG_QUALITY = 92
 _MIN_SIDE, _MAX_SIDE = 32, 4096
@@ -329,9 +330,11 @@ def _random_size(rng: np.random.Generator, kind: str, s: int) -> float:
     lo = _SHAPE_MIN_SIZE[kind]
     if kind == "bar":
         return rng.uniform(max(lo, 0.12 * s), 0.6 * s)
-    if rng.random() < 0.3:  # small object
-        return max(lo, rng.uniform(8.0, 16.0) * scale)
-    return math.exp(rng.uniform(math.log(max(lo, 16.0 * scale)), math.log(0.42 * s)))
+    if rng.random() < SMALL_FRACTION:  # small object
+        return max(lo, rng.uniform(10.0, 20.0) * scale)
+    # large enough to tell the shapes apart after training-time downscaling (v2 trained on a median
+    # visible area of 409 px and never learnt to classify a thing)
+    return math.exp(rng.uniform(math.log(max(lo, 36.0 * scale)), math.log(0.5 * s)))
 
 
 def _new_thing(rng: np.random.Generator, kind: str, cy: float, cx: float, size: float) -> _Thing:
