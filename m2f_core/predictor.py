@@ -77,27 +77,81 @@ class Prediction:
             self._upsampler = MaskUpsampler(self.pred_masks, self.padded_size, self.input_size, self.size)
         return self._upsampler
 
-    # Above this many elements (Q x H x W) the probabilities are not kept but recomputed per chunk.
+    # Above this many elements (Q x H x W) the probabilities of all queries are not kept: only those
+    # of the active queries (below), and if even those do not fit, each view recomputes its own.
     CACHE_ELEMENTS = 48_000_000
+    # Row blocks of about this many pixels keep the per-query passes of a view in the CPU cache.
+    BLOCK_PIXELS = 1 << 16
+
+    @property
+    def max_mask_probs(self) -> torch.Tensor:
+        """(Q,) the largest mask probability of each query anywhere at any size: bilinear resizing is
+        a convex combination, so it never exceeds the largest low-resolution logit."""
+        if "max_mask_probs" not in self._cache:
+            self._cache["max_mask_probs"] = self.pred_masks.flatten(1).amax(1).sigmoid()
+        return self._cache["max_mask_probs"]
+
+    @property
+    def active_queries(self) -> torch.Tensor:
+        """Sorted indices of the queries that decide almost every view: those more likely an object
+        than not, plus the 16 most confident. The others only matter where a bound says they might."""
+        if "active" not in self._cache:
+            best = self.class_probs[:, :-1].max(-1).values
+            top = best.argsort(descending=True)[:16]
+            chosen = self.object_queries.clone()
+            chosen[top] = True
+            self._cache["active"] = chosen.nonzero().flatten()
+        return self._cache["active"]
 
     def prepare(self) -> Prediction:
-        """Upsample the mask probabilities once (when they fit), so that every task view is cheap."""
+        """Upsample the mask probabilities once (of all queries when they fit, else of the active
+        ones), so that every task view reads them instead of upsampling again."""
         h, w = self.size
-        if "probs" not in self._cache and self.pred_masks.shape[0] * h * w <= self.CACHE_ELEMENTS:
-            start = time.perf_counter()
-            chunks = [c.sigmoid_() for _, _, c in self.upsampler.chunks()]
-            self._cache["probs"] = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=0)
-            self.timings["upsample"] = time.perf_counter() - start
+        if "probs" in self._cache:
+            return self
+        num_queries = self.pred_masks.shape[0]
+        if num_queries * h * w <= self.CACHE_ELEMENTS:
+            queries = torch.arange(num_queries)
+        elif len(self.active_queries) * h * w <= self.CACHE_ELEMENTS:
+            queries = self.active_queries
+        else:
+            return self
+        start = time.perf_counter()
+        subset = None if len(queries) == num_queries else queries
+        chunks = [c.sigmoid_() for _, _, c in self.upsampler.chunks(subset)]
+        self._cache["probs"] = (queries, chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=0))
+        self.timings["upsample"] = time.perf_counter() - start
         return self
 
-    def prob_chunks(self, queries: torch.Tensor | None = None):
-        """(r0, r1, sigmoid mask probabilities (rows, Q', W)) over the whole image."""
-        probs = self._cache.get("probs")
-        if probs is not None:
-            yield 0, self.size[0], probs if queries is None else probs[:, queries]
-            return
-        for r0, r1, logits in self.upsampler.chunks(queries):
-            yield r0, r1, logits.sigmoid_()
+    @property
+    def cached_queries(self) -> torch.Tensor | None:
+        """The queries whose probabilities ``prepare`` kept (None: none kept)."""
+        cached = self._cache.get("probs")
+        return None if cached is None else cached[0]
+
+    def prob_blocks(self, queries: torch.Tensor) -> Iterator[tuple[int, int, torch.Tensor, list[int]]]:
+        """(r0, r1, probs (rows, C, W), channels): sigmoid mask probabilities of ``queries`` over the
+        image in row blocks; ``probs[:, channels[i]]`` is query ``queries[i]``. Read from the cache
+        when it holds them all (no copy), else upsampled block by block."""
+        h, w = self.size
+        cached = self._cache.get("probs")
+        step = max(1, self.BLOCK_PIXELS // w)
+        if cached is not None:
+            position = {int(q): i for i, q in enumerate(cached[0].tolist())}
+            if all(int(q) in position for q in queries.tolist()):
+                channels = [position[int(q)] for q in queries.tolist()]
+                for r0 in range(0, h, step):
+                    yield r0, min(r0 + step, h), cached[1][r0:r0 + step], channels
+                return
+        channels = list(range(len(queries)))
+        table = self.upsampler._table(queries)
+        for r0 in range(0, h, step):
+            r1 = min(r0 + step, h)
+            yield r0, r1, self.upsampler._rows(table, r0, r1).sigmoid_(), channels
+
+    def pixel_probs(self, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        """(N, Q) mask probabilities of every query at a few scattered pixels."""
+        return self.upsampler.pixels(ys, xs).sigmoid_()
 
     def _cached(self, key: tuple, compute):
         if key not in self._cache:
@@ -127,7 +181,7 @@ class Prediction:
         num_classes = self.pred_logits.shape[-1] - 1
         scores, labels = self.class_probs.max(-1)
         keep = labels.ne(num_classes) & (scores > object_mask_threshold)
-        queries = keep.nonzero().flatten()
+        queries = keep.nonzero().flatten()  # only these compete: the others' masks are never read
         if len(queries) == 0:
             return PanopticResult(np.zeros((h, w), np.int32), []), {}
         cur_scores, cur_classes = scores[queries], labels[queries]
@@ -135,19 +189,22 @@ class Prediction:
         winner = torch.zeros((h, w), dtype=torch.int64)  # index into the kept queries
         winner_own = torch.zeros((h, w), dtype=torch.bool)  # the winner's own mask is >= 0.5 here
         original_area = torch.zeros(n, dtype=torch.int64)
-        for r0, r1, probs in self.prob_chunks():  # probs: (rows, Q, W)
+        for r0, r1, probs, channels in self.prob_blocks(queries):  # probs: (rows, C, W)
             # running argmax over the kept queries (first maximum wins ties, as argmax does); each step
             # reads one (rows, W) slice, where a stacked max would copy (rows, n, W) first
+            # (block-sized buffers written in place: a fresh tensor per step costs an mmap each)
             best = torch.full((r1 - r0, w), -1.0)
             best_p = torch.zeros((r1 - r0, w))
             ids = torch.zeros((r1 - r0, w), dtype=torch.int64)
-            for k, q in enumerate(queries.tolist()):
-                p = probs[:, q]
-                original_area[k] += torch.count_nonzero(p >= 0.5)
-                score = p * cur_scores[k]
-                better = score > best
-                best = torch.where(better, score, best)
-                best_p = torch.where(better, p, best_p)
+            score = torch.empty((r1 - r0, w))
+            better = torch.empty((r1 - r0, w), dtype=torch.bool)
+            for k, c in enumerate(channels):
+                p = probs[:, c]
+                original_area[k] += torch.count_nonzero(torch.ge(p, 0.5, out=better))
+                torch.mul(p, cur_scores[k], out=score)
+                torch.gt(score, best, out=better)
+                torch.maximum(best, score, out=best)
+                torch.where(better, p, best_p, out=best_p)
                 ids.masked_fill_(better, k)
             winner[r0:r1] = ids
             winner_own[r0:r1] = best_p >= 0.5
@@ -210,12 +267,15 @@ class Prediction:
         # empty mask (and mask score 0) at any size: only the others are read at full size.
         nonempty = (self.pred_masks[unique_q].flatten(1).amax(1) > 0).nonzero().flatten()
         if len(nonempty):
-            for r0, r1, probs in self.prob_chunks(unique_q[nonempty]):  # (rows, U', W)
-                binary = probs > 0.5  # logit > 0
-                # reduce the contiguous last axis first: much faster than .sum((0, 2))
-                prob_sum[nonempty] += torch.where(binary, probs, 0.0).sum(2).sum(0).double()
-                counts[nonempty] += torch.count_nonzero(binary, dim=2).sum(0).double()
-                masks[nonempty, r0:r1] = binary.permute(1, 0, 2)
+            zero = torch.zeros(())
+            for r0, r1, probs, channels in self.prob_blocks(unique_q[nonempty]):  # (rows, C, W)
+                inside = torch.empty((r1 - r0, w))
+                for i, c in zip(nonempty.tolist(), channels):
+                    p = probs[:, c]
+                    binary = masks[i, r0:r1]
+                    torch.gt(p, 0.5, out=binary)  # logit > 0
+                    prob_sum[i] += float(torch.where(binary, p, zero, out=inside).sum(dtype=torch.float64))
+                    counts[i] += int(torch.count_nonzero(binary))
         mask_scores = (prob_sum / (counts + 1e-6)).float()
         final = scores_per_image * mask_scores[inverse]
         order = torch.from_numpy(score_order(final, query_idx, labels))
@@ -233,16 +293,29 @@ class Prediction:
     def _semantic(self, with_probs: bool) -> SemanticResult:
         h, w = self.size
         cls = self.class_probs[:, :-1]  # (Q, K)
-        num_classes = cls.shape[1]
-        # Exact pruning: class k scores at most sum_q p(k|q) anywhere (sigmoid <= 1). Score the classes
-        # that some query predicts (more likely than no-object) plus the heaviest few; pixels whose
-        # best score does not beat the largest left-out mass are scored again with every class.
-        mass = cls.sum(0)
+        num_queries, num_classes = cls.shape
+        # Exact pruning, twice, with the bound: query q adds at most p(k|q) x its largest mask
+        # probability to class k anywhere. Queries: score only the cached (else the active) ones; the
+        # left-out ones add at most ``slack`` to any class, so a pixel whose best class beats the
+        # runner-up by more is decided. Classes: score the classes that some kept query predicts plus
+        # the heaviest few; a pixel whose best beats the largest left-out class's bound is decided.
+        # Undecided pixels are scored again with every query and class.
+        if with_probs:
+            queries = torch.arange(num_queries)
+        else:
+            cached = self.cached_queries
+            queries = cached if cached is not None else self.active_queries
+        left_out = torch.ones(num_queries, dtype=torch.bool)
+        left_out[queries] = False
+        weighted = cls * self.max_mask_probs[:, None]  # (Q, K)
+        dropped = weighted[left_out].sum(0)  # (K,)
+        mass = weighted.sum(0)
         order = mass.argsort(descending=True)
         if with_probs:
             kept = num_classes
         else:
-            predicted = cls.argmax(1)[self.object_queries].unique()
+            obj = self.object_queries[queries]
+            predicted = cls[queries][obj].argmax(1).unique()
             chosen = torch.zeros(num_classes, dtype=torch.bool)
             chosen[predicted] = True
             chosen[order[:4]] = True
@@ -250,19 +323,29 @@ class Prediction:
             kept = int(chosen.sum())
         included = order[:kept]
         bound = float(mass[order[kept:]].max()) if kept < num_classes else float("-inf")
-        cls_t = cls[:, included].T.contiguous()  # (K', Q)
+        any_dropped = bool(left_out.any())
+        slack = float(dropped.max()) + 1e-6  # 1e-6: fp32 rounding of the sums
+        cls_t = cls[queries][:, included].T.contiguous()  # (K', Q')
         label_map = torch.zeros((h, w), dtype=torch.int64)
         probs = torch.zeros((num_classes, h, w), dtype=torch.float32) if with_probs else None
-        for r0, r1, p in self.prob_chunks():  # p: (rows, Q, W)
+        for r0, r1, p, channels in self.prob_blocks(queries):  # p: (rows, C, W)
+            if channels != list(range(p.shape[1])):
+                p = p[:, channels]
             sem = torch.matmul(cls_t, p)  # (rows, K', W)
             best, arg = sem.max(1)
             labels = included[arg]
             unsure = best <= bound
+            if any_dropped:  # the runner-up plus the most any class gains from the left-out queries
+                if probs is not None:
+                    probs[included, r0:r1] = sem.permute(1, 0, 2)
+                runner_up = sem.scatter_(1, arg[:, None], float("-inf")).amax(1)
+                unsure |= best <= runner_up + slack
             if bool(unsure.any()):
                 rr, cc = unsure.nonzero(as_tuple=True)
-                labels[rr, cc] = (p[rr, :, cc] @ cls).argmax(1)
+                self.timings["semantic_rescored"] = self.timings.get("semantic_rescored", 0) + len(rr)
+                labels[rr, cc] = (self.pixel_probs(rr + r0, cc) @ cls).argmax(1)
             label_map[r0:r1] = labels
-            if probs is not None:
+            if probs is not None and not any_dropped:
                 probs[included, r0:r1] = sem.permute(1, 0, 2)
         return SemanticResult(label_map.numpy(), None if probs is None else probs.numpy())
 
@@ -272,22 +355,24 @@ class Prediction:
         def compute():
             h, w = self.size
             best_cls = self.class_probs[:, :-1].max(-1).values  # (Q,)
-            # Exact pruning: a query scores at most its class probability, so the most confident
-            # queries decide almost every pixel; pixels where the best of them is below the next
-            # query's probability are scored with every query.
-            order = best_cls.argsort(descending=True).tolist()
-            kept = max(16, int(self.object_queries.sum()))
-            top, rest = order[:kept], order[kept:]
-            bound = float(best_cls[rest[0]]) if rest else float("-inf")
+            # Exact pruning: a query scores at most its class probability, so the active (or cached)
+            # queries decide almost every pixel; pixels where the best of them is below the best
+            # left-out query's class probability are scored with every query.
+            cached = self.cached_queries
+            top = cached if cached is not None else self.active_queries
+            rest = torch.ones(len(best_cls), dtype=torch.bool)
+            rest[top] = False
+            reach = best_cls * self.max_mask_probs  # the most a query scores anywhere
+            bound = float(reach[rest].max()) if bool(rest.any()) else float("-inf")
             out = torch.zeros((h, w), dtype=torch.float32)
-            for r0, r1, p in self.prob_chunks():  # (rows, Q, W)
+            for r0, r1, p, channels in self.prob_blocks(top):  # (rows, C, W)
                 best = torch.zeros((r1 - r0, w), dtype=torch.float32)
-                for q in top:
-                    torch.maximum(best, p[:, q] * best_cls[q], out=best)
+                for q, c in zip(top.tolist(), channels):
+                    torch.maximum(best, p[:, c] * best_cls[q], out=best)
                 unsure = best < bound
                 if bool(unsure.any()):
                     rr, cc = unsure.nonzero(as_tuple=True)
-                    best[rr, cc] = (p[rr, :, cc] * best_cls).amax(1)
+                    best[rr, cc] = (self.pixel_probs(rr + r0, cc) * best_cls).amax(1)
                 out[r0:r1] = 1.0 - best
             return out.numpy()
         return self._cached(("uncertainty",), compute)

@@ -65,12 +65,28 @@ class MaskUpsampler:
         self.num_queries = q
         rows = chain_matrix(h, padded_size[0], image_size[0], output_size[0])  # (H, h)
         cols = chain_matrix(w, padded_size[1], image_size[1], output_size[1])  # (W, w)
-        # columns once on the small tensor, stored row-major: (h, Q, W)
-        self._by_cols = mask_logits.float().permute(1, 0, 2).matmul(cols.float().T).contiguous()
+        self._logits = mask_logits.float()
+        self._cols_t = cols.float().T.contiguous()  # (w, W)
+        self._col_index, self._col_weight = _taps(cols)  # (W, taps), for single pixels
         self._row_index, self._row_weight = _taps(rows)  # (H, taps)
+        # columns applied on the small tensor, per query on first use, stored row-major: (h, Q, W)
+        self._by_cols = torch.empty((h, q, output_size[1]), dtype=torch.float32)
+        self._done = torch.zeros(q, dtype=torch.bool)
         self.max_elements = max_elements
 
+    def _ensure_columns(self, queries: torch.Tensor | None) -> None:
+        """Resize the columns of the queries not done yet (a large image reads only a few queries)."""
+        todo = (~self._done).nonzero().flatten() if queries is None else queries[~self._done[queries]].unique()
+        if len(todo) == 0:
+            return
+        if len(todo) == self.num_queries:
+            torch.matmul(self._logits.permute(1, 0, 2), self._cols_t, out=self._by_cols)
+        else:
+            self._by_cols[:, todo] = self._logits[todo].permute(1, 0, 2).matmul(self._cols_t)
+        self._done[todo] = True
+
     def _table(self, queries: torch.Tensor | None) -> torch.Tensor:
+        self._ensure_columns(queries)
         src = self._by_cols if queries is None else self._by_cols[:, queries]
         return src.reshape(src.shape[0], -1)  # (h, Q' * W)
 
@@ -98,3 +114,17 @@ class MaskUpsampler:
     def at(self, x: int, y: int) -> torch.Tensor:
         """(Q,) logits of one output pixel."""
         return self.rows(y, y + 1)[0, :, x]
+
+    def pixels(self, ys: torch.Tensor, xs: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, Q') logits at the output pixels (ys[i], xs[i]), for a few scattered pixels."""
+        logits = self._logits if queries is None else self._logits[queries]  # (Q', h, w)
+        ri, rw = self._row_index[ys], self._row_weight[ys]  # (N, row taps)
+        ci, cw = self._col_index[xs], self._col_weight[xs]  # (N, column taps)
+        # the same two passes, in the same tap order, as ``_ensure_columns`` and ``_rows``
+        by_cols = logits[:, ri, ci[:, 0:1]] * cw[:, 0:1]  # (Q', N, row taps)
+        for t in range(1, ci.shape[1]):
+            by_cols += logits[:, ri, ci[:, t:t + 1]] * cw[:, t:t + 1]
+        out = by_cols[..., 0] * rw[:, 0]
+        for t in range(1, ri.shape[1]):
+            out += by_cols[..., t] * rw[:, t]
+        return out.T  # (N, Q')

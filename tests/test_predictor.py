@@ -226,3 +226,45 @@ def test_predict_many_reports_bad_images_and_goes_on(tmp_path, predictor):
     results = dict(predictor.predict_many([bad, good], progress=False))
     assert isinstance(results[bad], ValueError) and "bad.jpg" in str(results[bad])
     assert isinstance(results[good], Prediction)
+
+
+@pytest.mark.parametrize("cache", ["all", "active", "none"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pruned_views_equal_the_reference_in_every_cache_mode(cache, seed, monkeypatch):
+    """Trained-like outputs (a few confident queries, many no-object ones, soft borders): the views
+    that read only the active queries and bound the rest give the reference's answers, whether all
+    probabilities, only the active queries' or none are cached, in small row blocks."""
+    from m2f_core.benchmark import trained_like_outputs
+
+    num_queries, num_classes, size = 40, 12, (92, 124)
+    out = trained_like_outputs(num_queries, num_classes, (96, 128), seed=seed, things=8, stuff=4)
+    is_thing = [k < 6 for k in range(num_classes)]
+    config = small_config(class_names=[f"c{k}" for k in range(num_classes)], is_thing=is_thing,
+                          num_queries=num_queries)
+    pred = Prediction(np.zeros((*size, 3), np.uint8), out["pred_logits"], out["pred_masks"], (96, 128), (92, 124),
+                      config)
+    active = len(pred.active_queries)
+    assert active < num_queries  # the case the pruning is for
+    pixels = size[0] * size[1]
+    limit = {"all": num_queries * pixels, "active": active * pixels, "none": active * pixels - 1}[cache]
+    monkeypatch.setattr(Prediction, "CACHE_ELEMENTS", limit)
+    monkeypatch.setattr(Prediction, "BLOCK_PIXELS", 700)  # several row blocks
+    pred.prepare()
+    cached = pred.cached_queries
+    assert (cached is None) == (cache == "none")
+    assert cache != "active" or torch.equal(cached, pred.active_queries)
+
+    full = reference_logits(pred)
+    ref_pan = panoptic_inference(pred.pred_logits, full, is_thing)
+    pan = pred.panoptic()
+    assert np.array_equal(pan.segment_map, ref_pan.segment_map) and len(pan.segments) >= 4
+    ref_sem = semantic_inference(pred.pred_logits, full)
+    assert np.array_equal(pred.semantic().label_map, ref_sem.argmax(0).numpy())
+    assert np.allclose(pred.semantic(with_probs=True).probs, ref_sem.numpy(), atol=1e-5)
+    ref_ins = instance_inference(pred.pred_logits, full, topk=50, thing_only=is_thing)
+    ins = pred.instance(topk=50)
+    assert np.allclose(np.sort(ins.scores), np.sort(ref_ins.scores), atol=1e-5)
+    assert sorted(m.tobytes() for m in ins.masks) == sorted(m.tobytes() for m in ref_ins.masks)
+    best_cls = pred.class_probs[:, :-1].max(-1).values
+    ref_unc = 1 - (full.sigmoid() * best_cls[:, None, None]).amax(0)
+    assert np.allclose(pred.uncertainty(), ref_unc.numpy(), atol=1e-6)
