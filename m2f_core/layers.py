@@ -61,14 +61,39 @@ class Conv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         self.norm = norm
         self.activation = activation
+        self._folded: tuple | None = None  # (key, weight, bias) of the last inference fold
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = super().forward(x)
-        if self.norm is not None:
-            x = self.norm(x)
+        if isinstance(self.norm, FrozenBatchNorm2d):
+            # A frozen norm is an affine map per output channel: fold it into the convolution's
+            # weight and bias (the same function, one pass over the activations instead of three)
+            weight, bias = self._fold(x)
+            x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        else:
+            x = super().forward(x)
+            if self.norm is not None:
+                x = self.norm(x)
         if self.activation is not None:
             x = self.activation(x)
         return x
+
+    def _fold(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        norm = self.norm
+        tensors = (self.weight, self.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+        layout = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous() else torch.contiguous_format
+        inference = not torch.is_grad_enabled()
+        key = (layout, x.dtype, *((t.data_ptr(), t._version) for t in tensors if t is not None))
+        if inference and self._folded is not None and self._folded[0] == key:
+            return self._folded[1], self._folded[2]
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        shift = norm.bias - norm.running_mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias * scale
+        weight = (self.weight * scale.view(-1, 1, 1, 1)).to(x.dtype).contiguous(memory_format=layout)
+        bias = shift.to(x.dtype)
+        self._folded = (key, weight, bias) if inference else None
+        return weight, bias
 
 
 def c2_xavier_fill(module: nn.Module) -> None:

@@ -77,8 +77,8 @@ class Prediction:
             self._upsampler = MaskUpsampler(self.pred_masks, self.padded_size, self.input_size, self.size)
         return self._upsampler
 
-    # Above this many elements (Q x H x W) the probabilities of all queries are not kept: only those
-    # of the active queries (below), and if even those do not fit, each view recomputes its own.
+    # Above this many elements (active queries x H x W) no probabilities are kept: each view
+    # upsamples what it reads, block by block.
     CACHE_ELEMENTS = 48_000_000
     # Row blocks of about this many pixels keep the per-query passes of a view in the CPU cache.
     BLOCK_PIXELS = 1 << 16
@@ -104,20 +104,14 @@ class Prediction:
         return self._cache["active"]
 
     def prepare(self) -> Prediction:
-        """Upsample the mask probabilities once (of all queries when they fit, else of the active
-        ones), so that every task view reads them instead of upsampling again."""
+        """Upsample the mask probabilities of the active queries once, so that every task view reads
+        them instead of upsampling again (the other queries are read only where a bound says so)."""
         h, w = self.size
-        if "probs" in self._cache:
-            return self
-        num_queries = self.pred_masks.shape[0]
-        if num_queries * h * w <= self.CACHE_ELEMENTS:
-            queries = torch.arange(num_queries)
-        elif len(self.active_queries) * h * w <= self.CACHE_ELEMENTS:
-            queries = self.active_queries
-        else:
+        queries = self.active_queries
+        if "probs" in self._cache or len(queries) * h * w > self.CACHE_ELEMENTS:
             return self
         start = time.perf_counter()
-        subset = None if len(queries) == num_queries else queries
+        subset = None if len(queries) == self.pred_masks.shape[0] else queries
         chunks = [c.sigmoid_() for _, _, c in self.upsampler.chunks(subset)]
         self._cache["probs"] = (queries, chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=0))
         self.timings["upsample"] = time.perf_counter() - start
@@ -266,11 +260,17 @@ class Prediction:
         # Upsampling is a convex combination of mask logits, so a query with no positive logit has an
         # empty mask (and mask score 0) at any size: only the others are read at full size.
         nonempty = (self.pred_masks[unique_q].flatten(1).amax(1) > 0).nonzero().flatten()
-        if len(nonempty):
-            zero = torch.zeros(())
-            for r0, r1, probs, channels in self.prob_blocks(unique_q[nonempty]):  # (rows, C, W)
+        cached = self.cached_queries
+        in_cache = torch.zeros(len(nonempty), dtype=torch.bool)
+        if cached is not None:
+            in_cache = torch.isin(unique_q[nonempty], cached)
+        zero = torch.zeros(())
+        for group in (nonempty[in_cache], nonempty[~in_cache]):  # read from the cache / upsampled
+            if len(group) == 0:
+                continue
+            for r0, r1, probs, channels in self.prob_blocks(unique_q[group]):  # (rows, C, W)
                 inside = torch.empty((r1 - r0, w))
-                for i, c in zip(nonempty.tolist(), channels):
+                for i, c in zip(group.tolist(), channels):
                     p = probs[:, c]
                     binary = masks[i, r0:r1]
                     torch.gt(p, 0.5, out=binary)  # logit > 0

@@ -1,11 +1,11 @@
-"""The fused-gather deformable attention equals the grid_sample reference, values and gradients."""
+"""The fused-gather deformable attention and the C kernel equal the grid_sample reference."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from m2f_core.ops import ms_deform_attn_core, ms_deform_attn_gather
+from m2f_core.ops import ms_deform_attn_core, ms_deform_attn_gather, native
 
 SHAPES = [(13, 17), (7, 9), (4, 5)]
 
@@ -72,3 +72,84 @@ def test_gather_bfloat16_runs_and_is_close():
     out = ms_deform_attn_gather(value.bfloat16(), SHAPES, loc.bfloat16(), attn.bfloat16())
     assert out.dtype == torch.bfloat16
     assert (out.float() - ref).abs().max() < 0.1
+
+
+# ---------------------------------------------------------------------------------------- C kernel
+native_only = pytest.mark.skipif(not native.available(), reason="no C compiler: the kernel is optional")
+
+
+@native_only
+@pytest.mark.parametrize("spread", [0.0, 0.3, 2.0])
+def test_native_kernel_equals_grid_sample(spread):
+    """fp32 kernel vs the fp64 reference, samples inside, on the border and far outside the maps."""
+    value, loc, attn = _inputs(torch.float32, lq=300, m=8, d=32, points=4, spread=spread)
+    ref = ms_deform_attn_core(value.double(), SHAPES, loc.double(), attn.double())
+    out = native.ms_deform_attn_native(value, SHAPES, loc, attn)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert (out.double() - ref).abs().max() < 2e-6
+
+
+@native_only
+def test_native_kernel_on_exact_pixel_centres_and_edges_and_nan():
+    value, _, _ = _inputs(torch.float32)
+    h, w = SHAPES[0]
+    xs = torch.tensor([0.0, 0.5 / w, 1.0 - 0.5 / w, 1.0, 3.5 / w, -0.5 / w, float("nan")])
+    ys = torch.tensor([0.0, 0.5 / h, 1.0 - 0.5 / h, 1.0, 2.5 / h, 1.0 + 0.5 / h, 0.5])
+    loc = torch.stack([xs, ys], -1).view(1, 7, 1, 1, 1, 2).expand(2, 7, 4, 3, 1, 2).contiguous()
+    attn = torch.full((2, 7, 4, 3, 1), 1 / 3)
+    out = native.ms_deform_attn_native(value, SHAPES, loc, attn)
+    ref = ms_deform_attn_core(value.double(), SHAPES, loc.double(), attn.double())
+    assert torch.allclose(out[:, :6].double(), ref[:, :6], atol=2e-6, rtol=0)
+    assert torch.all(out[:, 6] == 0)  # a NaN location samples nothing (grid_sample: zeros padding)
+
+
+@native_only
+def test_native_kernel_threads_split_the_queries_without_changing_the_result():
+    value, loc, attn = _inputs(torch.float32, n=3, lq=700, m=8, d=32, points=4)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native.ms_deform_attn_native(value, SHAPES, loc, attn)
+        torch.set_num_threads(2)
+        two = native.ms_deform_attn_native(value, SHAPES, loc, attn)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
+def test_fast_dispatch_uses_the_gather_where_gradients_are_needed(monkeypatch):
+    """Training (autograd), other dtypes and exports go through the differentiable gather."""
+    from m2f_core.ops import ms_deform_attn as msda
+    calls = []
+
+    def fake_native(*args):
+        calls.append("native")
+        return msda.ms_deform_attn_gather(*args)
+    monkeypatch.setattr(native, "ms_deform_attn_native", fake_native)
+    monkeypatch.setattr(native, "available", lambda: True)
+    value, loc, attn = _inputs(torch.float32)
+    msda.ms_deform_attn_fast(value, SHAPES, loc, attn)
+    assert calls == ["native"]
+    value.requires_grad_(True)
+    out = msda.ms_deform_attn_fast(value, SHAPES, loc, attn)
+    out.sum().backward()
+    assert calls == ["native"] and value.grad is not None
+    with torch.no_grad():
+        msda.ms_deform_attn_fast(value, SHAPES, loc, attn)
+    assert calls == ["native", "native"]
+    msda.ms_deform_attn_fast(value.detach().double(), SHAPES, loc.double(), attn.double())
+    assert len(calls) == 2
+
+
+def test_no_native_env_falls_back(monkeypatch, tmp_path):
+    """Without a compiler the kernel is unavailable and inference still runs (the gather)."""
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("M2F_EXT_CACHE", str(tmp_path / "ext"))
+    assert not native.available()
+    value, loc, attn = _inputs(torch.float32)
+    from m2f_core.ops import ms_deform_attn_fast
+    with torch.no_grad():
+        out = ms_deform_attn_fast(value, SHAPES, loc, attn)
+    assert torch.allclose(out, ms_deform_attn_gather(value, SHAPES, loc, attn))

@@ -86,6 +86,8 @@ class ResNet(nn.Module):
         self.stage_names = list(self.out_channels)
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.device.type == "cpu":  # oneDNN convolutions run on NHWC without reordering every layer
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
         out = {}
         for name in self.stage_names:

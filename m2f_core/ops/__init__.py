@@ -1,5 +1,5 @@
-"""Operators: multi-scale deformable attention (pure PyTorch reference and a fused-gather fast path)."""
+"""Operators: multi-scale deformable attention (pure PyTorch reference, fused gather, C kernel)."""
 
-from .ms_deform_attn import MSDeformAttn, ms_deform_attn_core, ms_deform_attn_gather
+from .ms_deform_attn import MSDeformAttn, ms_deform_attn_core, ms_deform_attn_fast, ms_deform_attn_gather
 
-__all__ = ["MSDeformAttn", "ms_deform_attn_core", "ms_deform_attn_gather"]
+__all__ = ["MSDeformAttn", "ms_deform_attn_core", "ms_deform_attn_fast", "ms_deform_attn_gather"]

