@@ -117,8 +117,30 @@ def test_native_kernel_threads_split_the_queries_without_changing_the_result():
     assert torch.equal(one, two)
 
 
-def test_fast_dispatch_uses_the_gather_where_gradients_are_needed(monkeypatch):
-    """Training (autograd), other dtypes and exports go through the differentiable gather."""
+@native_only
+@pytest.mark.parametrize("spread", [0.0, 0.3])
+def test_native_kernel_gradients_equal_the_reference(spread):
+    """Gradients for values, sampling locations and attention weights (fp32 kernel vs fp64 gather,
+    itself equal to grid_sample's); several threads accumulate the value gradient."""
+    value, loc, attn = _inputs(torch.float32, n=2, lq=600, m=8, d=32, points=4, spread=spread)
+    grad = torch.randn(2, 600, 8 * 32, generator=torch.Generator().manual_seed(1))
+    ref_inputs = [t.double().requires_grad_(True) for t in (value, loc, attn)]
+    ms_deform_attn_gather(ref_inputs[0], SHAPES, ref_inputs[1], ref_inputs[2]).backward(grad.double())
+    inputs = [t.clone().requires_grad_(True) for t in (value, loc, attn)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        native.ms_deform_attn_native(inputs[0], SHAPES, inputs[1], inputs[2]).backward(grad)
+    finally:
+        torch.set_num_threads(before)
+    for ours, ref in zip(inputs, ref_inputs):
+        scale = ref.grad.abs().max()
+        assert (ours.grad.double() - ref.grad).abs().max() <= 1e-5 * scale
+
+
+def test_fast_dispatch(monkeypatch):
+    """fp32 CPU (inference and training) goes to the kernel; other dtypes and traced exports to the
+    differentiable gather."""
     from m2f_core.ops import ms_deform_attn as msda
     calls = []
 
@@ -128,17 +150,15 @@ def test_fast_dispatch_uses_the_gather_where_gradients_are_needed(monkeypatch):
     monkeypatch.setattr(native, "ms_deform_attn_native", fake_native)
     monkeypatch.setattr(native, "available", lambda: True)
     value, loc, attn = _inputs(torch.float32)
-    msda.ms_deform_attn_fast(value, SHAPES, loc, attn)
-    assert calls == ["native"]
-    value.requires_grad_(True)
-    out = msda.ms_deform_attn_fast(value, SHAPES, loc, attn)
-    out.sum().backward()
-    assert calls == ["native"] and value.grad is not None
     with torch.no_grad():
         msda.ms_deform_attn_fast(value, SHAPES, loc, attn)
-    assert calls == ["native", "native"]
+    msda.ms_deform_attn_fast(value.requires_grad_(True), SHAPES, loc, attn).sum().backward()
+    assert calls == ["native", "native"] and value.grad is not None
     msda.ms_deform_attn_fast(value.detach().double(), SHAPES, loc.double(), attn.double())
     assert len(calls) == 2
+    traced = torch.jit.trace(lambda v, lo, a: msda.ms_deform_attn_fast(v, SHAPES, lo, a), (value.detach(), loc, attn),
+                             check_trace=False)
+    assert len(calls) == 2 and traced is not None
 
 
 def test_no_native_env_falls_back(monkeypatch, tmp_path):

@@ -12,9 +12,9 @@ values; its backward gives gradients for the values and (through the weights) fo
 locations and attention weights, so training uses it too. On CPU it is several times faster than
 per-level ``grid_sample``; the two agree within fp32 rounding (tests/test_ms_deform_attn.py).
 
-``ms_deform_attn_fast`` (the default) runs inference through a small C kernel (``ops.native``,
-built on first use) that does the whole sum per query in one pass, 5x faster again; it falls back
-to the gather wherever the kernel does not apply.
+``ms_deform_attn_fast`` (the default) runs through a small C kernel (``ops.native``, built on
+first use) that does the whole sum per query in one pass, forward and backward, several times
+faster again; it falls back to the gather wherever the kernel does not apply.
 """
 
 from __future__ import annotations
@@ -97,13 +97,11 @@ def ms_deform_attn_fast(
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
-    """The C kernel (``ops.native``) where it applies: fp32 CPU inference, not traced, kernel built;
-    else the fused gather (training, other devices and dtypes, exports, no compiler)."""
+    """The C kernel (``ops.native``, forward and backward) where it applies: fp32 on the CPU, not
+    traced, kernel built; else the fused gather (other devices and dtypes, exports, no compiler)."""
     from . import native
 
-    grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (value, sampling_locations, attention_weights))
-    if (not grad and value.device.type == "cpu" and value.dtype == torch.float32
+    if (value.device.type == "cpu" and value.dtype == torch.float32
             and sampling_locations.dtype == torch.float32 and attention_weights.dtype == torch.float32
             and not torch.jit.is_tracing() and not torch.jit.is_scripting() and native.available()):
         return native.ms_deform_attn_native(value, spatial_shapes, sampling_locations, attention_weights)

@@ -93,6 +93,8 @@ def _load() -> ctypes.CDLL | None:
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
         lib.ms_deform_attn_forward.argtypes = [ptr] * 6 + [i64] * 9
         lib.ms_deform_attn_forward.restype = None
+        lib.ms_deform_attn_backward.argtypes = [ptr] * 9 + [i64] * 9
+        lib.ms_deform_attn_backward.restype = None
         _lib = lib
         return _lib
 
@@ -102,32 +104,74 @@ def available() -> bool:
     return _load() is not None
 
 
+def _split(total: int) -> list[tuple[int, int]]:
+    """Query ranges, one per thread (at least 256 queries each)."""
+    threads = max(1, min(torch.get_num_threads(), total // 256))
+    bounds = [total * i // threads for i in range(threads + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _parallel(fn, ranges: list[tuple[int, int]]) -> None:
+    """Run ``fn(i, q0, q1)`` for every range, on a thread pool (ctypes calls release the GIL)."""
+    global _pool
+    if len(ranges) == 1:
+        fn(0, *ranges[0])
+        return
+    if _pool is None or _pool._max_workers < len(ranges):
+        _pool = ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="m2f-msda")
+    list(_pool.map(lambda i: fn(i, *ranges[i]), range(len(ranges))))
+
+
+def _level_tables(spatial_shapes, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    shapes = torch.tensor(spatial_shapes, dtype=torch.int64).reshape(-1, 2)
+    sizes = shapes[:, 0] * shapes[:, 1]
+    if int(sizes.sum()) != s:
+        raise ValueError(f"spatial shapes {spatial_shapes} do not add up to the {s} rows of value")
+    return shapes, torch.cat([shapes.new_zeros(1), sizes.cumsum(0)[:-1]])
+
+
+class _MSDeformAttnFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, value, spatial_shapes, locations, weights):
+        lib = _load()
+        n, s, m, d = value.shape
+        _, lq, _, num_levels, num_points, _ = locations.shape
+        value, locations, weights = value.contiguous(), locations.contiguous(), weights.contiguous()
+        shapes, starts = _level_tables(spatial_shapes, s)
+        out = torch.empty((n, lq, m, d), dtype=torch.float32)
+        sizes = (n, s, lq, m, d, num_levels, num_points)
+        pointers = (value.data_ptr(), shapes.data_ptr(), starts.data_ptr(), locations.data_ptr(), weights.data_ptr())
+        _parallel(lambda i, q0, q1: lib.ms_deform_attn_forward(*pointers, out.data_ptr(), *sizes, q0, q1),
+                  _split(n * lq))
+        ctx.save_for_backward(value, locations, weights, shapes, starts)
+        return out.view(n, lq, m * d)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        lib = _load()
+        value, locations, weights, shapes, starts = ctx.saved_tensors
+        n, s, m, d = value.shape
+        _, lq, _, num_levels, num_points, _ = locations.shape
+        grad_out = grad_out.contiguous().float()
+        ranges = _split(n * lq)
+        grad_values = [torch.zeros_like(value) for _ in ranges]  # one per thread: rows are shared
+        grad_locations = torch.empty_like(locations)
+        grad_weights = torch.empty_like(weights)
+        sizes = (n, s, lq, m, d, num_levels, num_points)
+        pointers = (value.data_ptr(), shapes.data_ptr(), starts.data_ptr(), locations.data_ptr(), weights.data_ptr(),
+                    grad_out.data_ptr())
+        _parallel(lambda i, q0, q1: lib.ms_deform_attn_backward(
+            *pointers, grad_values[i].data_ptr(), grad_locations.data_ptr(), grad_weights.data_ptr(), *sizes, q0, q1),
+            ranges)
+        grad_value = grad_values[0]
+        for g in grad_values[1:]:
+            grad_value += g
+        return grad_value, None, grad_locations, grad_weights
+
+
 def ms_deform_attn_native(value: torch.Tensor, spatial_shapes: list[tuple[int, int]],
                           sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
-    """Same inputs and output as ``ms_deform_attn_core`` (float32, CPU, no autograd)."""
-    global _pool
-    lib = _load()
-    if lib is None:
+    """Same inputs and output as ``ms_deform_attn_core`` (float32, CPU), with gradients."""
+    if _load() is None:
         raise RuntimeError("the deformable-attention C kernel is not available")
-    n, s, m, d = value.shape
-    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
-    value = value.contiguous()
-    locations = sampling_locations.contiguous()
-    weights = attention_weights.contiguous()
-    shapes = torch.tensor(spatial_shapes, dtype=torch.int64).reshape(-1, 2)
-    starts = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
-    if int((shapes[:, 0] * shapes[:, 1]).sum()) != s:
-        raise ValueError(f"spatial shapes {spatial_shapes} do not add up to the {s} rows of value")
-    out = torch.empty((n, lq, m, d), dtype=torch.float32)
-    args = [value.data_ptr(), shapes.data_ptr(), starts.data_ptr(), locations.data_ptr(), weights.data_ptr(),
-            out.data_ptr(), n, s, lq, m, d, num_levels, num_points]
-    total = n * lq
-    threads = max(1, min(torch.get_num_threads(), total // 256))
-    if threads == 1:
-        lib.ms_deform_attn_forward(*args, 0, total)
-    else:
-        if _pool is None or _pool._max_workers < threads:
-            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="m2f-msda")
-        bounds = [total * i // threads for i in range(threads + 1)]
-        list(_pool.map(lambda i: lib.ms_deform_attn_forward(*args, bounds[i], bounds[i + 1]), range(threads)))
-    return out.view(n, lq, m * d)
+    return _MSDeformAttnFunction.apply(value, spatial_shapes, sampling_locations, attention_weights)

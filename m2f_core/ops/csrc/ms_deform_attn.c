@@ -60,3 +60,64 @@ void ms_deform_attn_forward(const float *value, const int64_t *shapes, const int
         }
     }
 }
+
+/* Backward of the same sum for the queries [q0, q1): accumulates into grad_value (N, S, M, D), which
+ * the caller gives each thread zeroed and sums afterwards, and writes grad_locations and
+ * grad_weights (shaped like locations and weights) of those queries. Corners outside the map carry
+ * value 0, so they add nothing; the floor is piecewise constant (zero gradient), as in grid_sample. */
+static inline float dot(const float *restrict a, const float *restrict b, int64_t D) {
+    float s = 0.0f;
+    for (int64_t d = 0; d < D; ++d) s += a[d] * b[d];
+    return s;
+}
+
+static inline void axpy(float *restrict y, const float *restrict x, float a, int64_t D) {
+    for (int64_t d = 0; d < D; ++d) y[d] += a * x[d];
+}
+
+void ms_deform_attn_backward(const float *value, const int64_t *shapes, const int64_t *starts,
+                             const float *locations, const float *weights, const float *grad_out,
+                             float *grad_value, float *grad_locations, float *grad_weights,
+                             int64_t N, int64_t S, int64_t Lq, int64_t M, int64_t D, int64_t L, int64_t P,
+                             int64_t q0, int64_t q1) {
+    const int64_t row_stride = M * D;
+    for (int64_t nq = q0; nq < q1; ++nq) {
+        const int64_t n = nq / Lq;
+        for (int64_t m = 0; m < M; ++m) {
+            const float *g = grad_out + (nq * M + m) * D;
+            const float *base = value + n * S * row_stride + m * D;
+            float *gbase = grad_value + n * S * row_stride + m * D;
+            const int64_t k0 = (nq * M + m) * L * P;  /* first (level, point) of this query and head */
+            for (int64_t l = 0; l < L; ++l) {
+                const int64_t H = shapes[2 * l], W = shapes[2 * l + 1], start = starts[l];
+                for (int64_t p = 0; p < P; ++p) {
+                    const int64_t k = k0 + l * P + p;
+                    const float a = weights[k];
+                    const float x = locations[2 * k] * (float)W - 0.5f;
+                    const float y = locations[2 * k + 1] * (float)H - 0.5f;
+                    grad_locations[2 * k] = 0.0f;
+                    grad_locations[2 * k + 1] = 0.0f;
+                    grad_weights[k] = 0.0f;
+                    if (!(x > -1.0f && y > -1.0f && x < (float)W && y < (float)H)) continue;
+                    const float xf = floorf(x), yf = floorf(y);
+                    const int64_t x0 = (int64_t)xf, y0 = (int64_t)yf;
+                    const float fx = x - xf, fy = y - yf;
+                    const int x0in = x0 >= 0, x1in = x0 + 1 < W, y0in = y0 >= 0, y1in = y0 + 1 < H;
+                    /* <value of each corner, grad_out>; 0 outside the map */
+                    float v00 = 0.0f, v01 = 0.0f, v10 = 0.0f, v11 = 0.0f;
+                    const int64_t r0 = start + y0 * W + x0, r1 = r0 + W;
+                    if (y0in && x0in) { v00 = dot(base + r0 * row_stride, g, D); axpy(gbase + r0 * row_stride, g, a * (1.0f - fy) * (1.0f - fx), D); }
+                    if (y0in && x1in) { v01 = dot(base + (r0 + 1) * row_stride, g, D); axpy(gbase + (r0 + 1) * row_stride, g, a * (1.0f - fy) * fx, D); }
+                    if (y1in && x0in) { v10 = dot(base + r1 * row_stride, g, D); axpy(gbase + r1 * row_stride, g, a * fy * (1.0f - fx), D); }
+                    if (y1in && x1in) { v11 = dot(base + (r1 + 1) * row_stride, g, D); axpy(gbase + (r1 + 1) * row_stride, g, a * fy * fx, D); }
+                    grad_weights[k] = (1.0f - fy) * (1.0f - fx) * v00 + (1.0f - fy) * fx * v01
+                                      + fy * (1.0f - fx) * v10 + fy * fx * v11;
+                    const float dx = (1.0f - fy) * (v01 - v00) + fy * (v11 - v10);  /* d sum / d x */
+                    const float dy = (1.0f - fx) * (v10 - v00) + fx * (v11 - v01);  /* d sum / d y */
+                    grad_locations[2 * k] = a * dx * (float)W;
+                    grad_locations[2 * k + 1] = a * dy * (float)H;
+                }
+            }
+        }
+    }
+}
