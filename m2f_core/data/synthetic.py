@@ -17,12 +17,13 @@ texture and at most one segment per image) tile the background with irregular bo
 stack of bands displaced by smoothed noise, or a warped Voronoi partition); 2-8 *things*
 (``THING_NAMES``: disc, box, triangle, star, ring with a real hole, thin bar) of random size (12% small,
 10-20 px; the others 36 px to half the scene), rotation, hue and texture (flat, stripes, dots, gradient;
-sometimes an outline) are painted in a random depth order, often in touching / overlapping groups of
-one class, some cut by the image border. The ground truth keeps the visible part of each instance;
-instances left with fewer than ``MIN_AREA`` visible pixels (or under 10% of their in-image area) are
-removed before the image is painted, and a stuff class left with fewer than ``STUFF_MIN_AREA`` visible pixels is given to its neighbours, so every
-segment has at least ``MIN_AREA`` pixels and the image is painted from the final segment map. Mild global
-photometric jitter (brightness, contrast, colour cast, blur, noise) follows.
+sometimes an outline) are painted in a random depth order, often in touching / overlapping groups of one
+class, some cut by the image border. The ground truth keeps the visible part of each instance; instances
+left with fewer than ``MIN_AREA`` visible pixels (or under 10% of their in-image area) are removed
+before the image is painted, and a stuff class left with fewer than ``STUFF_MIN_AREA`` visible pixels is
+given to its neighbours, so every segment has at least ``MIN_AREA`` pixels and the image is painted from
+the final segment map. Mild global photometric jitter (brightness, contrast, colour cast, blur, noise)
+follows.
 
 Image ``i`` of a split depends only on ``(seed, split, i)``: the same seed gives byte-identical files,
 whatever the number of worker processes.
