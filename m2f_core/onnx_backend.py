@@ -18,7 +18,7 @@ values to the example size (a batch of 1, constants derived from H, W). The trac
 seconds and, after three small exact rewrites in the model code (no ``int()`` on shapes, no
 slice assignment in Swin's shift mask, no ``linspace``), is correct at every size we test
 (tests/test_onnx_backend.py). The deformable attention is exported through its ``grid_sample``
-reference (ONNX GridSample, opset 16+), not the fused gather (``embedding_bag``).
+reference (ONNX GridSample, opset 16+), not the C kernel or the fused gather (``embedding_bag``).
 """
 
 from __future__ import annotations

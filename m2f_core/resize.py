@@ -74,6 +74,7 @@ class MaskUpsampler:
         self._done = torch.zeros(q, dtype=torch.bool)
         self.max_elements = max_elements
 
+    @torch.inference_mode()  # the state may have been made in inference mode (Predictor.predict)
     def _ensure_columns(self, queries: torch.Tensor | None) -> None:
         """Resize the columns of the queries not done yet (a large image reads only a few queries)."""
         todo = (~self._done).nonzero().flatten() if queries is None else queries[~self._done[queries]].unique()

@@ -26,7 +26,7 @@ from m2f_core.onnx_backend import (  # noqa: E402
     load_onnx_model,
     main,
 )
-from m2f_core.ops.ms_deform_attn import MSDeformAttn, ms_deform_attn_gather  # noqa: E402
+from m2f_core.ops.ms_deform_attn import MSDeformAttn, ms_deform_attn_fast  # noqa: E402
 
 TOLERANCE = 1e-3  # the bar; the measured differences are ~1e-6 (logits) and ~1e-5 (masks)
 
@@ -125,17 +125,17 @@ def test_metadata_round_trip_and_module_like_api(swin_export):
     assert json.loads(props["m2f_config"])["class_names"] == model.config.class_names
 
 
-def test_export_restores_the_fused_deform_attn_and_writes_nothing_on_failure(tmp_path, monkeypatch):
+def test_export_restores_the_fast_deform_attn_and_writes_nothing_on_failure(tmp_path, monkeypatch):
     model = tiny_model("resnet")
 
     def broken_export(*args, **kwargs):
-        assert all(m.core is not ms_deform_attn_gather for m in model.modules() if isinstance(m, MSDeformAttn))
+        assert all(m.core is not ms_deform_attn_fast for m in model.modules() if isinstance(m, MSDeformAttn))
         raise RuntimeError("exporter exploded\nsecond line")
 
     monkeypatch.setattr(torch.onnx, "export", broken_export)
     with pytest.raises(OnnxBackendError, match="^ONNX export failed: RuntimeError: exporter exploded$"):
         export_onnx(model, tmp_path / "m.onnx", example_size=(64, 64))
-    assert all(m.core is ms_deform_attn_gather for m in model.modules() if isinstance(m, MSDeformAttn))
+    assert all(m.core is ms_deform_attn_fast for m in model.modules() if isinstance(m, MSDeformAttn))
     assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary
 
 

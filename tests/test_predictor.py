@@ -268,3 +268,18 @@ def test_pruned_views_equal_the_reference_in_every_cache_mode(cache, seed, monke
     best_cls = pred.class_probs[:, :-1].max(-1).values
     ref_unc = 1 - (full.sigmoid() * best_cls[:, None, None]).amax(0)
     assert np.allclose(pred.uncertainty(), ref_unc.numpy(), atol=1e-6)
+
+
+def test_views_work_outside_the_inference_mode_the_prediction_was_made_in():
+    """Predictor.predict runs under inference_mode; the lazily filled upsampler state must still be
+    usable when a view is first asked for later, outside it (the app, the CLIs)."""
+    from m2f_core.benchmark import trained_like_outputs
+
+    out = trained_like_outputs(40, 4, (64, 80), seed=3, things=4, stuff=2)
+    with torch.inference_mode():
+        pred = Prediction(np.zeros((60, 75, 3), np.uint8), out["pred_logits"], out["pred_masks"], (64, 80),
+                          (60, 75), small_config(num_queries=40)).prepare()
+    full = reference_logits(pred)
+    assert np.array_equal(pred.semantic().label_map, semantic_inference(pred.pred_logits, full).argmax(0).numpy())
+    assert len(pred.instance(thing_only=False)) > 0
+    assert pred.candidates_at(x=3, y=3, k=3) is not None
