@@ -243,7 +243,8 @@ class SwinTransformer(nn.Module):
         for i, layer in enumerate(self.layers):
             x_out, x, h_next, w_next = layer(x, h, w)
             x_out = getattr(self, f"norm{i}")(x_out)
-            out[self.stage_names[i]] = x_out.view(-1, h, w, self.num_features[i]).permute(0, 3, 1, 2).contiguous()
+            # (B, C, H, W) over NHWC memory (channels-last): no copy, and what oneDNN convolves fastest
+            out[self.stage_names[i]] = x_out.view(-1, h, w, self.num_features[i]).permute(0, 3, 1, 2)
             h, w = h_next, w_next
         return out
 
