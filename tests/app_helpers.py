@@ -5,7 +5,8 @@ Random ``synthetic_small`` weights predict "no object" everywhere, so the panopt
 scene: class logits centred over the queries (each query gets a confident, varied class; no-object
 pushed down) and mask embeddings made orthogonal to the mean pixel feature (each mask covers part of
 the image). The saved config keeps every query and overlap (thresholds 0), so the result is a
-partition of the scene into a dozen segments, things and stuff, with dropped queries to recover.
+partition of the scene into over a dozen segments, things and stuff, with dropped queries to recover
+(the crafted heads are sensitive to the scene: ``SCENE_SEED`` is one that gives such a partition).
 Deterministic on a given machine; tests read the expected result from the same weights.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-SCENE_SEED = 0
+SCENE_SEED = 13  # with the crafted weights: 17 segments (15 things, 2 stuff) of 2-23000 px
 SCENE_SIZE = (256, 320)  # H, W
 
 

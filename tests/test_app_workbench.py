@@ -236,8 +236,9 @@ def test_export_and_zip(wb, assets, tmp_path):
 
 def test_browse_images_and_dataset(predictor, assets, tmp_path):
     second = make_test_scene(tmp_path / "imgs" / "b.png", seed=5, size=(200, 240))
-    first = make_test_scene(tmp_path / "imgs" / "a.png", seed=0)
-    wb = Workbench(predictor, tmp_path / "corrections", images=[first, second], work_dir=tmp_path / "w")
+    first = make_test_scene(tmp_path / "imgs" / "a.png")
+    wb = Workbench(predictor, tmp_path / "corrections", images=[first, second], work_dir=tmp_path / "w",
+                   min_side=0)  # display pixels = image pixels, as thing_point gives
     s = wb.new_session()
     screen = wb.start(s)
     assert "image 1 / 2: a.png" in screen.position and s.model_runs == 1

@@ -18,6 +18,7 @@ from m2f_core.data.synthetic import (
     CATEGORIES,
     MIN_AREA,
     STUFF_NAMES,
+    THING_HUES,
     THING_NAMES,
     generate_dataset,
     generate_scene,
@@ -121,6 +122,29 @@ def test_scene_content(dataset: Path) -> None:
     assert touching >= 1
     assert holes >= 1
     assert cut >= 1
+
+
+def test_thing_sizes_and_class_colours() -> None:
+    """Things are mostly large enough to tell apart (v2's median of 409 px was not) and each class
+    keeps to its hue band: the median hue of an instance's pixels is near its class's."""
+    areas, hue_ok, total = [], 0, 0
+    for i in range(40):
+        image, seg_map, segments = generate_scene(scene_rng(5, "train", i))
+        hsv = np.asarray(Image.fromarray(image).convert("HSV"), dtype=np.float32) / 255.0
+        for s in segments:
+            name = CATEGORIES[s.category_id]["name"]
+            if name not in THING_NAMES:
+                continue
+            areas.append(s.area)
+            mask = ndimage.binary_erosion(seg_map == s.id, iterations=2)  # away from outlines and blur
+            if mask.sum() < 30 or np.median(hsv[..., 1][mask]) < 0.25:  # too small / washed out to judge
+                continue
+            total += 1
+            d = abs(float(np.median(hsv[..., 0][mask])) - THING_HUES[name])
+            hue_ok += min(d, 1 - d) < 0.1
+    assert np.median(areas) > 700 and np.mean(np.asarray(areas) < 256) < 0.25
+    print(f"\nthings: median area {np.median(areas):.0f} px, in their hue band {hue_ok}/{total}")
+    assert total >= 50 and hue_ok / total > 0.85, (hue_ok, total)
 
 
 def test_generate_scene_api() -> None:

@@ -16,14 +16,14 @@ A scene: 2-4 *stuff* regions (``STUFF_NAMES``: sky, grass, water, brick wall, ro
 texture and at most one segment per image) tile the background with irregular borders (a horizon-like
 stack of bands displaced by smoothed noise, or a warped Voronoi partition); 2-8 *things*
 (``THING_NAMES``: disc, box, triangle, star, ring with a real hole, thin bar) of random size (12% small,
-10-20 px; the others 36 px to half the scene), rotation, hue and texture (flat, stripes, dots, gradient;
-sometimes an outline) are painted in a random depth order, often in touching / overlapping groups of one
-class, some cut by the image border. The ground truth keeps the visible part of each instance; instances
-left with fewer than ``MIN_AREA`` visible pixels (or under 10% of their in-image area) are removed
-before the image is painted, and a stuff class left with fewer than ``STUFF_MIN_AREA`` visible pixels is
-given to its neighbours, so every segment has at least ``MIN_AREA`` pixels and the image is painted from
-the final segment map. Mild global photometric jitter (brightness, contrast, colour cast, blur, noise)
-follows.
+10-20 px; the others 36 px to half the scene), rotation, colour (a hue band per class, as real object
+classes have typical colours) and texture (flat, stripes, dots, gradient; sometimes an outline) are
+painted in a random depth order, often in touching / overlapping groups of one class, some cut by the
+image border. The ground truth keeps the visible part of each instance; instances left with fewer than
+``MIN_AREA`` visible pixels (or under 10% of their in-image area) are removed before the image is
+painted, and a stuff class left with fewer than ``STUFF_MIN_AREA`` visible pixels is given to its
+neighbours, so every segment has at least ``MIN_AREA`` pixels and the image is painted from the final
+segment map. Mild global photometric jitter (brightness, contrast, colour cast, blur, noise) follows.
 
 Image ``i`` of a split depends only on ``(seed, split, i)``: the same seed gives byte-identical files,
 whatever the number of worker processes.
@@ -79,6 +79,10 @@ _CLASS = {c["name"]: i for i, c in enumerate(CATEGORIES)}  # name -> contiguous 
 MIN_AREA = 16  # every segment has at least this many pixels
 STUFF_MIN_AREA = 64  # a stuff class shows at least this many pixels or is given to its neighbours
 MIN_VISIBLE_FRACTION = 0.1  # an instance must show at least this share of its in-image area
+# Each thing class has its own hue band, as real object classes have typical colours: shape alone,
+# under random colours and textures, was not learnt by the small model in a CPU budget (v2, v3a)
+THING_HUES = {name: i / len(THING_NAMES) for i, name in enumerate(THING_NAMES)}
+THING_HUE_BAND = 0.04  # +- hue around the class's (gaps of 0.087 between classes)
 SMALL_FRACTION = 0.12  # share of things drawn 10-20 px wide (at 256 px); the others 36 px to half the scene
 DEFAULT_SIZE = (256, 256)
 JPEG_QUALITY = 92
@@ -382,20 +386,23 @@ def _place_things(rng: np.random.Generator, h: int, w: int) -> list[_Thing]:
     return [things[i] for i in rng.permutation(len(things))]  # random depth order
 
 
-def _thing_colors(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    hue = rng.random()
-    c1 = _hsv(hue, rng.uniform(0.45, 1.0), rng.uniform(0.5, 1.0))
+def _thing_colors(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """A main colour in the class's hue band (``THING_HUE_BAND`` around ``THING_HUES[kind]``) and a
+    second colour, a darker or lighter shade of the same hue, for the two-colour textures."""
+    hue = (THING_HUES[kind] + rng.uniform(-THING_HUE_BAND, THING_HUE_BAND)) % 1.0
+    sat, val = rng.uniform(0.5, 1.0), rng.uniform(0.6, 1.0)
+    c1 = _hsv(hue, sat, val)
     if rng.random() < 0.5:
-        c2 = _hsv(hue + rng.uniform(0.25, 0.75), rng.uniform(0.3, 1.0), rng.uniform(0.3, 1.0))
+        c2 = _hsv(hue, rng.uniform(0.3, 1.0) * sat, val * rng.uniform(0.35, 0.6))
     else:
-        c2 = np.clip(c1 * rng.uniform(0.35, 0.6) if c1.max() > 0.5 else c1 + 0.4, 0, 1).astype(np.float32)
+        c2 = _hsv(hue, sat * rng.uniform(0.25, 0.5), min(1.0, val * rng.uniform(1.1, 1.5)))
     return c1, c2
 
 
 def _thing_texture(rng: np.random.Generator, shape: tuple[int, int], y0: int, x0: int, t: _Thing) -> np.ndarray:
     """(h, w, 3) texture of an instance over its crop (image coordinates offset by y0, x0)."""
     h, w = shape
-    c1, c2 = _thing_colors(rng)
+    c1, c2 = _thing_colors(rng, t.kind)
     style = ("flat", "stripes", "dots", "gradient")[int(rng.integers(4))]
     ys = np.arange(h, dtype=np.float32)[:, None] + (y0 - t.cy)
     xs = np.arange(w, dtype=np.float32)[None, :] + (x0 - t.cx)
