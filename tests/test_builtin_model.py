@@ -14,10 +14,9 @@ from m2f_core import Predictor
 from m2f_core.data.synthetic import generate_dataset, synthetic_dataset
 from m2f_core.metrics.model_eval import evaluate_model
 
-# Model card (100 validation images): PQ 44.0, PQ_st 96.7, mIoU 49.4. Measured on these 40 fresh
-# images: PQ 43.9, PQ_st 96.7, mIoU 48.3. PQ_th is 0.0 (the model misses the tiny things, see the
-# card), so it has no floor yet: raise these when a retrained model ships.
-FLOORS = {"PQ": 40.0, "PQ_st": 92.0, "mIoU": 44.0}
+# Model card (100 validation images): PQ 69.1, PQ_th 45.6, PQ_st 97.3, mask AP 34.1, mIoU 95.1.
+# Measured on these 40 fresh images: PQ 70.5, PQ_th 48.8, PQ_st 96.6, AP 38.9, mIoU 93.7.
+FLOORS = {"PQ": 65.0, "PQ_th": 40.0, "PQ_st": 93.0, "AP": 30.0, "mIoU": 90.0}
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +28,12 @@ def result(tmp_path_factory):
 
 def test_builtin_model_panoptic_quality(result):
     pan = result["panoptic"]
-    for key in ("PQ", "PQ_st"):
+    for key in ("PQ", "PQ_th", "PQ_st"):
         assert pan[key] >= FLOORS[key], (key, pan)
+
+
+def test_builtin_model_instance_quality(result):
+    assert result["instance"]["AP"] >= FLOORS["AP"], result["instance"]
 
 
 def test_builtin_model_semantic_quality(result):
