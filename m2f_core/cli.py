@@ -24,5 +24,6 @@ def parse_size(text: str, multiple: int = 32, allow_square: bool = True) -> tupl
         raise argparse.ArgumentTypeError(f"size must be {shapes}, e.g. 256x256, got {text!r}")
     h, w = int(parts[0]), int(parts[-1])
     if h <= 0 or w <= 0 or h % multiple or w % multiple:
-        raise argparse.ArgumentTypeError(f"size must be positive multiples of {multiple}, got {text!r}")
+        what = "positive" if multiple == 1 else f"positive multiples of {multiple}"
+        raise argparse.ArgumentTypeError(f"size must be {what}, got {text!r}")
     return h, w

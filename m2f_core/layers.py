@@ -26,9 +26,13 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features) - eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C,) scale and shift of the affine map the norm is: x * scale + shift."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        bias = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, bias = self.scale_and_shift()
         return x * scale.view(1, -1, 1, 1).to(x.dtype) + bias.view(1, -1, 1, 1).to(x.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -86,8 +90,7 @@ class Conv2d(nn.Conv2d):
         key = (layout, x.dtype, *((t.data_ptr(), t._version) for t in tensors if t is not None))
         if inference and self._folded is not None and self._folded[0] == key:
             return self._folded[1], self._folded[2]
-        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-        shift = norm.bias - norm.running_mean * scale
+        scale, shift = norm.scale_and_shift()
         if self.bias is not None:
             shift = shift + self.bias * scale
         weight = (self.weight * scale.view(-1, 1, 1, 1)).to(x.dtype).contiguous(memory_format=layout)

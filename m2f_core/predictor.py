@@ -138,10 +138,8 @@ class Prediction:
                     yield r0, min(r0 + step, h), cached[1][r0:r0 + step], channels
                 return
         channels = list(range(len(queries)))
-        table = self.upsampler._table(queries)
-        for r0 in range(0, h, step):
-            r1 = min(r0 + step, h)
-            yield r0, r1, self.upsampler._rows(table, r0, r1).sigmoid_(), channels
+        for r0, r1, logits in self.upsampler.chunks(queries, max_elements=len(queries) * step * w):
+            yield r0, r1, logits.sigmoid_(), channels
 
     def pixel_probs(self, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """(N, Q) mask probabilities of every query at a few scattered pixels."""
@@ -335,18 +333,15 @@ class Prediction:
             best, arg = sem.max(1)
             labels = included[arg]
             unsure = best <= bound
+            if probs is not None:  # (with_probs reads every query: nothing is left out below)
+                probs[included, r0:r1] = sem.permute(1, 0, 2)
             if any_dropped:  # the runner-up plus the most any class gains from the left-out queries
-                if probs is not None:
-                    probs[included, r0:r1] = sem.permute(1, 0, 2)
                 runner_up = sem.scatter_(1, arg[:, None], float("-inf")).amax(1)
                 unsure |= best <= runner_up + slack
             if bool(unsure.any()):
                 rr, cc = unsure.nonzero(as_tuple=True)
-                self.timings["semantic_rescored"] = self.timings.get("semantic_rescored", 0) + len(rr)
                 labels[rr, cc] = (self.pixel_probs(rr + r0, cc) @ cls).argmax(1)
             label_map[r0:r1] = labels
-            if probs is not None and not any_dropped:
-                probs[included, r0:r1] = sem.permute(1, 0, 2)
         return SemanticResult(label_map.numpy(), None if probs is None else probs.numpy())
 
     # ---------------------------------------------------------------------------------- for the app

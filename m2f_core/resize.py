@@ -99,11 +99,13 @@ class MaskUpsampler:
         out = _apply_taps(table, self._row_index[r0:r1], self._row_weight[r0:r1])
         return out.view(r1 - r0, -1, self.output_size[1])
 
-    def chunks(self, queries: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """(r0, r1, logits (r1 - r0, Q', W)) over all output rows, each chunk within ``max_elements``."""
+    def chunks(self, queries: torch.Tensor | None = None,
+               max_elements: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(r0, r1, logits (r1 - r0, Q', W)) over all output rows, each chunk within ``max_elements``
+        (default: the upsampler's)."""
         table = self._table(queries)
         n = self.num_queries if queries is None else len(queries)
-        step = max(1, self.max_elements // max(1, n * self.output_size[1]))
+        step = max(1, (max_elements or self.max_elements) // max(1, n * self.output_size[1]))
         for r0 in range(0, self.output_size[0], step):
             r1 = min(r0 + step, self.output_size[0])
             yield r0, r1, self._rows(table, r0, r1)
@@ -121,7 +123,7 @@ class MaskUpsampler:
         logits = self._logits if queries is None else self._logits[queries]  # (Q', h, w)
         ri, rw = self._row_index[ys], self._row_weight[ys]  # (N, row taps)
         ci, cw = self._col_index[xs], self._col_weight[xs]  # (N, column taps)
-        # the same two passes, in the same tap order, as ``_ensure_columns`` and ``_rows``
+        # columns then rows, as ``_ensure_columns`` and ``_rows`` (equal up to fp32 rounding)
         by_cols = logits[:, ri, ci[:, 0:1]] * cw[:, 0:1]  # (Q', N, row taps)
         for t in range(1, ci.shape[1]):
             by_cols += logits[:, ri, ci[:, t:t + 1]] * cw[:, t:t + 1]

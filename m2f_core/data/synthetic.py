@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ..cli import Parser
+from ..cli import Parser, parse_size
 from ..structures import PanopticResult
 from .coco import CocoPanoptic, write_coco_panoptic
 from .errors import DatasetError
@@ -633,11 +633,7 @@ def synthetic_dataset(out_dir: str | Path, split: str = "train") -> CocoPanoptic
 
 
 def _size(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 256x256), got {text!r}")
-    h = int(m.group(1))
-    w = int(m.group(2)) if m.group(2) else h
+    h, w = parse_size(text, multiple=1)
     if not (_MIN_SIDE <= h <= _MAX_SIDE and _MIN_SIDE <= w <= _MAX_SIDE):
         raise argparse.ArgumentTypeError(f"size {h}x{w}: each side must be in {_MIN_SIDE}..{_MAX_SIDE}")
     return h, w

@@ -123,7 +123,7 @@ class MSDeformAttn(nn.Module):
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
-        # the sampling kernel: the C kernel for inference, else the fused gather; ``ms_deform_attn_core``
+        # the sampling kernel: the C kernel where it applies, else the fused gather; ``ms_deform_attn_core``
         # (grid_sample) is the reference and the one ONNX export uses (GridSample is a standard operator)
         self.core = ms_deform_attn_fast
         self.reset_parameters()

@@ -1,11 +1,11 @@
-"""The C kernel of multi-scale deformable attention (inference), built on first use.
+"""The C kernel of multi-scale deformable attention (forward and backward), built on first use.
 
 ``csrc/ms_deform_attn.c`` is plain C (no Python or torch headers), compiled with the system C
 compiler (``$CC``, else ``cc``) into ``$M2F_EXT_CACHE`` (default ``~/.cache/m2f_workbench/ext``),
 once per source, flags and CPU, in about a second, and called through ``ctypes`` (which releases
 the GIL, so the queries are split over ``torch.get_num_threads()`` Python threads). Where there is
 no compiler, or ``M2F_NO_NATIVE=1``, ``available()`` is False and the pure-PyTorch gather is used:
-the kernel only makes inference faster, it is never needed.
+the kernel only makes inference and training faster, it is never needed.
 """
 
 from __future__ import annotations
