@@ -86,8 +86,9 @@ class Conv2d(nn.Conv2d):
         tensors = (self.weight, self.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
         layout = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
             and not x.is_contiguous() else torch.contiguous_format
-        inference = not torch.is_grad_enabled()
-        key = (layout, x.dtype, *((t.data_ptr(), t._version) for t in tensors if t is not None))
+        # cached between calls at inference; a compiled graph folds the weights itself (no pointer keys)
+        inference = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        key = (layout, x.dtype, *((t.data_ptr(), t._version) for t in tensors if t is not None)) if inference else None
         if inference and self._folded is not None and self._folded[0] == key:
             return self._folded[1], self._folded[2]
         scale, shift = norm.scale_and_shift()
@@ -119,7 +120,7 @@ class MLP(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
-                x = F.relu(x)
+                x = F.relu(x, inplace=True)
         return x
 
 

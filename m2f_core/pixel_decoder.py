@@ -38,7 +38,7 @@ class MSDeformAttnEncoderLayer(nn.Module):
     def forward(self, src: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor,
                 spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
         src = self.norm1(src + self.dropout1(self.self_attn(src + pos, reference_points, src, spatial_shapes)))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))  # in place: no 12 MB copy
         return self.norm2(src + self.dropout3(ffn))
 
 

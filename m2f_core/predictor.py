@@ -409,7 +409,9 @@ class Predictor:
         """``backend="onnxruntime"`` runs the network exported to ONNX (CPU; exported once and cached,
         or a ``.onnx`` file given directly); post-processing is the same either way."""
         from .checkpoint import load_model
+        from .runtime import tune_malloc
 
+        tune_malloc()  # reuse freed activation memory instead of page-faulting it in again every call
         if backend not in self.BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(self.BACKENDS)}")
         if device is None:

@@ -63,7 +63,7 @@ class FFNLayer(nn.Module):
 
     def forward(self, tgt: torch.Tensor) -> torch.Tensor:
         x = self.norm(tgt) if self.normalize_before else tgt
-        tgt = tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+        tgt = tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x), inplace=True))))
         return tgt if self.normalize_before else self.norm(tgt)
 
 

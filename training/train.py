@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from m2f_core.checkpoint import CheckpointError
     from m2f_core.data import DatasetError, ImageError
+    from m2f_core.runtime import tune_malloc
 
+    tune_malloc()  # every step allocates the same activations again: keep them in the heap
     try:
         result = run(args)
     except (ValueError, CheckpointError, DatasetError, ImageError, FileNotFoundError) as e:

@@ -156,13 +156,28 @@ class MSDeformAttn(nn.Module):
         n, lq, _ = query.shape
         _, s, _ = input_flatten.shape
         value = self.value_proj(input_flatten).view(n, s, self.n_heads, self.d_model // self.n_heads)
-        offsets = self.sampling_offsets(query).view(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
-        # offsets are in pixels of each level: normalise by (W, H)
-        # stacked rather than torch.tensor(...): a traced (ONNX) export keeps W, H as graph values, not constants
-        normalizer = torch.stack([torch.stack([torch.as_tensor(w), torch.as_tensor(h)]) for h, w in spatial_shapes])
-        normalizer = normalizer.to(dtype=query.dtype, device=query.device)
-        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        locations = self.sampling_locations(query, reference_points, spatial_shapes)
         out = self.core(value, spatial_shapes, locations, weights)
         return self.output_proj(out)
+
+    def sampling_locations(self, query: torch.Tensor, reference_points: torch.Tensor,
+                           spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
+        """reference + offsets / (W, H) of each level: (N, Lq, M, L, P, 2) in [0, 1] units.
+
+        The offsets are predicted in pixels of each level. Dividing the projection's rows (weight
+        and bias) by the level's (W, H) gives them in [0, 1] units directly, and the reference
+        points enter as the matrix product's addend: one ``baddbmm`` instead of a linear layer and
+        two broadcasts over the (..., L, P, 2) tensor (the same values up to fp32 rounding).
+        """
+        n, lq, _ = query.shape
+        m, lvl, p = self.n_heads, self.n_levels, self.n_points
+        # stacked rather than torch.tensor(...): a traced (ONNX) export keeps W, H as graph values, not constants
+        normalizer = torch.stack([torch.stack([torch.as_tensor(w), torch.as_tensor(h)]) for h, w in spatial_shapes])
+        scale = normalizer.to(dtype=query.dtype, device=query.device).reciprocal()  # (L, 2)
+        scale = scale.view(1, lvl, 1, 2).expand(m, lvl, p, 2).reshape(-1)  # (M*L*P*2,) in output order
+        weight = self.sampling_offsets.weight * scale[:, None]
+        base = reference_points[:, :, None, :, None, :] + (self.sampling_offsets.bias * scale).view(m, lvl, p, 2)
+        locations = torch.baddbmm(base.reshape(n, lq, -1), query, weight.t().expand(n, -1, -1))
+        return locations.view(n, lq, m, lvl, p, 2)

@@ -101,7 +101,9 @@ def _load() -> ctypes.CDLL | None:
 
 def available() -> bool:
     """True when the kernel is built (or builds now) and loads."""
-    return _load() is not None
+    if not _tried:  # a plain global read after the first call: ``torch.compile`` traces it without a break
+        _load()
+    return _lib is not None
 
 
 def _split(total: int) -> list[tuple[int, int]]:
@@ -122,7 +124,8 @@ def _parallel(fn, ranges: list[tuple[int, int]]) -> None:
     list(_pool.map(lambda i: fn(i, *ranges[i]), range(len(ranges))))
 
 
-def _level_tables(spatial_shapes, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _level_tables(spatial_shapes: list[int], s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, 2) level shapes and (L,) first rows from the flat (H0, W0, H1, W1, ...) list."""
     shapes = torch.tensor(spatial_shapes, dtype=torch.int64).reshape(-1, 2)
     sizes = shapes[:, 0] * shapes[:, 1]
     if int(sizes.sum()) != s:
@@ -130,48 +133,82 @@ def _level_tables(spatial_shapes, s: int) -> tuple[torch.Tensor, torch.Tensor]:
     return shapes, torch.cat([shapes.new_zeros(1), sizes.cumsum(0)[:-1]])
 
 
-class _MSDeformAttnFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, value, spatial_shapes, locations, weights):
-        lib = _load()
-        n, s, m, d = value.shape
-        _, lq, _, num_levels, num_points, _ = locations.shape
-        value, locations, weights = value.contiguous(), locations.contiguous(), weights.contiguous()
-        shapes, starts = _level_tables(spatial_shapes, s)
-        out = torch.empty((n, lq, m, d), dtype=torch.float32)
-        sizes = (n, s, lq, m, d, num_levels, num_points)
-        pointers = (value.data_ptr(), shapes.data_ptr(), starts.data_ptr(), locations.data_ptr(), weights.data_ptr())
-        _parallel(lambda i, q0, q1: lib.ms_deform_attn_forward(*pointers, out.data_ptr(), *sizes, q0, q1),
-                  _split(n * lq))
-        ctx.save_for_backward(value, locations, weights, shapes, starts)
-        return out.view(n, lq, m * d)
+def _flat_shapes(spatial_shapes) -> list[int]:
+    return [int(v) for hw in spatial_shapes for v in hw]
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        lib = _load()
-        value, locations, weights, shapes, starts = ctx.saved_tensors
-        n, s, m, d = value.shape
-        _, lq, _, num_levels, num_points, _ = locations.shape
-        grad_out = grad_out.contiguous().float()
-        ranges = _split(n * lq)
-        grad_values = [torch.zeros_like(value) for _ in ranges]  # one per thread: rows are shared
-        grad_locations = torch.empty_like(locations)
-        grad_weights = torch.empty_like(weights)
-        sizes = (n, s, lq, m, d, num_levels, num_points)
-        pointers = (value.data_ptr(), shapes.data_ptr(), starts.data_ptr(), locations.data_ptr(), weights.data_ptr(),
-                    grad_out.data_ptr())
-        _parallel(lambda i, q0, q1: lib.ms_deform_attn_backward(
-            *pointers, grad_values[i].data_ptr(), grad_locations.data_ptr(), grad_weights.data_ptr(), *sizes, q0, q1),
-            ranges)
-        grad_value = grad_values[0]
-        for g in grad_values[1:]:
-            grad_value += g
-        return grad_value, None, grad_locations, grad_weights
+
+@torch.library.custom_op("m2f_core::ms_deform_attn", mutates_args=(), device_types="cpu")
+def _forward_op(value: torch.Tensor, spatial_shapes: list[int], locations: torch.Tensor,
+                weights: torch.Tensor) -> torch.Tensor:
+    """The kernel as a torch operator (opaque to ``torch.compile``); spatial_shapes flat (H0, W0, H1, ...)."""
+    lib = _load()
+    n, s, m, d = value.shape
+    _, lq, _, num_levels, num_points, _ = locations.shape
+    value, locations, weights = value.contiguous(), locations.contiguous(), weights.contiguous()
+    shapes, starts = _level_tables(spatial_shapes, s)
+    out = torch.empty((n, lq, m, d), dtype=torch.float32)
+    sizes = (n, s, lq, m, d, num_levels, num_points)
+    pointers = (value.data_ptr(), shapes.data_ptr(), starts.data_ptr(), locations.data_ptr(), weights.data_ptr())
+    _parallel(lambda i, q0, q1: lib.ms_deform_attn_forward(*pointers, out.data_ptr(), *sizes, q0, q1),
+              _split(n * lq))
+    return out.view(n, lq, m * d)
+
+
+@_forward_op.register_fake
+def _(value, spatial_shapes, locations, weights):
+    n, _, m, d = value.shape
+    return value.new_empty((n, locations.shape[1], m * d))
+
+
+@torch.library.custom_op("m2f_core::ms_deform_attn_backward", mutates_args=(), device_types="cpu")
+def _backward_op(value: torch.Tensor, spatial_shapes: list[int], locations: torch.Tensor, weights: torch.Tensor,
+                 grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients for value, locations and weights."""
+    lib = _load()
+    n, s, m, d = value.shape
+    _, lq, _, num_levels, num_points, _ = locations.shape
+    value, locations, weights = value.contiguous(), locations.contiguous(), weights.contiguous()
+    grad_out = grad_out.contiguous().float()
+    shapes, starts = _level_tables(spatial_shapes, s)
+    ranges = _split(n * lq)
+    grad_values = [torch.zeros_like(value) for _ in ranges]  # one per thread: rows are shared
+    grad_locations = torch.empty_like(locations)
+    grad_weights = torch.empty_like(weights)
+    sizes = (n, s, lq, m, d, num_levels, num_points)
+    pointers = (value.data_ptr(), shapes.data_ptr(), starts.data_ptr(), locations.data_ptr(), weights.data_ptr(),
+                grad_out.data_ptr())
+    _parallel(lambda i, q0, q1: lib.ms_deform_attn_backward(
+        *pointers, grad_values[i].data_ptr(), grad_locations.data_ptr(), grad_weights.data_ptr(), *sizes, q0, q1),
+        ranges)
+    grad_value = grad_values[0]
+    for g in grad_values[1:]:
+        grad_value += g
+    return grad_value, grad_locations, grad_weights
+
+
+@_backward_op.register_fake
+def _(value, spatial_shapes, locations, weights, grad_out):
+    return torch.empty_like(value), torch.empty_like(locations), torch.empty_like(weights)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    value, spatial_shapes, locations, weights = inputs
+    ctx.save_for_backward(value, locations, weights)
+    ctx.spatial_shapes = spatial_shapes
+
+
+def _backward(ctx, grad_out):
+    value, locations, weights = ctx.saved_tensors
+    grad_value, grad_locations, grad_weights = _backward_op(value, ctx.spatial_shapes, locations, weights, grad_out)
+    return grad_value, None, grad_locations, grad_weights
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def ms_deform_attn_native(value: torch.Tensor, spatial_shapes: list[tuple[int, int]],
                           sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
     """Same inputs and output as ``ms_deform_attn_core`` (float32, CPU), with gradients."""
-    if _load() is None:
+    if not available():
         raise RuntimeError("the deformable-attention C kernel is not available")
-    return _MSDeformAttnFunction.apply(value, spatial_shapes, sampling_locations, attention_weights)
+    return _forward_op(value, _flat_shapes(spatial_shapes), sampling_locations, attention_weights)
