@@ -88,7 +88,9 @@ class Conv2d(nn.Conv2d):
             and not x.is_contiguous() else torch.contiguous_format
         # cached between calls at inference; a compiled graph folds the weights itself (no pointer keys)
         inference = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        key = (layout, x.dtype, *((t.data_ptr(), t._version) for t in tensors if t is not None)) if inference else None
+        # inference tensors (parameters created or moved under inference_mode) keep no version counter
+        key = (layout, x.dtype, *((t.data_ptr(), -1 if t.is_inference() else t._version)
+                                  for t in tensors if t is not None)) if inference else None
         if inference and self._folded is not None and self._folded[0] == key:
             return self._folded[1], self._folded[2]
         scale, shift = norm.scale_and_shift()

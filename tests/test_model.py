@@ -262,6 +262,22 @@ def test_inference_without_aux_gives_the_same_outputs(backbone):
     assert torch.equal(full["pred_masks"], lean["pred_masks"])
 
 
+def test_model_moved_under_inference_mode_runs():
+    """Parameters copied under ``inference_mode`` are inference tensors (no version counter): the
+    frozen-norm fold cache must still work (found on CUDA, where ``.to(device)`` copies)."""
+    model = _build("resnet").eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.inference_mode():
+        ref = model(x, return_aux=False)
+        copy = _build("resnet").eval()
+        copy.load_state_dict(model.state_dict())
+        copy = copy.to(torch.float64).to(torch.float32)  # fresh parameter tensors, made in inference mode
+        assert next(copy.parameters()).is_inference()
+        for _ in range(2):  # the second call reads the cached fold
+            out = copy(x, return_aux=False)
+            assert torch.equal(out["pred_masks"], ref["pred_masks"])
+
+
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_model_batch_independence(backbone):
     """Each image's outputs do not depend on the other images of the batch.

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from m2f_core.ops import ms_deform_attn_core, ms_deform_attn_gather, native
+from m2f_core.ops.ms_deform_attn import ms_deform_attn_fast
 
 SHAPES = [(13, 17), (7, 9), (4, 5)]
 
@@ -72,6 +73,20 @@ def test_gather_bfloat16_runs_and_is_close():
     out = ms_deform_attn_gather(value.bfloat16(), SHAPES, loc.bfloat16(), attn.bfloat16())
     assert out.dtype == torch.bfloat16
     assert (out.float() - ref).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fast_path_samples_half_inputs_in_fp32(dtype):
+    """Under autocast the sampling runs in fp32 (the official ``cast_inputs=torch.float32``), with
+    gradients back to the half-precision inputs (CUDA has no bf16 backward for the gather)."""
+    value, loc, attn = (t.to(dtype).requires_grad_(True) for t in _inputs(torch.float32, lq=50, m=4, d=16))
+    out = ms_deform_attn_fast(value, SHAPES, loc, attn)
+    assert out.dtype == torch.float32
+    ref = ms_deform_attn_core(value.double(), SHAPES, loc.double(), attn.double())
+    assert (out.double() - ref).abs().max() < 1e-5
+    out.sum().backward()
+    assert value.grad.dtype == dtype and torch.isfinite(value.grad.float()).all()
+    assert loc.grad.dtype == dtype and attn.grad.dtype == dtype
 
 
 # ---------------------------------------------------------------------------------------- C kernel

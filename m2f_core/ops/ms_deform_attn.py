@@ -98,8 +98,17 @@ def ms_deform_attn_fast(
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
     """The C kernel (``ops.native``, forward and backward) where it applies: fp32 on the CPU, not
-    traced, kernel built; else the fused gather (other devices and dtypes, exports, no compiler)."""
+    traced, kernel built; else the fused gather (other devices and dtypes, exports, no compiler).
+
+    Half-precision inputs (autocast) are sampled in fp32 and the output is fp32, as the official
+    kernel's ``custom_fwd(cast_inputs=torch.float32)`` does (and CUDA has no bf16 backward for the
+    gather's per-sample weights).
+    """
     from . import native
+
+    if value.dtype in (torch.float16, torch.bfloat16):
+        value, sampling_locations, attention_weights = value.float(), sampling_locations.float(), \
+            attention_weights.float()
 
     if (value.device.type == "cpu" and value.dtype == torch.float32
             and sampling_locations.dtype == torch.float32 and attention_weights.dtype == torch.float32
