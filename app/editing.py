@@ -41,7 +41,7 @@ from scipy import ndimage
 from m2f_core.structures import InstanceResult, PanopticResult, Segment, SemanticResult, mask_bbox
 
 if TYPE_CHECKING:
-    from m2f_core.predictor import Prediction
+    from m2f_core.prediction import Prediction
     from m2f_core.structures import Candidate
 
 __all__ = ["EditSession", "stroke_mask", "TASKS"]

@@ -19,7 +19,7 @@ from .editing import EditSession
 
 if TYPE_CHECKING:
     from m2f_core.config import Mask2FormerConfig
-    from m2f_core.predictor import Prediction
+    from m2f_core.prediction import Prediction
     from m2f_core.structures import Candidate
 
 __all__ = ["TABLE_HEADERS", "candidate_preview", "display_scale", "relabel_choices", "render_canvas",

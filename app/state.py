@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .editing import TASKS, EditSession
 
 if TYPE_CHECKING:
-    from m2f_core.predictor import Prediction
+    from m2f_core.prediction import Prediction
     from m2f_core.structures import InstanceResult, PanopticResult, SemanticResult
 
 __all__ = ["ImageItem", "WorkspaceState"]

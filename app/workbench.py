@@ -39,7 +39,8 @@ from .state import WorkspaceState
 
 if TYPE_CHECKING:
     from m2f_core.data.records import SegmentationDataset
-    from m2f_core.predictor import Prediction, Predictor
+    from m2f_core.prediction import Prediction
+    from m2f_core.predictor import Predictor
     from m2f_core.structures import Candidate
 
 __all__ = ["CLICK_MODES", "EditorSession", "Screen", "Workbench", "unique_name"]

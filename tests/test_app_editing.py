@@ -22,7 +22,7 @@ from app.export import ExportError, export_corrections, sanitize_name, zip_expor
 from app.state import WorkspaceState
 from m2f_core.config import Mask2FormerConfig
 from m2f_core.data.corrections import CorrectionsDataset
-from m2f_core.predictor import Prediction
+from m2f_core.prediction import Prediction
 from m2f_core.structures import PanopticResult, Segment, mask_bbox
 
 NAMES = ["disc", "box", "sky", "grass"]

@@ -15,7 +15,7 @@ import pytest
 from m2f_core.benchmark import format_table, main, trained_like_outputs
 from m2f_core.cli import parse_size
 from m2f_core.config import get_preset
-from m2f_core.predictor import Prediction
+from m2f_core.prediction import Prediction
 
 
 def test_parse_size():
