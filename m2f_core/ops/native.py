@@ -137,10 +137,9 @@ def _flat_shapes(spatial_shapes) -> list[int]:
     return [int(v) for hw in spatial_shapes for v in hw]
 
 
-@torch.library.custom_op("m2f_core::ms_deform_attn", mutates_args=(), device_types="cpu")
-def _forward_op(value: torch.Tensor, spatial_shapes: list[int], locations: torch.Tensor,
-                weights: torch.Tensor) -> torch.Tensor:
-    """The kernel as a torch operator (opaque to ``torch.compile``); spatial_shapes flat (H0, W0, H1, ...)."""
+def _forward(value: torch.Tensor, spatial_shapes: list[int], locations: torch.Tensor,
+             weights: torch.Tensor) -> torch.Tensor:
+    """The kernel's forward; spatial_shapes flat (H0, W0, H1, W1, ...)."""
     lib = _load()
     n, s, m, d = value.shape
     _, lq, _, num_levels, num_points, _ = locations.shape
@@ -154,15 +153,8 @@ def _forward_op(value: torch.Tensor, spatial_shapes: list[int], locations: torch
     return out.view(n, lq, m * d)
 
 
-@_forward_op.register_fake
-def _(value, spatial_shapes, locations, weights):
-    n, _, m, d = value.shape
-    return value.new_empty((n, locations.shape[1], m * d))
-
-
-@torch.library.custom_op("m2f_core::ms_deform_attn_backward", mutates_args=(), device_types="cpu")
-def _backward_op(value: torch.Tensor, spatial_shapes: list[int], locations: torch.Tensor, weights: torch.Tensor,
-                 grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward(value: torch.Tensor, spatial_shapes: list[int], locations: torch.Tensor, weights: torch.Tensor,
+              grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients for value, locations and weights."""
     lib = _load()
     n, s, m, d = value.shape
@@ -186,6 +178,36 @@ def _backward_op(value: torch.Tensor, spatial_shapes: list[int], locations: torc
     return grad_value, grad_locations, grad_weights
 
 
+class _MSDeformAttnFunction(torch.autograd.Function):
+    """The eager path: a plain autograd function (a custom op's first call would import torch._dynamo,
+    about 2.7 s, into every process that runs the model once)."""
+
+    @staticmethod
+    def forward(ctx, value, spatial_shapes, locations, weights):
+        ctx.save_for_backward(value, locations, weights)
+        ctx.spatial_shapes = spatial_shapes
+        return _forward(value, spatial_shapes, locations, weights)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        value, locations, weights = ctx.saved_tensors
+        grad_value, grad_locations, grad_weights = _backward(value, ctx.spatial_shapes, locations, weights, grad_out)
+        return grad_value, None, grad_locations, grad_weights
+
+
+# The same kernel as torch operators, for ``torch.compile``: one opaque node in the graph (a ctypes
+# call inside a traced function would break the graph) with its shapes and autograd declared.
+_forward_op = torch.library.custom_op("m2f_core::ms_deform_attn", mutates_args=(), device_types="cpu")(_forward)
+_backward_op = torch.library.custom_op("m2f_core::ms_deform_attn_backward", mutates_args=(),
+                                       device_types="cpu")(_backward)
+
+
+@_forward_op.register_fake
+def _(value, spatial_shapes, locations, weights):
+    n, _, m, d = value.shape
+    return value.new_empty((n, locations.shape[1], m * d))
+
+
 @_backward_op.register_fake
 def _(value, spatial_shapes, locations, weights, grad_out):
     return torch.empty_like(value), torch.empty_like(locations), torch.empty_like(weights)
@@ -197,13 +219,13 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.spatial_shapes = spatial_shapes
 
 
-def _backward(ctx, grad_out):
+def _op_backward(ctx, grad_out):
     value, locations, weights = ctx.saved_tensors
     grad_value, grad_locations, grad_weights = _backward_op(value, ctx.spatial_shapes, locations, weights, grad_out)
     return grad_value, None, grad_locations, grad_weights
 
 
-_forward_op.register_autograd(_backward, setup_context=_setup_context)
+_forward_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 def ms_deform_attn_native(value: torch.Tensor, spatial_shapes: list[tuple[int, int]],
@@ -211,4 +233,7 @@ def ms_deform_attn_native(value: torch.Tensor, spatial_shapes: list[tuple[int, i
     """Same inputs and output as ``ms_deform_attn_core`` (float32, CPU), with gradients."""
     if not available():
         raise RuntimeError("the deformable-attention C kernel is not available")
-    return _forward_op(value, _flat_shapes(spatial_shapes), sampling_locations, attention_weights)
+    shapes = _flat_shapes(spatial_shapes)
+    if torch.compiler.is_compiling():
+        return _forward_op(value, shapes, sampling_locations, attention_weights)
+    return _MSDeformAttnFunction.apply(value, shapes, sampling_locations, attention_weights)
