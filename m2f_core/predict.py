@@ -62,14 +62,14 @@ def _save_png(path: Path, array: np.ndarray) -> None:
 
 
 def run(weights: str | None, out: Path, images: list[str], tasks: tuple[str, ...], config: str | None = None,
-        device: str | None = None, overlays: bool = True) -> int:
+        device: str | None = None, overlays: bool = True, compile: bool = False) -> int:
     from .data import Sample, categories_from_config, write_coco_instance_results, write_coco_panoptic
     from .data.semantic import write_semantic_png
     from .predictor import Predictor
     from .visualize import draw_instances, draw_panoptic, draw_semantic
 
     paths = _collect_images(images)
-    predictor = Predictor(weights, device=device, config=config)
+    predictor = Predictor(weights, device=device, config=config, compile=compile)
     cfg = predictor.config
     categories = categories_from_config(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,10 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="preset or config JSON (for .pkl/.pth without one)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network: faster per image, minutes to compile each new size")
     args = parser.parse_args(argv)
     tasks = TASKS if args.task == "all" else (args.task,)
     try:
-        return run(args.weights, args.out, args.images, tasks, args.config, args.device, not args.no_overlays)
+        return run(args.weights, args.out, args.images, tasks, args.config, args.device, not args.no_overlays,
+                   args.compile)
     except (ValueError, OSError) as e:  # bad weights, paths or images: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,22 +69,29 @@ def test_tune_malloc_is_idempotent():
 
 
 @pytest.mark.slow
-def test_compiled_model_matches_eager():
-    """The optional ``torch.compile`` mode (inductor, frozen weights) computes the same outputs."""
-    from m2f_core.runtime import compile_for_inference
+def test_compiled_predictor_matches_eager():
+    """The optional ``torch.compile`` mode (inductor, frozen weights; ``Predictor(compile=True)``)
+    gives the same raw outputs and the same panoptic result on an image."""
+    from m2f_core.predictor import Predictor
 
     config = Mask2FormerConfig(
         name="tiny_resnet", class_names=[f"c{i}" for i in range(5)], is_thing=[True, True, True, False, False],
         backbone=BackboneConfig(type="resnet", stage_blocks=(1, 1, 1, 1), res2_out_channels=32, stem_out_channels=16),
         conv_dim=64, mask_dim=64, hidden_dim=64, nheads=4, enc_layers=1, dec_layers=4,
-        dim_feedforward=64, enc_dim_feedforward=64, num_queries=10,
+        dim_feedforward=64, enc_dim_feedforward=64, num_queries=10, min_size_test=128, max_size_test=160,
     )
     torch.manual_seed(0)
     model = build_model(config).eval()
-    x = torch.randn(1, 3, 128, 160)
-    with torch.inference_mode():
-        eager = model(x, return_aux=False)
-        compiled = compile_for_inference(model)(x, return_aux=False)
-    for key in ("pred_logits", "pred_masks"):
-        assert compiled[key].shape == eager[key].shape
-        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-4, atol=1e-4)
+    image = (np.random.default_rng(0).random((120, 150, 3)) * 255).astype(np.uint8)
+    eager = Predictor(model).predict(image)
+    compiled = Predictor(model, compile=True).predict(image)
+    torch.testing.assert_close(compiled.pred_logits, eager.pred_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(compiled.pred_masks, eager.pred_masks, rtol=1e-4, atol=1e-4)
+    assert np.array_equal(compiled.semantic().label_map, eager.semantic().label_map)
+
+
+def test_compile_needs_the_torch_backend():
+    from m2f_core.predictor import Predictor
+
+    with pytest.raises(ValueError, match="torch backend"):
+        Predictor("/nonexistent.onnx", backend="onnxruntime", compile=True)
