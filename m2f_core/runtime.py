@@ -7,7 +7,8 @@ about 29 000 faults and 8 % of a Mask2Former R50 forward at 384x384 on a 2-core 
 the mmap threshold and the trim threshold keeps freed blocks in the heap for the next pass; what
 is resident after a pass is then what the peak needed anyway, so peak RSS does not grow.
 
-``tune_malloc`` is called by ``Predictor`` and the command-line entry points, never on import.
+``tune_malloc`` is called by ``Predictor`` (so by the app and the predict / evaluate CLIs), the
+trainer and the benchmark's worker for ours; never on import.
 ``M2F_STOCK_MALLOC=1`` leaves malloc as it is. Other allocators (jemalloc, tcmalloc via
 ``LD_PRELOAD``) and other C libraries are left alone: the call then does nothing.
 """

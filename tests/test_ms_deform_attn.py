@@ -89,6 +89,25 @@ def test_fast_path_samples_half_inputs_in_fp32(dtype):
     assert loc.grad.dtype == dtype and attn.grad.dtype == dtype
 
 
+def test_sampling_locations_stay_fp32_under_autocast():
+    """bf16 locations would be off by up to half a pixel on a 256-pixel level; they stay fp32."""
+    from m2f_core.ops import MSDeformAttn
+
+    torch.manual_seed(0)
+    attn = MSDeformAttn(32, 3, 4, 2)
+    torch.nn.init.normal_(attn.sampling_offsets.weight, std=0.5)  # offsets of a few pixels
+    query, ref = torch.randn(1, 40, 32), torch.rand(1, 40, 3, 2)
+    shapes = [(256, 256), (128, 128), (64, 64)]
+    exact = attn.sampling_locations(query, ref, shapes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = attn.sampling_locations(query.bfloat16(), ref, shapes)
+    assert mixed.dtype == torch.float32
+    # only the bf16 rounding of the query remains (0.07 px measured); bf16 locations near 1 are
+    # spaced 2^-8 apart, i.e. up to half a pixel of rounding on this 256-pixel level
+    assert ((mixed - exact).abs() * 256).max() < 0.15
+    assert ((exact.bfloat16().float() - exact).abs() * 256).max() > 0.2
+
+
 # ---------------------------------------------------------------------------------------- C kernel
 native_only = pytest.mark.skipif(not native.available(), reason="no C compiler: the kernel is optional")
 

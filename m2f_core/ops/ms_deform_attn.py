@@ -182,11 +182,16 @@ class MSDeformAttn(nn.Module):
         """
         n, lq, _ = query.shape
         m, lvl, p = self.n_heads, self.n_levels, self.n_points
-        # stacked rather than torch.tensor(...): a traced (ONNX) export keeps W, H as graph values, not constants
-        normalizer = torch.stack([torch.stack([torch.as_tensor(w), torch.as_tensor(h)]) for h, w in spatial_shapes])
-        scale = normalizer.to(dtype=query.dtype, device=query.device).reciprocal()  # (L, 2)
-        scale = scale.view(1, lvl, 1, 2).expand(m, lvl, p, 2).reshape(-1)  # (M*L*P*2,) in output order
-        weight = self.sampling_offsets.weight * scale[:, None]
-        base = reference_points[:, :, None, :, None, :] + (self.sampling_offsets.bias * scale).view(m, lvl, p, 2)
-        locations = torch.baddbmm(base.reshape(n, lq, -1), query, weight.t().expand(n, -1, -1))
+        weight, bias = self.sampling_offsets.weight, self.sampling_offsets.bias
+        # Locations stay in the parameters' precision (fp32) under autocast: in bf16 a location in
+        # [0, 1] would be off by up to 2^-9, half a pixel on a 256-pixel-wide level.
+        with torch.autocast(query.device.type, enabled=False):
+            query, reference_points = query.to(weight.dtype), reference_points.to(weight.dtype)
+            # stacked rather than torch.tensor(...): a traced (ONNX) export keeps W, H as graph values
+            normalizer = torch.stack([torch.stack([torch.as_tensor(w), torch.as_tensor(h)])
+                                      for h, w in spatial_shapes])
+            scale = normalizer.to(dtype=weight.dtype, device=query.device).reciprocal()  # (L, 2)
+            scale = scale.view(1, lvl, 1, 2).expand(m, lvl, p, 2).reshape(-1)  # (M*L*P*2,) in output order
+            base = reference_points[:, :, None, :, None, :] + (bias * scale).view(m, lvl, p, 2)
+            locations = torch.baddbmm(base.reshape(n, lq, -1), query, (weight * scale[:, None]).t().expand(n, -1, -1))
         return locations.view(n, lq, m, lvl, p, 2)
