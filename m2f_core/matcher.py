@@ -20,11 +20,15 @@ from .point_sampling import point_sample, sample_binary_masks
 
 
 def pairwise_sigmoid_ce(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean BCE over points of every prediction (Q, P) against every target (N, P) -> (Q, N)."""
+    """Mean BCE over points of every prediction (Q, P) against every target (N, P) -> (Q, N).
+
+    BCE(x, t) = softplus(x) - t * x for any t in [0, 1], so the pairwise sums are one softplus pass
+    and one matrix product. The official code's BCE against all-ones and all-zeros targets,
+    ``pos @ t + neg @ (1 - t)``, is the same sum (softplus(-x) - softplus(x) = -x) in five passes
+    over the (Q, P) points, which cost about 5 % of a training step.
+    """
     num_points = inputs.shape[1]
-    pos = F.binary_cross_entropy_with_logits(inputs, torch.ones_like(inputs), reduction="none")  # (Q, P)
-    neg = F.binary_cross_entropy_with_logits(inputs, torch.zeros_like(inputs), reduction="none")  # (Q, P)
-    return (pos @ targets.T + neg @ (1 - targets).T) / num_points
+    return (F.softplus(inputs).sum(-1, keepdim=True) - inputs @ targets.T) / num_points
 
 
 def pairwise_dice(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
