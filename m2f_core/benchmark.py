@@ -131,15 +131,12 @@ def _load(impl: str, weights: Path):
         return load_onnx_model(weights), {}
     if impl == "ours-compile":
         from .checkpoint import load_model
-        from .runtime import compile_for_inference, tune_malloc
+        from .runtime import compile_for_inference
 
-        tune_malloc()
         return compile_for_inference(load_model(weights).eval()), {}  # stage timers would break the graph
     if impl.startswith("ours"):
         from .checkpoint import load_model
-        from .runtime import tune_malloc
 
-        tune_malloc()  # as the Predictor and our CLIs run it (transformers' process is left stock)
         model = load_model(weights)
         stages = {"backbone": (model.backbone, "forward_features"),
                   "pixel_decoder": (model.sem_seg_head.pixel_decoder, "forward_features"),
@@ -227,7 +224,7 @@ def _worker_postprocess(impl: str, weights: Path, size, repeats: int, out_path: 
     if impl == "ours":
         import numpy as np
 
-        from .predictor import Prediction
+        from .prediction import Prediction
 
         config = OurConfig.from_json(weights / "config.json")
         image = np.zeros((*size, 3), dtype=np.uint8)
@@ -263,7 +260,7 @@ def _worker_switch(weights: Path, size, repeats: int, raw: Path) -> dict:
     import numpy as np
 
     from .config import Mask2FormerConfig as OurConfig
-    from .predictor import Prediction
+    from .prediction import Prediction
 
     raw_outputs = torch.load(raw, weights_only=True)
     config = OurConfig.from_json(weights / "config.json")
@@ -334,6 +331,10 @@ def _worker_train(impl: str, weights: Path, size, repeats: int) -> dict:
 def run_worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.worker.startswith("ours"):
+        from .runtime import tune_malloc
+
+        tune_malloc()  # as the Predictor and the trainer run, for every task (the peer's process is left stock)
     baseline = _rss_mb()
     if args.task == "forward":
         result = _worker_forward(args.worker, args.weights, args.size, args.repeats, args.out)
