@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import DEC_LAYERS, NUM_CLASSES, NUM_QUERIES, small_config
 from torch import nn
 
 from m2f_core import build_model
 from m2f_core.backbone.swin import BasicLayer, SwinTransformerBlock, window_partition, window_reverse
-from m2f_core.config import BackboneConfig, Mask2FormerConfig
 from m2f_core.layers import FrozenBatchNorm2d
 from m2f_core.ops import MSDeformAttn, ms_deform_attn_core
 from m2f_core.transformer_decoder import MultiScaleMaskedTransformerDecoder
@@ -185,25 +185,6 @@ def test_ms_deform_attn_module_matches_reference():
 
 # ----------------------------------------------------------------------------------------------
 # 3-5. The whole model on small configs
-
-NUM_CLASSES = 5
-DEC_LAYERS = 4
-NUM_QUERIES = 7
-
-
-def small_config(backbone: str) -> Mask2FormerConfig:
-    if backbone == "swin":
-        bb = BackboneConfig(type="swin", embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8),
-                            window_size=4)
-    else:
-        bb = BackboneConfig(type="resnet", stage_blocks=(1, 1, 1, 1), res2_out_channels=64,
-                            stem_out_channels=32)
-    return Mask2FormerConfig(
-        class_names=[f"class{i}" for i in range(NUM_CLASSES)], backbone=bb,
-        conv_dim=64, mask_dim=64, hidden_dim=64, nheads=4, enc_layers=1, dec_layers=DEC_LAYERS,
-        dim_feedforward=64, enc_dim_feedforward=64, num_queries=NUM_QUERIES,
-    )
-
 
 def _build(backbone: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)

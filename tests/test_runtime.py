@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from model_helpers import small_config
 
-from m2f_core.config import BackboneConfig, Mask2FormerConfig
 from m2f_core.model import build_model
 
 # A forward-pass-like loop of 16 MB temporaries (convolutions and elementwise ops); reports the
@@ -74,12 +74,7 @@ def test_compiled_predictor_matches_eager():
     gives the same raw outputs and the same panoptic result on an image."""
     from m2f_core.predictor import Predictor
 
-    config = Mask2FormerConfig(
-        name="tiny_resnet", class_names=[f"c{i}" for i in range(5)], is_thing=[True, True, True, False, False],
-        backbone=BackboneConfig(type="resnet", stage_blocks=(1, 1, 1, 1), res2_out_channels=32, stem_out_channels=16),
-        conv_dim=64, mask_dim=64, hidden_dim=64, nheads=4, enc_layers=1, dec_layers=4,
-        dim_feedforward=64, enc_dim_feedforward=64, num_queries=10, min_size_test=128, max_size_test=160,
-    )
+    config = small_config("resnet").replace(min_size_test=128, max_size_test=160)
     torch.manual_seed(0)
     model = build_model(config).eval()
     image = (np.random.default_rng(0).random((120, 150, 3)) * 255).astype(np.uint8)

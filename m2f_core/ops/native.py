@@ -178,21 +178,30 @@ def _backward(value: torch.Tensor, spatial_shapes: list[int], locations: torch.T
     return grad_value, grad_locations, grad_weights
 
 
+def _save(ctx, value, spatial_shapes, locations, weights) -> None:
+    ctx.save_for_backward(value, locations, weights)
+    ctx.spatial_shapes = spatial_shapes
+
+
+def _grads(ctx, grad_out, backward) -> tuple:
+    """Autograd's gradients (None for the shapes) from the saved inputs, by ``backward``."""
+    value, locations, weights = ctx.saved_tensors
+    grad_value, grad_locations, grad_weights = backward(value, ctx.spatial_shapes, locations, weights, grad_out)
+    return grad_value, None, grad_locations, grad_weights
+
+
 class _MSDeformAttnFunction(torch.autograd.Function):
     """The eager path: a plain autograd function (a custom op's first call would import torch._dynamo,
     about 2.7 s, into every process that runs the model once)."""
 
     @staticmethod
     def forward(ctx, value, spatial_shapes, locations, weights):
-        ctx.save_for_backward(value, locations, weights)
-        ctx.spatial_shapes = spatial_shapes
+        _save(ctx, value, spatial_shapes, locations, weights)
         return _forward(value, spatial_shapes, locations, weights)
 
     @staticmethod
     def backward(ctx, grad_out):
-        value, locations, weights = ctx.saved_tensors
-        grad_value, grad_locations, grad_weights = _backward(value, ctx.spatial_shapes, locations, weights, grad_out)
-        return grad_value, None, grad_locations, grad_weights
+        return _grads(ctx, grad_out, _backward)
 
 
 # The same kernel as torch operators, for ``torch.compile``: one opaque node in the graph (a ctypes
@@ -213,19 +222,8 @@ def _(value, spatial_shapes, locations, weights, grad_out):
     return torch.empty_like(value), torch.empty_like(locations), torch.empty_like(weights)
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    value, spatial_shapes, locations, weights = inputs
-    ctx.save_for_backward(value, locations, weights)
-    ctx.spatial_shapes = spatial_shapes
-
-
-def _op_backward(ctx, grad_out):
-    value, locations, weights = ctx.saved_tensors
-    grad_value, grad_locations, grad_weights = _backward_op(value, ctx.spatial_shapes, locations, weights, grad_out)
-    return grad_value, None, grad_locations, grad_weights
-
-
-_forward_op.register_autograd(_op_backward, setup_context=_setup_context)
+_forward_op.register_autograd(lambda ctx, grad_out: _grads(ctx, grad_out, _backward_op),
+                              setup_context=lambda ctx, inputs, output: _save(ctx, *inputs))
 
 
 def ms_deform_attn_native(value: torch.Tensor, spatial_shapes: list[tuple[int, int]],
