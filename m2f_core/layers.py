@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ops import onednn
+
 
 class FrozenBatchNorm2d(nn.Module):
     """BatchNorm with fixed statistics and affine parameters (all buffers, never trained)."""
@@ -65,39 +67,59 @@ class Conv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         self.norm = norm
         self.activation = activation
-        self._folded: tuple | None = None  # (key, weight, bias) of the last inference fold
+        self._folded: tuple | None = None  # (key, weight, bias) of the last inference fold / pack
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.norm, FrozenBatchNorm2d):
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``activation(norm(conv(x)) + residual)``; the residual, when given, is added before the activation."""
+        folds = self.norm is None or isinstance(self.norm, FrozenBatchNorm2d)
+        if onednn.usable(x) and self.padding_mode == "zeros" and not isinstance(self.padding, str):
+            # inference on the CPU: oneDNN on a weight packed once for this input shape, with the
+            # activation and the residual add applied as the output is written where they fuse
+            weight, bias = self._fold(x, pack=True)
+            if folds and (self.activation is None or onednn.is_relu(self.activation)):
+                return onednn.conv2d(x, weight, bias, self.padding, self.stride, self.dilation, self.groups,
+                                     relu=self.activation is not None, residual=residual)
+            x = onednn.conv2d(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
+        elif isinstance(self.norm, FrozenBatchNorm2d):
             # A frozen norm is an affine map per output channel: fold it into the convolution's
             # weight and bias (the same function, one pass over the activations instead of three)
             weight, bias = self._fold(x)
             x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         else:
             x = super().forward(x)
-            if self.norm is not None:
-                x = self.norm(x)
+        if not folds:
+            x = self.norm(x)
+        if residual is not None:
+            x = x + residual
         if self.activation is not None:
             x = self.activation(x)
         return x
 
-    def _fold(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        norm = self.norm
-        tensors = (self.weight, self.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+    def _fold(self, x: torch.Tensor, pack: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) with a frozen norm folded in, packed for oneDNN if asked; cached at inference."""
+        norm = self.norm if isinstance(self.norm, FrozenBatchNorm2d) else None
+        tensors = (self.weight, self.bias) + (
+            (norm.weight, norm.bias, norm.running_mean, norm.running_var) if norm is not None else ())
         layout = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
             and not x.is_contiguous() else torch.contiguous_format
         # cached between calls at inference; a compiled graph folds the weights itself (no pointer keys)
         inference = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         # inference tensors (parameters created or moved under inference_mode) keep no version counter
-        key = (layout, x.dtype, *((t.data_ptr(), -1 if t.is_inference() else t._version)
-                                  for t in tensors if t is not None)) if inference else None
+        key = (layout, x.dtype, tuple(x.shape) if pack else None,
+               *((t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors if t is not None)
+               ) if inference else None
         if inference and self._folded is not None and self._folded[0] == key:
             return self._folded[1], self._folded[2]
-        scale, shift = norm.scale_and_shift()
-        if self.bias is not None:
-            shift = shift + self.bias * scale
-        weight = (self.weight * scale.view(-1, 1, 1, 1)).to(x.dtype).contiguous(memory_format=layout)
-        bias = shift.to(x.dtype)
+        weight, bias = self.weight, self.bias
+        if norm is not None:
+            scale, shift = norm.scale_and_shift()
+            if bias is not None:
+                shift = shift + bias * scale
+            weight, bias = weight * scale.view(-1, 1, 1, 1), shift
+        weight = weight.to(x.dtype).contiguous(memory_format=layout)
+        bias = bias.to(x.dtype) if bias is not None else None
+        if pack:  # one packed copy replaces the folded one in the cache: no extra memory
+            weight = onednn.pack_conv_weight(weight, self.padding, self.stride, self.dilation, self.groups, x.shape)
         self._folded = (key, weight, bias) if inference else None
         return weight, bias
 

@@ -19,10 +19,10 @@ class BasicStem(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 64):
         super().__init__()
         self.conv1 = Conv2d(in_channels, out_channels, kernel_size=7, stride=2, padding=3, bias=False,
-                            norm=FrozenBatchNorm2d(out_channels))
+                            norm=FrozenBatchNorm2d(out_channels), activation=F.relu_)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu_(self.conv1(x))
+        x = self.conv1(x)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
@@ -39,19 +39,18 @@ class BottleneckBlock(nn.Module):
             self.shortcut = None
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = Conv2d(in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, bias=False,
-                            norm=FrozenBatchNorm2d(bottleneck_channels))
+                            norm=FrozenBatchNorm2d(bottleneck_channels), activation=F.relu_)
         self.conv2 = Conv2d(bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride_3x3,
                             padding=dilation, dilation=dilation, bias=False,
-                            norm=FrozenBatchNorm2d(bottleneck_channels))
+                            norm=FrozenBatchNorm2d(bottleneck_channels), activation=F.relu_)
+        # the block's ReLU after the residual add (Conv2d adds the residual before its activation)
         self.conv3 = Conv2d(bottleneck_channels, out_channels, kernel_size=1, bias=False,
-                            norm=FrozenBatchNorm2d(out_channels))
+                            norm=FrozenBatchNorm2d(out_channels), activation=F.relu_)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu_(self.conv1(x))
-        out = F.relu_(self.conv2(out))
-        out = self.conv3(out)
-        out = out + (self.shortcut(x) if self.shortcut is not None else x)
-        return F.relu_(out)
+        out = self.conv2(self.conv1(x))
+        shortcut = self.shortcut(x) if self.shortcut is not None else x
+        return self.conv3(out, residual=shortcut)  # relu(conv3(out) + shortcut), fused on the CPU
 
 
 class ResNet(nn.Module):

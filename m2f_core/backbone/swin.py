@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import DropPath
+from ..ops import onednn
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -32,11 +33,10 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return onednn.linear(onednn.linear(x, self.fc1, "gelu"), self.fc2)  # exact (erf) GELU
 
 
 class WindowAttention(nn.Module):
@@ -61,7 +61,7 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B * nW, N, C); mask: (nW, N, N) of 0 / -100 or None."""
         bw, n, c = x.shape
-        qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = onednn.linear(x, self.qkv).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B*nW, heads, N, d)
         attn = (q * self.scale) @ k.transpose(-2, -1)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
@@ -73,7 +73,7 @@ class WindowAttention(nn.Module):
             attn = attn.view(-1, self.num_heads, n, n)
         attn = attn.softmax(dim=-1)
         x = (attn @ v).transpose(1, 2).reshape(bw, n, c)
-        return self.proj(x)
+        return onednn.linear(x, self.proj)
 
 
 class SwinTransformerBlock(nn.Module):
@@ -128,7 +128,7 @@ class PatchMerging(nn.Module):
         x = x.view(b, h, w, c)
         x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+        return onednn.linear(self.norm(x.view(b, -1, 4 * c)), self.reduction)
 
 
 class BasicLayer(nn.Module):

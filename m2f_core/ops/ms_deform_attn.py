@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import onednn
+
 
 def ms_deform_attn_core(
     value: torch.Tensor,
@@ -164,12 +166,12 @@ class MSDeformAttn(nn.Module):
         """query: (N, Lq, C); reference_points: (N, Lq, L, 2) in [0, 1]; input_flatten: (N, S, C)."""
         n, lq, _ = query.shape
         _, s, _ = input_flatten.shape
-        value = self.value_proj(input_flatten).view(n, s, self.n_heads, self.d_model // self.n_heads)
-        weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)
+        value = onednn.linear(input_flatten, self.value_proj).view(n, s, self.n_heads, self.d_model // self.n_heads)
+        weights = onednn.linear(query, self.attention_weights).view(n, lq, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
         locations = self.sampling_locations(query, reference_points, spatial_shapes)
         out = self.core(value, spatial_shapes, locations, weights)
-        return self.output_proj(out)
+        return onednn.linear(out, self.output_proj)
 
     def sampling_locations(self, query: torch.Tensor, reference_points: torch.Tensor,
                            spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
