@@ -14,6 +14,32 @@ from torch import nn
 from .layers import MLP, Conv2d, PositionEmbeddingSine, c2_xavier_fill
 
 
+def multi_head_attention(attn: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``attn(query, key, value, attn_mask)[0]`` (sequence first) with one mask for all heads.
+
+    ``mask``: (B, Q, K) bool, True = not attended. ``nn.MultiheadAttention`` wants it repeated per
+    head, (B * heads, Q, K), and turns it into an additive float mask of that size; here it is
+    broadcast over the heads instead (the same attention, 1/heads of the mask work).
+    query: (Q, B, C); key, value: (K, B, C) -> (Q, B, C).
+    """
+    q_len, b, c = query.shape
+    heads = attn.num_heads
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+
+    def split_heads(x: torch.Tensor) -> torch.Tensor:  # (L, B, C) -> (B, heads, L, C / heads)
+        return x.view(x.shape[0], b, heads, c // heads).permute(1, 2, 0, 3)
+
+    q = split_heads(F.linear(query, w_q, b_q))
+    k = split_heads(F.linear(key, w_k, b_k))
+    v = split_heads(F.linear(value, w_v, b_v))
+    keep = None if mask is None else ~mask.unsqueeze(1)  # (B, 1, Q, K), True = attended
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=attn.dropout if attn.training else 0.0)
+    out = out.permute(2, 0, 1, 3).reshape(q_len, b, c)  # (B, heads, Q, C / heads) -> (Q, B, C)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+
+
 class SelfAttentionLayer(nn.Module):
     def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
         super().__init__()
@@ -27,7 +53,7 @@ class SelfAttentionLayer(nn.Module):
         """tgt, query_pos: (Q, B, C)."""
         x = self.norm(tgt) if self.normalize_before else tgt
         q = k = x + query_pos
-        tgt = tgt + self.dropout(self.self_attn(q, k, value=x, need_weights=False)[0])
+        tgt = tgt + self.dropout(multi_head_attention(self.self_attn, q, k, x))
         return tgt if self.normalize_before else self.norm(tgt)
 
 
@@ -42,10 +68,9 @@ class CrossAttentionLayer(nn.Module):
 
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None,
                 pos: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
-        """tgt: (Q, B, C); memory, pos: (HW, B, C); memory_mask: (B*heads, Q, HW), True = masked."""
+        """tgt: (Q, B, C); memory, pos: (HW, B, C); memory_mask: (B, Q, HW), True = masked."""
         x = self.norm(tgt) if self.normalize_before else tgt
-        attn = self.multihead_attn(query=x + query_pos, key=memory + pos, value=memory,
-                                   attn_mask=memory_mask, need_weights=False)[0]
+        attn = multi_head_attention(self.multihead_attn, x + query_pos, memory + pos, memory, memory_mask)
         tgt = tgt + self.dropout(attn)
         return tgt if self.normalize_before else self.norm(tgt)
 
@@ -164,8 +189,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         return self.class_embed(decoder_output), self.mask_embed(decoder_output)
 
     def attention_mask(self, mask_embed: torch.Tensor, level_features: torch.Tensor) -> torch.Tensor:
-        """(B*heads, Q, h*w) bool, True = not attended: outside the predicted mask at this level."""
+        """(B, Q, h*w) bool, True = not attended: outside the predicted mask at this level (all heads)."""
         mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, level_features)
         attn_mask = mask_logits.sigmoid().flatten(2) < 0.5
         attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)  # a query masking everything attends everywhere
-        return attn_mask.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
+        return attn_mask.detach()

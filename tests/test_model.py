@@ -470,8 +470,8 @@ def _reference_mask(logits: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
 
 
 def test_prediction_heads_attention_mask_rule():
-    """attn_mask = sigmoid(bilinear resize of the mask logits) < 0.5, shape (B*heads, Q, h*w),
-    image-major then head, fully masked rows cleared; computed from the mask features resized to the
+    """attn_mask = sigmoid(bilinear resize of the mask logits) < 0.5, shape (B, Q, h*w) (one mask for
+    all heads, broadcast in the attention), fully masked rows cleared; computed from the mask features resized to the
     level (linearity), it equals resizing the full-size logits; pred_masks are the logits themselves."""
     dec, mask_features, logits = _decoder_with_known_masks()
     b, q = logits.shape[:2]
@@ -484,15 +484,14 @@ def test_prediction_heads_attention_mask_rule():
             attn_mask = dec.attention_mask(embed, level)
         assert cls.shape == (b, q, 3 + 1)
         np.testing.assert_allclose(masks.numpy(), logits, atol=1e-12, rtol=0)
-        assert attn_mask.dtype == torch.bool and attn_mask.shape == (b * HEADS, q, size[0] * size[1])
+        assert attn_mask.dtype == torch.bool and attn_mask.shape == (b, q, size[0] * size[1])
         ref = _reference_mask(logits, size)
         assert ref[:, 0].any() and not ref[:, 0].all()  # query 0 is partly masked
         assert not ref[:, 1].any() and ref[:, 2].all() and not ref[:, 3].any()
         assert not torch.equal(ref[0, 0], ref[1, 0])  # the two images differ
         ref[ref.all(-1)] = False  # query 2 masks everything: it attends everywhere instead
         for i in range(b):
-            for head in range(HEADS):
-                assert torch.equal(attn_mask[i * HEADS + head], ref[i]), (size, i, head)
+            assert torch.equal(attn_mask[i], ref[i]), (size, i)
 
 
 def test_decoder_unmasks_fully_masked_queries_and_masks_keys():
@@ -527,8 +526,8 @@ def test_decoder_unmasks_fully_masked_queries_and_masks_keys():
         expected = _reference_mask(logits, size)
         assert expected[:, 2].all()  # query 2's mask covers nothing ...
         expected[expected.all(-1)] = False  # ... so it attends everywhere
-        assert seen.shape == (b * HEADS, 4, size[0] * size[1])
-        assert torch.equal(seen, expected.repeat_interleave(HEADS, dim=0)), f"layer {lvl}"
+        assert seen.shape == (b, 4, size[0] * size[1])  # one mask for all heads
+        assert torch.equal(seen, expected), f"layer {lvl}"
     # first cross-attention output (Q, B, C): query 0 of image 0 ignores the masked keys,
     # query 3 (attends everywhere) and query 2 (fully masked -> unmasked) see the change
     before, after = first_out
@@ -546,3 +545,27 @@ def test_swin_preset_runs_on_one_row_of_windows():
     with torch.no_grad():
         feats = model.backbone(torch.zeros(1, 3, 224, 320))
     assert feats["res5"].shape == (1, 768, 7, 10)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_multi_head_attention_matches_torch(masked):
+    """The decoder's attention (one mask broadcast over the heads) equals nn.MultiheadAttention fed
+    the mask repeated per head, values and gradients."""
+    from m2f_core.transformer_decoder import multi_head_attention
+
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(32, 4).double()
+    torch.nn.init.normal_(attn.in_proj_bias)
+    q, b, k = 5, 2, 11
+    query = torch.randn(q, b, 32, dtype=torch.float64, requires_grad=True)
+    key, value = torch.randn(k, b, 32, dtype=torch.float64), torch.randn(k, b, 32, dtype=torch.float64)
+    mask = torch.rand(b, q, k) < 0.5 if masked else None
+    if mask is not None:
+        mask[:, :, 0] = False  # every query keeps a key (rows masked everywhere are cleared upstream)
+    ours = multi_head_attention(attn, query, key, value, mask)
+    repeated = None if mask is None else mask.repeat_interleave(4, dim=0)  # (B * heads, Q, K)
+    theirs = attn(query, key, value, attn_mask=repeated, need_weights=False)[0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+    (grad_ours,) = torch.autograd.grad(ours.square().sum(), query)
+    (grad_theirs,) = torch.autograd.grad(theirs.square().sum(), query)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-10, atol=1e-10)
