@@ -52,7 +52,7 @@ OUTPUT_NAMES = ("pred_logits", "pred_masks")
 DEFAULT_SIZE = (256, 256)
 # the files whose code is traced into the graph: a change to any of them invalidates cached exports
 _NETWORK_FILES = ("model.py", "layers.py", "pixel_decoder.py", "transformer_decoder.py",
-                  "backbone/resnet.py", "backbone/swin.py", "ops/ms_deform_attn.py")
+                  "backbone/resnet.py", "backbone/swin.py", "ops/ms_deform_attn.py", "ops/onednn.py")
 
 
 class OnnxBackendError(ValueError):
