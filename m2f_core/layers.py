@@ -144,7 +144,7 @@ class MLP(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
-                x = F.relu(x, inplace=True)
+                x = onednn.relu_unless_grad(x)
         return x
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import MLP, Conv2d, PositionEmbeddingSine, c2_xavier_fill
+from .ops import onednn
 
 
 def multi_head_attention(attn: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -88,7 +89,7 @@ class FFNLayer(nn.Module):
 
     def forward(self, tgt: torch.Tensor) -> torch.Tensor:
         x = self.norm(tgt) if self.normalize_before else tgt
-        tgt = tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x), inplace=True))))
+        tgt = tgt + self.dropout(self.linear2(self.dropout(onednn.relu_unless_grad(self.linear1(x)))))
         return tgt if self.normalize_before else self.norm(tgt)
 
 

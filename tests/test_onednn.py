@@ -123,3 +123,34 @@ def test_model_outputs_match_the_aten_path(aten, backbone):
         reference = aten(reference_model, x, return_aux=False)
     for key in ("pred_logits", "pred_masks"):
         torch.testing.assert_close(fused[key], reference[key], rtol=1e-4, atol=1e-4)
+
+
+def test_relu_after_a_linear_layer_stays_out_of_place_under_autograd():
+    """An in-place ReLU on a linear layer's 3-D output (a view of the GEMM result) would record a
+    CopySlices node, whose backward copies and zero-fills the whole activation; in place only
+    where no gradient flows."""
+    layer = torch.nn.Linear(8, 16)
+    x = torch.randn(2, 5, 8)
+    y = onednn.linear(x, layer, "relu")
+    assert type(y.grad_fn).__name__ == "ReluBackward0"
+    y.sum().backward()
+    assert layer.weight.grad is not None
+    with torch.no_grad():
+        z = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        assert onednn.relu_unless_grad(z).data_ptr() == z.data_ptr()  # in place at inference
+
+
+def test_resnet_runs_nhwc_at_inference_and_nchw_in_training():
+    """NHWC where only the forward runs; NCHW under autograd, where oneDNN's NHWC convolution
+    backward is the slower one."""
+    from m2f_core.backbone.resnet import ResNet
+
+    net = ResNet(stage_blocks=(1, 1, 1, 1), res2_out_channels=32, stem_out_channels=16)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        inference = net(x)
+    training = net(x)
+    for name in net.stage_names:
+        assert inference[name].is_contiguous(memory_format=torch.channels_last)
+        assert training[name].is_contiguous()
+        torch.testing.assert_close(inference[name], training[name].detach(), rtol=1e-5, atol=1e-5)
