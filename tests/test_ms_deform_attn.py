@@ -226,3 +226,24 @@ def test_eager_kernel_call_does_not_import_dynamo():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"
+
+
+@native_only
+def test_custom_op_registration_matches_the_eager_function():
+    """``m2f_core::ms_deform_attn``, the operator ``torch.compile`` sees, gives the eager autograd
+    function's values and gradients through its own autograd registration; ``opcheck`` validates its
+    schema, fake (shape) implementation and autograd registration."""
+    value, loc, attn = _inputs(torch.float32, n=2, lq=50, m=4, d=8, points=3)
+    grad = torch.randn(2, 50, 4 * 8, generator=torch.Generator().manual_seed(1))
+    shapes = native._flat_shapes(SHAPES)
+    eager_inputs = [t.clone().requires_grad_(True) for t in (value, loc, attn)]
+    eager = native.ms_deform_attn_native(eager_inputs[0], SHAPES, eager_inputs[1], eager_inputs[2])
+    eager.backward(grad)
+    op_inputs = [t.clone().requires_grad_(True) for t in (value, loc, attn)]
+    out = torch.ops.m2f_core.ms_deform_attn(op_inputs[0], shapes, op_inputs[1], op_inputs[2])
+    out.backward(grad)
+    assert torch.equal(out, eager)
+    for ours, ref in zip(op_inputs, eager_inputs):
+        assert torch.equal(ours.grad, ref.grad)
+    fresh = [t.clone().requires_grad_(True) for t in (value, loc, attn)]
+    torch.library.opcheck(torch.ops.m2f_core.ms_deform_attn.default, (fresh[0], shapes, fresh[1], fresh[2]))
