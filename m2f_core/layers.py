@@ -116,10 +116,12 @@ class Conv2d(nn.Conv2d):
             if bias is not None:
                 shift = shift + bias * scale
             weight, bias = weight * scale.view(-1, 1, 1, 1), shift
-        weight = weight.to(x.dtype).contiguous(memory_format=layout)
+        weight = weight.to(x.dtype)
         bias = bias.to(x.dtype) if bias is not None else None
         if pack:  # one packed copy replaces the folded one in the cache: no extra memory
             weight = onednn.pack_conv_weight(weight, self.padding, self.stride, self.dilation, self.groups, x.shape)
+        else:  # aten's convolution reads the weight in the activations' layout without reordering it
+            weight = weight.contiguous(memory_format=layout)
         self._folded = (key, weight, bias) if inference else None
         return weight, bias
 
