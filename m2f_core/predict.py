@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the network: faster per image, minutes to compile each new size")
+                        help="torch.compile the network: at most ~10 %% faster per image, minutes to compile "
+                             "each new size")
     args = parser.parse_args(argv)
     tasks = TASKS if args.task == "all" else (args.task,)
     try:

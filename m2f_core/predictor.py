@@ -49,8 +49,9 @@ class Predictor:
         or a ``.onnx`` file given directly); post-processing is the same either way.
 
         ``compile=True`` runs the network through ``torch.compile`` (``runtime.compile_for_inference``):
-        on a 2-core CPU 10-30 % faster per image, but the first image of each new size compiles for
-        one to three minutes, so it pays off for folders of many images, not for the app."""
+        since the eager path calls the same oneDNN kernels it is about as fast per image on a 2-core
+        CPU (up to ~10 % faster for Swin), and the first image of each new size compiles for one to
+        three minutes, so it can pay off only for folders of many same-size images, not for the app."""
         from .checkpoint import load_model
         from .runtime import tune_malloc
 
