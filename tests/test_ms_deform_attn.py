@@ -113,10 +113,11 @@ native_only = pytest.mark.skipif(not native.available(), reason="no C compiler: 
 
 
 @native_only
+@pytest.mark.parametrize("d", [32, 24])  # the kernel's compile-time head size and its run-time loop
 @pytest.mark.parametrize("spread", [0.0, 0.3, 2.0])
-def test_native_kernel_equals_grid_sample(spread):
+def test_native_kernel_equals_grid_sample(spread, d):
     """fp32 kernel vs the fp64 reference, samples inside, on the border and far outside the maps."""
-    value, loc, attn = _inputs(torch.float32, lq=300, m=8, d=32, points=4, spread=spread)
+    value, loc, attn = _inputs(torch.float32, lq=300, m=8, d=d, points=4, spread=spread)
     ref = ms_deform_attn_core(value.double(), SHAPES, loc.double(), attn.double())
     out = native.ms_deform_attn_native(value, SHAPES, loc, attn)
     assert out.shape == ref.shape and out.dtype == torch.float32
@@ -152,12 +153,13 @@ def test_native_kernel_threads_split_the_queries_without_changing_the_result():
 
 
 @native_only
+@pytest.mark.parametrize("d", [32, 24])
 @pytest.mark.parametrize("spread", [0.0, 0.3])
-def test_native_kernel_gradients_equal_the_reference(spread):
+def test_native_kernel_gradients_equal_the_reference(spread, d):
     """Gradients for values, sampling locations and attention weights (fp32 kernel vs fp64 gather,
     itself equal to grid_sample's); several threads accumulate the value gradient."""
-    value, loc, attn = _inputs(torch.float32, n=2, lq=600, m=8, d=32, points=4, spread=spread)
-    grad = torch.randn(2, 600, 8 * 32, generator=torch.Generator().manual_seed(1))
+    value, loc, attn = _inputs(torch.float32, n=2, lq=600, m=8, d=d, points=4, spread=spread)
+    grad = torch.randn(2, 600, 8 * d, generator=torch.Generator().manual_seed(1))
     ref_inputs = [t.double().requires_grad_(True) for t in (value, loc, attn)]
     ms_deform_attn_gather(ref_inputs[0], SHAPES, ref_inputs[1], ref_inputs[2]).backward(grad.double())
     inputs = [t.clone().requires_grad_(True) for t in (value, loc, attn)]
@@ -193,6 +195,16 @@ def test_fast_dispatch(monkeypatch):
     traced = torch.jit.trace(lambda v, lo, a: msda.ms_deform_attn_fast(v, SHAPES, lo, a), (value.detach(), loc, attn),
                              check_trace=False)
     assert len(calls) == 2 and traced is not None
+
+
+def test_heads_too_large_for_the_kernel_use_the_gather(monkeypatch):
+    """The kernel keeps one head's channels on the stack: larger heads go to the gather."""
+    from m2f_core.ops import ms_deform_attn as msda
+    monkeypatch.setattr(native, "MAX_HEAD_DIM", 4)
+    monkeypatch.setattr(native, "ms_deform_attn_native", lambda *args: pytest.fail("kernel called"))
+    value, loc, attn = _inputs(torch.float32, d=8)
+    out = msda.ms_deform_attn_fast(value, SHAPES, loc, attn)
+    assert torch.allclose(out, ms_deform_attn_gather(value, SHAPES, loc, attn))
 
 
 def test_no_native_env_falls_back(monkeypatch, tmp_path):

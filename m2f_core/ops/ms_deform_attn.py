@@ -114,7 +114,8 @@ def ms_deform_attn_fast(
 
     if (value.device.type == "cpu" and value.dtype == torch.float32
             and sampling_locations.dtype == torch.float32 and attention_weights.dtype == torch.float32
-            and not torch.jit.is_tracing() and not torch.jit.is_scripting() and native.available()):
+            and value.shape[-1] <= native.MAX_HEAD_DIM and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and native.available()):
         return native.ms_deform_attn_native(value, spatial_shapes, sampling_locations, attention_weights)
     return ms_deform_attn_gather(value, spatial_shapes, sampling_locations, attention_weights)
 

@@ -27,6 +27,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "ms_deform_attn.c"
+MAX_HEAD_DIM = 4096  # the kernel keeps one head's D floats on the stack
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC", "-std=c99"]
 
 _lock = threading.Lock()
@@ -231,6 +232,8 @@ def ms_deform_attn_native(value: torch.Tensor, spatial_shapes: list[tuple[int, i
     """Same inputs and output as ``ms_deform_attn_core`` (float32, CPU), with gradients."""
     if not available():
         raise RuntimeError("the deformable-attention C kernel is not available")
+    if value.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"head size {value.shape[-1]} is above the C kernel's {MAX_HEAD_DIM}")
     shapes = _flat_shapes(spatial_shapes)
     if torch.compiler.is_compiling():
         return _forward_op(value, shapes, sampling_locations, attention_weights)
