@@ -99,6 +99,13 @@ def test_linear_matches_aten(activation, shape):
     torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
 
 
+def test_linear_rejects_an_unknown_activation():
+    layer = torch.nn.Linear(4, 3)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match="unknown activation"):
+            onednn.linear(torch.randn(2, 4), layer, "silu")
+
+
 def test_kernels_serve_inference_only():
     x = torch.randn(4, 8)
     assert not onednn.usable(x)  # autograd on: training keeps the aten ops and their gradients
