@@ -352,6 +352,44 @@ def test_swin_block_any_map_size(batch, hw):
     assert out.shape == (batch, h * w, 8) and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("qkv_bias", [True, False])
+@pytest.mark.parametrize("hw", [(8, 12), (7, 10), (5, 3), (13, 9), (1, 1)])
+def test_swin_gathered_windows_equal_the_official_pad_roll_partition(hw, qkv_bias):
+    """The block's gathered windows (qkv and output projection on the real tokens only, padding
+    slots given the qkv bias) equal the official pad / roll / partition / reverse order, which
+    traced exports run: values and gradients, regular and shifted blocks, fp64."""
+    torch.manual_seed(0)
+    h, w = hw
+    layer = BasicLayer(dim=8, depth=2, num_heads=2, window_size=4, mlp_ratio=2.0, qkv_bias=qkv_bias,
+                       drop_path=[0.0, 0.0], downsample=False).double()
+    mask = layer.shift_mask(h, w, torch.device("cpu")).double()
+    x = torch.randn(2, h * w, 8, dtype=torch.float64, requires_grad=True)
+    for block in layer.blocks:
+        m = mask if block.shift_size else None
+        inputs = [x, *block.norm1.parameters(), *block.attn.parameters()]
+        gathered = block._attention_gathered(x, h, w, m)
+        padded = block._attention_padded(x, h, w, m)
+        torch.testing.assert_close(gathered, padded, rtol=0, atol=1e-12)
+        weights = torch.randn_like(padded)
+        for a, b in zip(torch.autograd.grad((gathered * weights).sum(), inputs),
+                        torch.autograd.grad((padded * weights).sum(), inputs)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_swin_window_index_inverts_itself():
+    """Gathering the tokens into windows and scattering them back is the identity; padding slots
+    are exactly the ones outside the map."""
+    from m2f_core.backbone.swin import window_index
+
+    h, w, ws = 7, 10, 4
+    for shift in (0, 2):
+        index = window_index(h, w, ws, shift, torch.device("cpu"))
+        tokens = torch.arange(h * w)
+        windows = tokens[index.gather]
+        assert torch.equal(windows[index.scatter], tokens)
+        assert index.gather.numel() == 8 * 12 and index.pad.numel() == 8 * 12 - h * w
+
+
 @pytest.mark.parametrize("hw", [(8, 12), (7, 10), (4, 4), (5, 3),
                                 (3, 5)])
 def test_shift_mask(hw):
