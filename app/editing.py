@@ -18,7 +18,6 @@ Rules (each documented where it applies):
 - Errors. A bad argument (unknown class, absent id, mask of the wrong shape, ...) raises a
   ``ValueError`` with a one-line message before anything changes.
 
-
 History: each edit is stored as a compressed diff, undo/redo are bounded (``app.history``).
 
 The session is split by responsibility: this module holds the state, its read access, the task
