@@ -18,21 +18,18 @@ Rules (each documented where it applies):
 - Errors. A bad argument (unknown class, absent id, mask of the wrong shape, ...) raises a
   ``ValueError`` with a one-line message before anything changes.
 
-History. Each edit stores a diff, not a snapshot: the box of the pixels that changed, that crop of
-the map before and after (zlib-compressed), and the table rows before and after for the touched
-segments. Undo writes the "before" crop back and restores the rows; redo the "after" ones. A small
-brush stroke costs a few hundred bytes whatever the image size. The history keeps at most
-``max_history`` entries and ``max_history_bytes`` bytes (oldest dropped first; a single edit larger
-than the byte cap cannot be undone and clears the history).
+History: each edit is stored as a compressed diff, undo/redo are bounded (``app.history``).
+
+The session is split by responsibility: this module holds the state, its read access, the task
+views, validation and ``_commit`` (the one writer); ``app.edit_ops`` the edit operations;
+``app.history`` undo/redo; ``app.regions`` strokes, crops and boxes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,9 +37,12 @@ from scipy import ndimage
 
 from m2f_core.structures import InstanceResult, PanopticResult, Segment, SemanticResult, mask_bbox
 
+from .edit_ops import EditOperations
+from .history import UndoHistory, _Change, _pack
+from .regions import Box, _Crop, _seg_box, _stroke_crop, _union, stroke_mask
+
 if TYPE_CHECKING:
     from m2f_core.prediction import Prediction
-    from m2f_core.structures import Candidate
 
 __all__ = ["EditSession", "stroke_mask", "TASKS"]
 
@@ -50,121 +50,12 @@ TASKS = ("panoptic", "instance", "semantic")
 MAX_SEGMENT_ID = 256**3 - 1  # the largest id a COCO panoptic PNG can hold
 IGNORE_LABEL = 255
 
-Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive ends)
-
-
-# --------------------------------------------------------------------------------------------
-# regions: a full-size mask or a brush stroke, both reduced to a crop
-
-
-@dataclass
-class _Crop:
-    """A boolean mask restricted to its box, so that a stroke never costs a full-size array."""
-
-    y0: int
-    x0: int
-    mask: np.ndarray
-
-    @property
-    def box(self) -> Box:
-        return self.y0, self.x0, self.y0 + self.mask.shape[0], self.x0 + self.mask.shape[1]
-
-
-def _stroke_crop(points: Sequence[tuple[float, float]], radius: float, shape: tuple[int, int]) -> _Crop | None:
-    """Pixels whose centre lies within ``radius`` of the polyline through ``points`` (x, y), inside the image."""
-    pts = np.asarray(points, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
-        raise ValueError("a stroke must be a non-empty list of (x, y) points")
-    if not np.isfinite(pts).all():
-        raise ValueError("stroke points must be finite numbers")
-    radius = float(radius)
-    if not np.isfinite(radius) or radius < 0:
-        raise ValueError(f"brush radius must be >= 0, got {radius}")
-    h, w = shape
-    x0 = max(int(np.floor(pts[:, 0].min() - radius)), 0)
-    x1 = min(int(np.ceil(pts[:, 0].max() + radius)) + 1, w)
-    y0 = max(int(np.floor(pts[:, 1].min() - radius)), 0)
-    y1 = min(int(np.ceil(pts[:, 1].max() + radius)) + 1, h)
-    if x0 >= x1 or y0 >= y1:
-        return None
-    ys, xs = np.mgrid[y0:y1, x0:x1]
-    ys, xs = ys.astype(np.float64), xs.astype(np.float64)
-    mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-    r2 = radius * radius + 1e-9
-    starts = pts if len(pts) == 1 else pts[:-1]
-    ends = pts if len(pts) == 1 else pts[1:]
-    for (ax, ay), (bx, by) in zip(starts, ends):  # distance from each pixel centre to segment ab
-        dx, dy = bx - ax, by - ay
-        length2 = dx * dx + dy * dy
-        if length2 == 0:
-            t = 0.0
-        else:
-            t = np.clip(((xs - ax) * dx + (ys - ay) * dy) / length2, 0.0, 1.0)
-        px, py = ax + t * dx - xs, ay + t * dy - ys
-        mask |= px * px + py * py <= r2
-    return _Crop(y0, x0, mask)
-
-
-def stroke_mask(points: Sequence[tuple[float, float]], radius: float, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool mask of a brush stroke: pixels within ``radius`` of the polyline (x, y) points."""
-    out = np.zeros(shape, dtype=bool)
-    crop = _stroke_crop(points, radius, shape)
-    if crop is not None:
-        y0, x0, y1, x1 = crop.box
-        out[y0:y1, x0:x1] = crop.mask
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# history
-
-
-@dataclass
-class _Change:
-    """One undoable edit: compressed before/after crops of the map and the touched table rows."""
-
-    label: str
-    box: Box | None
-    before: bytes
-    after: bytes
-    rows_before: dict[int, Segment | None]
-    rows_after: dict[int, Segment | None]
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.before) + len(self.after) + 128 * (len(self.rows_before) + len(self.rows_after)) + 128
-
-
-def _pack(a: np.ndarray) -> bytes:
-    return zlib.compress(np.ascontiguousarray(a, dtype=np.int32).tobytes(), 1)
-
-
-def _unpack(data: bytes, box: Box) -> np.ndarray:
-    y0, x0, y1, x1 = box
-    return np.frombuffer(zlib.decompress(data), dtype=np.int32).reshape(y1 - y0, x1 - x0)
-
-
-def _union(a: Box | None, b: Box | None) -> Box | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
-
-
-def _seg_box(seg: Segment) -> Box | None:
-    """The segment's bbox as a crop box (None when it has no pixels)."""
-    if seg.area <= 0:
-        return None
-    x, y, w, h = (int(v) for v in seg.bbox)
-    return y, x, y + h, x + w
-
 
 # --------------------------------------------------------------------------------------------
 # the session
 
 
-class EditSession:
+class EditSession(EditOperations, UndoHistory):
     """The editable panoptic annotation of ONE image, with a bounded undo/redo history.
 
     Build it with ``from_prediction`` (the model's panoptic result) or ``from_panoptic`` (ground
@@ -453,224 +344,3 @@ class EditSession:
                          rows_before, rows_after)
         self._push(change)
         return n_changed
-
-    def _push(self, change: _Change) -> None:
-        self._redo.clear()
-        self._net_edits += 1
-        if self.max_history == 0 or change.nbytes > self.max_history_bytes:
-            self._undo.clear()
-            self._history_bytes = 0
-            return
-        self._undo.append(change)
-        self._history_bytes += change.nbytes
-        while len(self._undo) > self.max_history or self._history_bytes > self.max_history_bytes:
-            self._history_bytes -= self._undo.popleft().nbytes
-
-    def _apply(self, change: _Change, forward: bool) -> None:
-        if change.box is not None:
-            y0, x0, y1, x1 = change.box
-            self._map[y0:y1, x0:x1] = _unpack(change.after if forward else change.before, change.box)
-        for sid, seg in (change.rows_after if forward else change.rows_before).items():
-            if seg is None:
-                self._segments.pop(sid, None)
-            else:
-                self._segments[sid] = seg
-
-    # ---------------------------------------------------------------------------- history
-    @property
-    def can_undo(self) -> bool:
-        return bool(self._undo)
-
-    @property
-    def can_redo(self) -> bool:
-        return bool(self._redo)
-
-    @property
-    def history_labels(self) -> list[str]:
-        """Names of the undoable edits, oldest first."""
-        return [c.label for c in self._undo]
-
-    @property
-    def history_nbytes(self) -> int:
-        """Memory held by the undo and redo stacks (compressed diffs), in bytes."""
-        return self._history_bytes + sum(c.nbytes for c in self._redo)
-
-    @property
-    def has_edits(self) -> bool:
-        """True when the annotation differs from how the session started (counting undos)."""
-        return self._net_edits != 0
-
-    def undo(self) -> str | None:
-        """Undo the last edit; returns its name (None when there is nothing to undo)."""
-        if not self._undo:
-            return None
-        change = self._undo.pop()
-        self._history_bytes -= change.nbytes
-        self._apply(change, forward=False)
-        self._redo.append(change)
-        self._net_edits -= 1
-        return change.label
-
-    def redo(self) -> str | None:
-        """Redo the last undone edit; returns its name (None when there is nothing to redo)."""
-        if not self._redo:
-            return None
-        change = self._redo.pop()
-        self._apply(change, forward=True)
-        self._undo.append(change)
-        self._history_bytes += change.nbytes
-        self._net_edits += 1
-        return change.label
-
-    # ---------------------------------------------------------------------------- edits
-    def relabel(self, segment_id: int, category_id: int) -> int:
-        """Give a segment another class; ``isthing`` follows the class. Returns the id now holding the pixels.
-
-        Relabelling to a stuff class that already has a segment merges into that segment (the COCO
-        rule: one segment per stuff class), whose id is returned.
-        """
-        sid = self._require_segment(segment_id)
-        cat = self._check_class(category_id)
-        seg = self._segments[sid]
-        if seg.category_id == cat:
-            return sid
-        target = self._stuff_segment(cat, exclude=[sid])
-        if target is None:
-            self._commit("relabel", None, None,
-                         {sid: dataclasses.replace(seg, category_id=cat, isthing=self.is_thing[cat])})
-            return sid
-        box = _seg_box(seg)
-        assert box is not None
-        y0, x0, y1, x1 = box
-        crop = self._map[y0:y1, x0:x1].copy()
-        crop[crop == sid] = target
-        self._commit("relabel", box, crop)
-        return target
-
-    def paint(self, segment_id: int, region: Any, radius: float = 5.0, overwrite_others: bool = False) -> int:
-        """Add the pixels of ``region`` (an (H, W) bool mask or a stroke [(x, y), ...] of ``radius``) to a segment.
-
-        With ``overwrite_others=False`` only void pixels change. Returns the number of pixels changed.
-        """
-        sid = self._require_segment(segment_id)
-        crop = self._region(region, radius)
-        if crop is None:
-            return 0
-        y0, x0, y1, x1 = crop.box
-        values = self._map[y0:y1, x0:x1].copy()
-        sel = crop.mask if overwrite_others else crop.mask & (values == 0)
-        values[sel] = sid
-        return self._commit("paint", crop.box, values)
-
-    def erase(self, region: Any, radius: float = 5.0, segment_id: int | None = None) -> int:
-        """Make the pixels of ``region`` void (only those of ``segment_id`` if given). Returns pixels changed."""
-        sid = None if segment_id is None else self._require_segment(segment_id)
-        crop = self._region(region, radius)
-        if crop is None:
-            return 0
-        y0, x0, y1, x1 = crop.box
-        values = self._map[y0:y1, x0:x1].copy()
-        values[crop.mask & ((values != 0) if sid is None else (values == sid))] = 0
-        return self._commit("erase", crop.box, values)
-
-    def new_segment(self, region: Any, category_id: int, overwrite_others: bool = False, score: float = 1.0,
-                    radius: float = 5.0) -> int:
-        """Create a segment of class ``category_id`` from ``region``; returns its (fresh) id.
-
-        Only void pixels are taken unless ``overwrite_others``. For a stuff class that already has a
-        segment, the pixels are added to it and its id is returned (one segment per stuff class).
-        """
-        cat = self._check_class(category_id)
-        crop = self._region(region, radius)
-        if crop is None:
-            raise ValueError("the new segment's mask is empty")
-        target = self._stuff_segment(cat)
-        y0, x0, y1, x1 = crop.box
-        values = self._map[y0:y1, x0:x1].copy()
-        sel = crop.mask if overwrite_others else crop.mask & (values == 0)
-        if target is not None:
-            sel &= values != target
-        if not sel.any():
-            raise ValueError("the mask adds no pixels (it covers no void pixel; use overwrite_others=True "
-                             "to take pixels from other segments)")
-        if target is not None:
-            values[sel] = target
-            self._commit("new segment", crop.box, values)
-            return target
-        sid = self._fresh_id()
-        values[sel] = sid
-        row = Segment(id=sid, category_id=cat, isthing=self.is_thing[cat], score=float(score), source="edited")
-        self._commit("new segment", crop.box, values, {sid: row})
-        return sid
-
-    def recover(self, candidate: Candidate, overwrite_others: bool = False) -> int:
-        """Add a query the post-processing dropped (``Prediction.candidates_at``) as a new segment.
-
-        Same rules as ``new_segment`` (void pixels only unless ``overwrite_others``; stuff merges);
-        the segment keeps the candidate's class and score.
-        """
-        return self.new_segment(np.asarray(candidate.mask), candidate.category_id, overwrite_others=overwrite_others,
-                                score=float(candidate.score))
-
-    def delete(self, segment_id: int) -> None:
-        """Remove a segment: its pixels become void."""
-        sid = self._require_segment(segment_id)
-        box = _seg_box(self._segments[sid])
-        assert box is not None
-        y0, x0, y1, x1 = box
-        values = self._map[y0:y1, x0:x1].copy()
-        values[values == sid] = 0
-        self._commit("delete", box, values)
-
-    def merge(self, segment_ids: Sequence[int]) -> int:
-        """Merge segments into the FIRST one, which keeps its id, class and score; returns that id.
-
-        The classes may differ: the result takes the first's class (a merge is "these pixels are
-        that object"). If that class is stuff, any other segment of it joins too (one per class).
-        """
-        ids = [self._require_segment(s) for s in segment_ids]
-        if len(set(ids)) < 2:
-            raise ValueError("merge needs at least two different segment ids")
-        first = ids[0]
-        others = set(ids[1:]) - {first}
-        cat = self._segments[first].category_id
-        if not self.is_thing[cat]:
-            others |= {s.id for s in self._segments.values() if s.category_id == cat and s.id != first}
-        box = self._segments_box(others)
-        assert box is not None
-        y0, x0, y1, x1 = box
-        values = self._map[y0:y1, x0:x1].copy()
-        values[np.isin(values, list(others))] = first
-        self._commit("merge", box, values, {first: self._segments[first]})
-        return first
-
-    def split(self, segment_id: int) -> list[int]:
-        """Split a thing segment into its 8-connected components; returns their ids (the largest keeps the id).
-
-        Other components get fresh ids in scan order (top to bottom, left to right) and the
-        original's class and score. Stuff is one segment per class, so splitting it is refused.
-        """
-        sid = self._require_segment(segment_id)
-        seg = self._segments[sid]
-        if not seg.isthing:
-            raise ValueError(f"segment {sid} is stuff ({self.class_names[seg.category_id]}): stuff is one segment "
-                             "per class and cannot be split (erase or relabel parts instead)")
-        box = _seg_box(seg)
-        assert box is not None
-        y0, x0, y1, x1 = box
-        values = self._map[y0:y1, x0:x1].copy()
-        labels, n = ndimage.label(values == sid, structure=np.ones((3, 3), dtype=bool))
-        if n <= 1:
-            return [sid]
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-        keep = int(np.argmax(sizes)) + 1
-        out, rows = [sid], {}
-        for comp in range(1, n + 1):
-            if comp == keep:
-                continue
-            new_id = self._fresh_id()
-            values[labels == comp] = new_id
-            rows[new_id] = dataclasses.replace(seg, id=new_id, area=0, bbox=(0.0, 0.0, 0.0, 0.0))
-            out.append(new_id)
-        self._commit("split", box, values, rows)
-        return out

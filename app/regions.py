@@ -1,0 +1,93 @@
+"""Regions of an edit: a brush stroke or a full-size mask reduced to a crop, and crop boxes.
+
+Why a module of its own: every edit of ``EditSession`` touches only a box of the segment map, so
+strokes and masks are turned into crops here once, and the box arithmetic that keeps edits and
+their history proportional to the changed area (not to the image) lives in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from m2f_core.structures import Segment
+
+__all__ = ["Box", "stroke_mask"]
+
+Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive ends)
+
+
+@dataclass
+class _Crop:
+    """A boolean mask restricted to its box, so that a stroke never costs a full-size array."""
+
+    y0: int
+    x0: int
+    mask: np.ndarray
+
+    @property
+    def box(self) -> Box:
+        return self.y0, self.x0, self.y0 + self.mask.shape[0], self.x0 + self.mask.shape[1]
+
+
+def _stroke_crop(points: Sequence[tuple[float, float]], radius: float, shape: tuple[int, int]) -> _Crop | None:
+    """Pixels whose centre lies within ``radius`` of the polyline through ``points`` (x, y), inside the image."""
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
+        raise ValueError("a stroke must be a non-empty list of (x, y) points")
+    if not np.isfinite(pts).all():
+        raise ValueError("stroke points must be finite numbers")
+    radius = float(radius)
+    if not np.isfinite(radius) or radius < 0:
+        raise ValueError(f"brush radius must be >= 0, got {radius}")
+    h, w = shape
+    x0 = max(int(np.floor(pts[:, 0].min() - radius)), 0)
+    x1 = min(int(np.ceil(pts[:, 0].max() + radius)) + 1, w)
+    y0 = max(int(np.floor(pts[:, 1].min() - radius)), 0)
+    y1 = min(int(np.ceil(pts[:, 1].max() + radius)) + 1, h)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    ys, xs = ys.astype(np.float64), xs.astype(np.float64)
+    mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    r2 = radius * radius + 1e-9
+    starts = pts if len(pts) == 1 else pts[:-1]
+    ends = pts if len(pts) == 1 else pts[1:]
+    for (ax, ay), (bx, by) in zip(starts, ends):  # distance from each pixel centre to segment ab
+        dx, dy = bx - ax, by - ay
+        length2 = dx * dx + dy * dy
+        if length2 == 0:
+            t = 0.0
+        else:
+            t = np.clip(((xs - ax) * dx + (ys - ay) * dy) / length2, 0.0, 1.0)
+        px, py = ax + t * dx - xs, ay + t * dy - ys
+        mask |= px * px + py * py <= r2
+    return _Crop(y0, x0, mask)
+
+
+def stroke_mask(points: Sequence[tuple[float, float]], radius: float, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool mask of a brush stroke: pixels within ``radius`` of the polyline (x, y) points."""
+    out = np.zeros(shape, dtype=bool)
+    crop = _stroke_crop(points, radius, shape)
+    if crop is not None:
+        y0, x0, y1, x1 = crop.box
+        out[y0:y1, x0:x1] = crop.mask
+    return out
+
+
+def _union(a: Box | None, b: Box | None) -> Box | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
+def _seg_box(seg: Segment) -> Box | None:
+    """The segment's bbox as a crop box (None when it has no pixels)."""
+    if seg.area <= 0:
+        return None
+    x, y, w, h = (int(v) for v in seg.bbox)
+    return y, x, y + h, x + w

@@ -1,0 +1,75 @@
+"""What one browser session owns (``EditorSession``) and what the page shows after an action (``Screen``).
+
+Why a module of its own: these plain dataclasses are shared by ``Workbench`` and its action
+mixins (``app.workbench_edits``, ``app.workbench_loop``) and by the Gradio and FiftyOne layers,
+which only read them; keeping them apart from the actions avoids import cycles. ``unique_name``
+(a free file or run name) and ``_ms`` (timings) are the small helpers those modules share.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .state import WorkspaceState
+
+if TYPE_CHECKING:
+    from m2f_core.structures import Candidate
+
+__all__ = ["EditorSession", "Screen", "unique_name"]
+
+
+@dataclass
+class Screen:
+    """Everything the page shows after an action (plain values; ``None`` canvas = no image open)."""
+
+    canvas: np.ndarray | None
+    rows: list[list]
+    status: str
+    relabel: list[tuple[str, int]]
+    relabel_value: int | None
+    candidates: list[tuple[np.ndarray, str]]
+    ground_truth: np.ndarray | None
+    position: str
+    export_file: str | None = None
+    compare: list[tuple[np.ndarray, str]] = field(default_factory=list)  # before / after a reload
+
+
+@dataclass
+class EditorSession:
+    """What one browser session owns. Created per session by ``Workbench.new_session``."""
+
+    workspace: WorkspaceState
+    upload_dir: Path
+    selected: list[int] = field(default_factory=list)  # in click order; the first keeps its class on merge
+    candidates: list[Candidate] = field(default_factory=list)
+    opacity: float = 0.5
+    outline: bool = True
+    uncertainty: bool = False
+    model_runs: int = 0
+    message: str = ""  # the last action's message (an action that changes nothing keeps it)
+    timings: dict[str, float] = field(default_factory=dict)  # ms of the last model run / render / edit
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def __deepcopy__(self, memo):  # gr.State deep-copies its default; a session is never shared or copied
+        return self
+
+
+def unique_name(stem: str, suffix: str, taken: set[str]) -> str:
+    """``stem + suffix``, or ``stem-2 + suffix``, ``stem-3`` ... whichever is not in ``taken``."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._") or "image"
+    safe = safe[:80]
+    for n in itertools.count(1):
+        name = f"{safe}{'' if n == 1 else f'-{n}'}{suffix}"
+        if name not in taken:
+            return name
+    raise AssertionError("unreachable")
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 1)
