@@ -197,6 +197,35 @@ def test_fast_dispatch(monkeypatch):
     assert len(calls) == 2 and traced is not None
 
 
+@native_only
+def test_kernel_without_openmp_gives_the_same_values_and_gradients(monkeypatch, tmp_path):
+    """Built without OpenMP (M2F_NO_OPENMP=1, or a compiler without it) the queries are split over
+    Python threads instead of torch's OpenMP threads: the same results, bit for bit."""
+    value, loc, attn = _inputs(torch.float32, n=2, lq=700, m=8, d=32, points=4, spread=0.3)
+    grad = torch.randn(2, 700, 8 * 32, generator=torch.Generator().manual_seed(1))
+
+    def run():
+        inputs = [t.clone().requires_grad_(True) for t in (value, loc, attn)]
+        out = native.ms_deform_attn_native(inputs[0], SHAPES, inputs[1], inputs[2])
+        out.backward(grad)
+        return [out.detach(), *(t.grad for t in inputs)], native._lib.ms_deform_attn_threaded()
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        default, default_threaded = run()
+        monkeypatch.setenv("M2F_NO_OPENMP", "1")
+        monkeypatch.setenv("M2F_EXT_CACHE", str(tmp_path))
+        monkeypatch.setattr(native, "_tried", False)
+        monkeypatch.setattr(native, "_lib", None)
+        plain, plain_threaded = run()
+    finally:
+        torch.set_num_threads(before)
+    assert plain_threaded == 0
+    for a, b in zip(default, plain):
+        assert torch.equal(a, b)
+
+
 def test_heads_too_large_for_the_kernel_use_the_gather(monkeypatch):
     """The kernel keeps one head's channels on the stack: larger heads go to the gather."""
     from m2f_core.ops import ms_deform_attn as msda

@@ -2,10 +2,14 @@
 
 ``csrc/ms_deform_attn.c`` is plain C (no Python or torch headers), compiled with the system C
 compiler (``$CC``, else ``cc``) into ``$M2F_EXT_CACHE`` (default ``~/.cache/m2f_workbench/ext``),
-once per source, flags and CPU, in about a second, and called through ``ctypes`` (which releases
-the GIL, so the queries are split over ``torch.get_num_threads()`` Python threads). Where there is
-no compiler, or ``M2F_NO_NATIVE=1``, ``available()`` is False and the pure-PyTorch gather is used:
-the kernel only makes inference and training faster, it is never needed.
+once per source, flags and CPU, in about a second, and called through ``ctypes``. Built with
+OpenMP (``-fopenmp``), its libgomp resolves to the copy PyTorch has already loaded, and the queries
+are split over torch's own OpenMP threads (``torch.get_num_threads()``); those threads spin for a
+while after each of torch's parallel regions, and separate threads of ours would compete with them
+for the cores (the kernel took 1.6x longer in the model). Without OpenMP (``M2F_NO_OPENMP=1``, or a
+compiler without it) the queries are split over Python threads (ctypes releases the GIL). Where
+there is no compiler, or ``M2F_NO_NATIVE=1``, ``available()`` is False and the pure-PyTorch gather
+is used: the kernel only makes inference and training faster, it is never needed.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "ms_deform_attn.c"
 MAX_HEAD_DIM = 4096  # the kernel keeps one head's D floats on the stack
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC", "-std=c99"]
+OPENMP_FLAGS = ["-fopenmp"]  # libgomp: at run time the copy PyTorch has loaded, and its threads
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -50,31 +55,48 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def _library_path(compiler: str) -> Path:
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, *FLAGS, platform.machine(), _cpu_model()])
+def _library_path(compiler: str, flags: list[str]) -> Path:
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, *flags, platform.machine(), _cpu_model()])
                          .encode()).hexdigest()[:16]
     return cache_dir() / f"ms_deform_attn_{key}.so"
 
 
-def build(force: bool = False) -> Path:
-    """Compile the kernel (atomically: a temporary file renamed into place) and return its path."""
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
-        raise RuntimeError("no C compiler (set CC or install gcc)")
-    path = _library_path(compiler)
-    if path.exists() and not force:
-        return path
+def _compile(compiler: str, flags: list[str], path: Path) -> None:
+    """Compile into ``path`` atomically (a temporary file renamed into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        result = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
+        result = subprocess.run([compiler, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"compiling {SOURCE.name} failed:\n{result.stderr.strip()}")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def build(force: bool = False) -> Path:
+    """Compile the kernel (with OpenMP where the compiler has it, unless ``M2F_NO_OPENMP=1``) and
+    return its path. A failed OpenMP build is remembered (a ``.failed`` file) and not retried."""
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        raise RuntimeError("no C compiler (set CC or install gcc)")
+    if not os.environ.get("M2F_NO_OPENMP"):
+        path = _library_path(compiler, FLAGS + OPENMP_FLAGS)
+        failed = path.with_suffix(".failed")
+        if path.exists() and not force:
+            return path
+        if force or not failed.exists():
+            try:
+                _compile(compiler, FLAGS + OPENMP_FLAGS, path)
+                return path
+            except RuntimeError as e:
+                logger.info("building the kernel with OpenMP failed, building it without: %s", e)
+                failed.write_text(str(e))
+    path = _library_path(compiler, FLAGS)
+    if force or not path.exists():
+        _compile(compiler, FLAGS, path)
     return path
 
 
@@ -96,6 +118,12 @@ def _load() -> ctypes.CDLL | None:
         lib.ms_deform_attn_forward.restype = None
         lib.ms_deform_attn_backward.argtypes = [ptr] * 9 + [i64] * 9
         lib.ms_deform_attn_backward.restype = None
+        lib.ms_deform_attn_forward_all.argtypes = [ptr] * 6 + [i64] * 8
+        lib.ms_deform_attn_forward_all.restype = None
+        lib.ms_deform_attn_backward_all.argtypes = [ptr] * 9 + [i64] * 8
+        lib.ms_deform_attn_backward_all.restype = None
+        lib.ms_deform_attn_threaded.argtypes = []
+        lib.ms_deform_attn_threaded.restype = i64
         _lib = lib
         return _lib
 
@@ -149,8 +177,11 @@ def _forward(value: torch.Tensor, spatial_shapes: list[int], locations: torch.Te
     out = torch.empty((n, lq, m, d), dtype=torch.float32)
     sizes = (n, s, lq, m, d, num_levels, num_points)
     pointers = (value.data_ptr(), shapes.data_ptr(), starts.data_ptr(), locations.data_ptr(), weights.data_ptr())
-    _parallel(lambda i, q0, q1: lib.ms_deform_attn_forward(*pointers, out.data_ptr(), *sizes, q0, q1),
-              _split(n * lq))
+    if lib.ms_deform_attn_threaded():  # on torch's OpenMP threads
+        lib.ms_deform_attn_forward_all(*pointers, out.data_ptr(), *sizes, torch.get_num_threads())
+    else:
+        _parallel(lambda i, q0, q1: lib.ms_deform_attn_forward(*pointers, out.data_ptr(), *sizes, q0, q1),
+                  _split(n * lq))
     return out.view(n, lq, m * d)
 
 
@@ -163,13 +194,19 @@ def _backward(value: torch.Tensor, spatial_shapes: list[int], locations: torch.T
     value, locations, weights = value.contiguous(), locations.contiguous(), weights.contiguous()
     grad_out = grad_out.contiguous().float()
     shapes, starts = _level_tables(spatial_shapes, s)
-    ranges = _split(n * lq)
-    grad_values = [torch.zeros_like(value) for _ in ranges]  # one per thread: rows are shared
     grad_locations = torch.empty_like(locations)
     grad_weights = torch.empty_like(weights)
     sizes = (n, s, lq, m, d, num_levels, num_points)
     pointers = (value.data_ptr(), shapes.data_ptr(), starts.data_ptr(), locations.data_ptr(), weights.data_ptr(),
                 grad_out.data_ptr())
+    if lib.ms_deform_attn_threaded():  # on torch's OpenMP threads, one value gradient each
+        threads = torch.get_num_threads()
+        grad_values = value.new_zeros((threads, *value.shape))
+        lib.ms_deform_attn_backward_all(*pointers, grad_values.data_ptr(), grad_locations.data_ptr(),
+                                        grad_weights.data_ptr(), *sizes, threads)
+        return grad_values.sum(0) if threads > 1 else grad_values[0], grad_locations, grad_weights
+    ranges = _split(n * lq)
+    grad_values = [torch.zeros_like(value) for _ in ranges]  # one per thread: rows are shared
     _parallel(lambda i, q0, q1: lib.ms_deform_attn_backward(
         *pointers, grad_values[i].data_ptr(), grad_locations.data_ptr(), grad_weights.data_ptr(), *sizes, q0, q1),
         ranges)
