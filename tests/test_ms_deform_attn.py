@@ -108,6 +108,32 @@ def test_sampling_locations_stay_fp32_under_autocast():
     assert ((exact.bfloat16().float() - exact).abs() * 256).max() > 0.2
 
 
+def test_sampling_locations_are_the_reference_plus_offsets_in_level_units():
+    """reference + offset / (W, H) of the offset's level, as the official module computes it, with
+    autograd and at inference (where the scaled projection is cached per map size and recomputed
+    after the weights change)."""
+    from m2f_core.ops import MSDeformAttn
+
+    torch.manual_seed(0)
+    attn = MSDeformAttn(32, 3, 4, 2).double()
+    torch.nn.init.normal_(attn.sampling_offsets.weight, std=0.5)
+    query, ref = torch.randn(2, 40, 32, dtype=torch.float64), torch.rand(2, 40, 3, 2, dtype=torch.float64)
+
+    def official(shapes):
+        offsets = attn.sampling_offsets(query).view(2, 40, 4, 3, 2, 2)
+        normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float64)
+        return ref[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+
+    for shapes in ([(16, 16), (8, 8), (4, 4)], [(9, 13), (5, 7), (3, 4)]):
+        torch.testing.assert_close(attn.sampling_locations(query, ref, shapes), official(shapes))
+        with torch.inference_mode():
+            torch.testing.assert_close(attn.sampling_locations(query, ref, shapes), official(shapes))
+            torch.testing.assert_close(attn.sampling_locations(query, ref, shapes), official(shapes))  # cached
+    with torch.no_grad():
+        attn.sampling_offsets.weight.mul_(2.0)
+        torch.testing.assert_close(attn.sampling_locations(query, ref, shapes), official(shapes))
+
+
 # ---------------------------------------------------------------------------------------- C kernel
 native_only = pytest.mark.skipif(not native.available(), reason="no C compiler: the kernel is optional")
 

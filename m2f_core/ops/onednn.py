@@ -93,14 +93,19 @@ def linear(x: torch.Tensor, layer: nn.Linear, activation: str | None = None) -> 
     erf GELU made Swin-T's MLP layers 10-25 % slower than the GEMM plus aten's vectorised ``gelu_``
     (the same values up to fp32 rounding).
     """
+    return linear_weights(x, layer.weight, layer.bias, activation)
+
+
+def linear_weights(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   activation: str | None = None) -> torch.Tensor:
+    """``linear`` with the weight (out, in) and bias given directly."""
     if activation not in (None, "relu", "gelu"):
         raise ValueError(f"unknown activation {activation!r}")
     if usable(x):
         if activation == "gelu":
-            return torch.ops.aten.gelu_(torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], ""))
-        attr = "relu" if activation == "relu" else "none"
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, attr, [], "")
-    y = F.linear(x, layer.weight, layer.bias)
+            return torch.ops.aten.gelu_(torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], ""))
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if activation == "relu" else "none", [], "")
+    y = F.linear(x, weight, bias)
     if activation == "relu":
         return relu_unless_grad(y)
     return F.gelu(y) if activation == "gelu" else y
