@@ -25,8 +25,13 @@ class MaskFormerHead(nn.Module):
         self.predictor = predictor
 
     def forward(self, features: dict[str, torch.Tensor], return_aux: bool = True) -> dict:
-        mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
-        return self.predictor(multi_scale_features, mask_features, return_aux=return_aux)
+        # Without the auxiliary outputs (inference) the pixel decoder's last 1x1 convolution is
+        # folded into the mask embeddings instead of run over the 1/4-scale map (see the predictor).
+        fold = not return_aux and self.predictor.can_fold(self.pixel_decoder.mask_features)
+        mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(
+            features, project_mask_features=not fold)
+        return self.predictor(multi_scale_features, mask_features, return_aux=return_aux,
+                              mask_projection=self.pixel_decoder.mask_features if fold else None)
 
 
 class Mask2Former(nn.Module):

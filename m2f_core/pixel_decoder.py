@@ -155,7 +155,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
             self.add_module(f"adapter_{idx + 1}", lateral)
             self.add_module(f"layer_{idx + 1}", output)
 
-    def forward_features(self, features: dict[str, torch.Tensor]):
+    def forward_features(self, features: dict[str, torch.Tensor], project_mask_features: bool = True):
+        """``project_mask_features=False`` returns the 1/4-scale features before the 1x1
+        ``mask_features`` convolution, for a predictor that folds it into its mask embeddings."""
         srcs, pos = [], []
         for idx, f in enumerate(self.transformer_in_features[::-1]):
             x = _at_least_fp32(features[f])
@@ -176,6 +178,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
                                         align_corners=False)
             out.append(getattr(self, f"layer_{level}")(y))
         multi_scale = out[: self.maskformer_num_feature_levels]
-        return self.mask_features(out[-1]), out[0], multi_scale
+        return self.mask_features(out[-1]) if project_mask_features else out[-1], out[0], multi_scale
 
     forward = forward_features

@@ -142,11 +142,27 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
-    def forward(self, x: list[torch.Tensor], mask_features: torch.Tensor, return_aux: bool = True) -> dict:
+    @staticmethod
+    def can_fold(projection: nn.Module) -> bool:
+        """Whether ``projection`` is a plain 1x1 convolution (no norm, no activation) that ``forward``
+        can fold into the mask embeddings."""
+        return (isinstance(projection, nn.Conv2d) and tuple(projection.kernel_size) == (1, 1)
+                and tuple(projection.stride) == (1, 1) and projection.groups == 1
+                and getattr(projection, "norm", None) is None and getattr(projection, "activation", None) is None)
+
+    def forward(self, x: list[torch.Tensor], mask_features: torch.Tensor, return_aux: bool = True,
+                mask_projection: nn.Conv2d | None = None) -> dict:
         """x: 3 levels (B, C, H_l, W_l), low to high resolution; mask_features: (B, mask_dim, H/4, W/4).
 
         ``return_aux=False`` (inference) skips the full-resolution masks of the intermediate
         predictions, which only the losses use; the outputs are the same either way.
+
+        ``mask_projection``: a 1x1 convolution (``can_fold``) still to be applied to ``mask_features``
+        (B, C, H/4, W/4). Every mask is a linear function of the mask features (the product with the
+        embeddings, and the resizes), so the projection is applied to the embeddings instead:
+        e . (W f + b) = (e W) . f + e . b, a (Q, mask_dim) x (mask_dim, C) product per prediction
+        instead of a (mask_dim, C) x (C, H/4 * W/4) one over the map (the same values up to fp32
+        rounding).
         """
         src, pos, sizes = [], [], []
         for i in range(self.num_feature_levels):
@@ -177,10 +193,16 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 output = self.transformer_ffn_layers[i - 1](output)
             last = i == self.num_layers
             outputs_class, mask_embed = self.forward_prediction_heads(output)
+            offset = None
+            if mask_projection is not None:  # (B, Q, mask_dim) -> (B, Q, C) and the bias term (B, Q, 1, 1)
+                weight = mask_projection.weight.flatten(1)  # (mask_dim, C)
+                if mask_projection.bias is not None:
+                    offset = (mask_embed @ mask_projection.bias)[..., None, None]
+                mask_embed = mask_embed @ weight
             classes.append(outputs_class)
-            masks.append(torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features) if return_aux or last else None)
+            masks.append(self.mask_logits(mask_embed, mask_features, offset) if return_aux or last else None)
             if not last:
-                attn_mask = self.attention_mask(mask_embed, level_features[i % self.num_feature_levels])
+                attn_mask = self.attention_mask(mask_embed, level_features[i % self.num_feature_levels], offset)
         aux = [{"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1])] if return_aux else []
         return {"pred_logits": classes[-1], "pred_masks": masks[-1], "aux_outputs": aux}
 
@@ -189,9 +211,17 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         decoder_output = self.decoder_norm(output).transpose(0, 1)  # (B, Q, C)
         return self.class_embed(decoder_output), self.mask_embed(decoder_output)
 
-    def attention_mask(self, mask_embed: torch.Tensor, level_features: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def mask_logits(mask_embed: torch.Tensor, features: torch.Tensor, offset: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """(B, Q, H, W) = embeddings (B, Q, C) . features (B, C, H, W) (+ offset (B, Q, 1, 1))."""
+        logits = torch.einsum("bqc,bchw->bqhw", mask_embed, features)
+        return logits if offset is None else logits + offset
+
+    def attention_mask(self, mask_embed: torch.Tensor, level_features: torch.Tensor,
+                       offset: torch.Tensor | None = None) -> torch.Tensor:
         """(B, Q, h*w) bool, True = not attended: outside the predicted mask at this level (all heads)."""
-        mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, level_features)
+        mask_logits = self.mask_logits(mask_embed, level_features, offset)
         attn_mask = mask_logits.sigmoid().flatten(2) < 0.5
         attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)  # a query masking everything attends everywhere
         return attn_mask.detach()

@@ -233,14 +233,26 @@ def test_model_output_shapes(backbone, hw):
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_inference_without_aux_gives_the_same_outputs(backbone):
-    """``return_aux=False`` (the predictor's path) skips the intermediate full-size masks only."""
-    model = _build(backbone).eval()
-    x = torch.randn(1, 3, 160, 224)
+    """``return_aux=False`` (the predictor's path) skips the intermediate full-size masks and folds
+    the pixel decoder's 1x1 ``mask_features`` convolution into the mask embeddings: the same
+    outputs (fp64: up to rounding; fp32: within 1e-4)."""
+    model = _build(backbone).eval().double()
+    x = torch.randn(1, 3, 160, 224, dtype=torch.float64)
+    calls = []
+    model.sem_seg_head.pixel_decoder.mask_features.register_forward_hook(lambda *args: calls.append(1))
     with torch.no_grad():
-        full, lean = model(x), model(x, return_aux=False)
+        full = model(x)
+        assert calls == [1]
+        lean = model(x, return_aux=False)
+        assert calls == [1]  # folded: the convolution did not run over the map
     assert lean["aux_outputs"] == [] and len(full["aux_outputs"]) == DEC_LAYERS - 1
-    assert torch.equal(full["pred_logits"], lean["pred_logits"])
-    assert torch.equal(full["pred_masks"], lean["pred_masks"])
+    torch.testing.assert_close(full["pred_logits"], lean["pred_logits"], rtol=0, atol=1e-10)
+    torch.testing.assert_close(full["pred_masks"], lean["pred_masks"], rtol=0, atol=1e-10)
+    model.float()
+    with torch.no_grad():
+        full, lean = model(x.float()), model(x.float(), return_aux=False)
+    torch.testing.assert_close(full["pred_logits"], lean["pred_logits"], rtol=0, atol=1e-4)
+    torch.testing.assert_close(full["pred_masks"], lean["pred_masks"], rtol=0, atol=1e-4)
 
 
 def test_model_moved_under_inference_mode_runs():
