@@ -388,6 +388,19 @@ def test_swin_gathered_windows_equal_the_official_pad_roll_partition(hw, qkv_bia
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
+def test_swin_layer_traces_for_torch_compile_without_graph_breaks():
+    """Under torch.compile a Swin stage takes the official pad / roll / partition order: the gathered
+    path's index (data-dependent ``nonzero``) would break the graph and fall back to eager."""
+    torch.manual_seed(0)
+    layer = BasicLayer(dim=8, depth=2, num_heads=2, window_size=4, mlp_ratio=2.0, qkv_bias=True,
+                       drop_path=[0.0, 0.0], downsample=False).eval()
+    x = torch.randn(1, 7 * 10, 8)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(lambda t: layer(t, 7, 10)[0])(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
 def test_swin_window_index_inverts_itself():
     """Gathering the tokens into windows and scattering them back is the identity; padding slots
     are exactly the ones outside the map."""

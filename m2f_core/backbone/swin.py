@@ -132,7 +132,9 @@ class SwinTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, h: int, w: int, shift_mask: torch.Tensor | None) -> torch.Tensor:
         """x: (B, H*W, C); shift_mask: (nW, N, N), used by shifted blocks."""
         mask = shift_mask if self.shift_size > 0 else None
-        if torch.jit.is_tracing():  # an export keeps H, W dynamic: the official pad / roll / partition ops
+        # an export keeps H, W dynamic, and torch.compile fuses the copies itself (the index's
+        # data-dependent ops would break its graph): the official pad / roll / partition ops
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
             x = x + self.drop_path(self._attention_padded(x, h, w, mask))
         else:
             x = x + self.drop_path(self._attention_gathered(x, h, w, mask))
