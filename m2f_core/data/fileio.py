@@ -8,9 +8,11 @@ of ``read_png`` for the writers.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +70,19 @@ def read_png(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     if not path.is_file():
         raise DatasetError(path, "no such file")
+    with _image_errors(path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
+        with Image.open(path) as img:
+            if img.width * img.height > limit:
+                raise DatasetError(path, f"{img.width}x{img.height} is more than the {limit:,} pixel limit")
+            return np.array(img)
+
+
+@contextlib.contextmanager
+def _image_errors(path: Path) -> Iterator[None]:
+    """PIL's failures on an image file as a ``DatasetError`` that says what is wrong with it."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
-            with Image.open(path) as img:
-                if img.width * img.height > limit:
-                    raise DatasetError(path, f"{img.width}x{img.height} is more than the {limit:,} pixel limit")
-                return np.array(img)
+        yield
     except DatasetError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -90,18 +98,11 @@ def image_size(path: str | Path) -> tuple[int, int]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(path, "no such file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # only the header is read
-            with Image.open(path) as img:
-                w, h = img.size
-                orientation = img.getexif().get(0x0112, 1)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DatasetError(path, f"refused as a decompression bomb ({e})") from None
-    except UnidentifiedImageError:
-        raise DatasetError(path, "not an image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(path, f"unreadable image ({str(e).strip() or type(e).__name__})") from None
+    with _image_errors(path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # only the header is read
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
