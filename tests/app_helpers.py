@@ -42,9 +42,15 @@ def make_test_weights(folder: Path, scene: Path) -> Path:
     model = build_model(get_preset("synthetic_small")).eval()
     head = model.sem_seg_head.predictor
     seen: dict[str, torch.Tensor] = {}
+
+    def keep_mask_features(module, args, kwargs):
+        # at inference the pixel decoder's 1x1 projection is folded into the predictor: apply it here
+        projection = kwargs.get("mask_projection")
+        seen["f"] = (projection(args[1]) if projection is not None else args[1]).detach()
+
     hooks = [
         head.class_embed.register_forward_hook(lambda m, i, o: seen.__setitem__("q", i[0].detach())),
-        head.register_forward_pre_hook(lambda m, i: seen.__setitem__("f", i[1].detach())),
+        head.register_forward_pre_hook(keep_mask_features, with_kwargs=True),
         head.mask_embed.register_forward_hook(lambda m, i, o: seen.__setitem__("m", o.detach())),
     ]
     Predictor(model, device="cpu").predict(np.asarray(Image.open(scene).convert("RGB")))
