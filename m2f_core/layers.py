@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ops import onednn
+from .ops.weight_cache import version_key
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -104,10 +105,7 @@ class Conv2d(nn.Conv2d):
             and not x.is_contiguous() else torch.contiguous_format
         # cached between calls at inference; a compiled graph folds the weights itself (no pointer keys)
         inference = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        # inference tensors (parameters created or moved under inference_mode) keep no version counter
-        key = (layout, x.dtype, tuple(x.shape) if pack else None,
-               *((t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors if t is not None)
-               ) if inference else None
+        key = (layout, x.dtype, tuple(x.shape) if pack else None, *version_key(*tensors)) if inference else None
         if inference and self._folded is not None and self._folded[0] == key:
             return self._folded[1], self._folded[2]
         weight, bias = self.weight, self.bias

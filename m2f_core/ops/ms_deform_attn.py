@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import onednn
+from .weight_cache import version_key
 
 
 def ms_deform_attn_core(
@@ -204,8 +205,7 @@ class MSDeformAttn(nn.Module):
         cacheable = not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
         key = None
         if cacheable:
-            key = (tuple((int(h), int(w)) for h, w in spatial_shapes), device,
-                   *((t.data_ptr(), -1 if t.is_inference() else t._version) for t in (weight, bias)))
+            key = (tuple((int(h), int(w)) for h, w in spatial_shapes), device, *version_key(weight, bias))
             cached = getattr(self, "_unit_offsets", None)
             if cached is not None and cached[0] == key:
                 return cached[1], cached[2]

@@ -10,7 +10,8 @@
  * out:       (N, Lq, M, D)         written for the queries [q0, q1) of the flattened (N, Lq)
  *
  * Built with the system C compiler by m2f_core/ops/native.py and called through ctypes (no Python
- * headers, no OpenMP: the caller splits the queries over threads, ctypes releases the GIL).
+ * headers). The *_all entry points at the end split the queries over OpenMP threads; the others
+ * take a query range [q0, q1) for a caller that splits them over its own threads.
  *
  * Each entry point runs one body, inlined twice: with D = 32 as a compile-time constant (every
  * official model: 256 channels over 8 heads), where the compiler keeps a query-head's 32
