@@ -401,6 +401,24 @@ def test_swin_layer_traces_for_torch_compile_without_graph_breaks():
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
+def test_swin_trains_after_inference_on_the_same_map_size():
+    """The window indices are cached per map size; built first under inference_mode they must still
+    serve a training step (predict in the app, then fine-tune in the same process)."""
+    from m2f_core.backbone.swin import window_index
+
+    torch.manual_seed(0)
+    layer = BasicLayer(dim=8, depth=2, num_heads=2, window_size=4, mlp_ratio=2.0, qkv_bias=True,
+                       drop_path=[0.0, 0.0], downsample=False)
+    h, w = 11, 6  # a size no other test uses, so the first call below builds the indices
+    window_index.cache_clear()
+    x = torch.randn(1, h * w, 8)
+    with torch.inference_mode():
+        layer(x, h, w)
+    assert not window_index(h, w, 4, 0, torch.device("cpu")).gather.is_inference()
+    layer(x.clone().requires_grad_(True), h, w)[0].sum().backward()
+    assert all(p.grad is not None for p in layer.parameters())
+
+
 def test_swin_window_index_inverts_itself():
     """Gathering the tokens into windows and scattering them back is the identity; padding slots
     are exactly the ones outside the map."""

@@ -52,15 +52,18 @@ def window_index(h: int, w: int, window_size: int, shift: int, device: torch.dev
     """
     ws = window_size
     hp, wp = h + (ws - h % ws) % ws, w + (ws - w % ws) % ws
-    # after torch.roll(-shift) position (Y, X) holds the padded map's ((Y + shift) % hp, (X + shift) % wp)
-    y = (torch.arange(hp) + shift) % hp
-    x = (torch.arange(wp) + shift) % wp
-    source = torch.where((y[:, None] < h) & (x[None, :] < w), y[:, None] * w + x[None, :], -1)  # (hp, wp)
-    slots = source.view(hp // ws, ws, wp // ws, ws).permute(0, 2, 1, 3).reshape(-1)  # window_partition order
-    real = slots >= 0
-    scatter = torch.empty(h * w, dtype=torch.long)
-    scatter[slots[real]] = torch.arange(slots.numel())[real]
-    return WindowIndex(slots.clamp(min=0).to(device), (~real).nonzero().view(-1).to(device), scatter.to(device))
+    # the cached indices serve training too: built as normal tensors even when the first call comes
+    # under inference_mode (autograd cannot save inference tensors for backward)
+    with torch.inference_mode(False):
+        # after torch.roll(-shift) position (Y, X) holds the padded map's ((Y + shift) % hp, (X + shift) % wp)
+        y = (torch.arange(hp) + shift) % hp
+        x = (torch.arange(wp) + shift) % wp
+        source = torch.where((y[:, None] < h) & (x[None, :] < w), y[:, None] * w + x[None, :], -1)  # (hp, wp)
+        slots = source.view(hp // ws, ws, wp // ws, ws).permute(0, 2, 1, 3).reshape(-1)  # window_partition order
+        real = slots >= 0
+        scatter = torch.empty(h * w, dtype=torch.long)
+        scatter[slots[real]] = torch.arange(slots.numel())[real]
+        return WindowIndex(slots.clamp(min=0).to(device), (~real).nonzero().view(-1).to(device), scatter.to(device))
 
 
 class Mlp(nn.Module):
