@@ -1,9 +1,18 @@
-"""Fine-tuning from the app: the trainer in a background process, its progress read from its run folder.
+"""The one fine-tuning runner of the app and the FiftyOne bridge: ``training.finetune`` in a detached process.
 
-``FineTuneJob.start`` runs ``python -m training.train --init <current weights> --train
-corrections:<export> --out <run dir>`` as a child process (its own process group, output to
-``<run dir>.log``); ``status()`` reads the tail of ``metrics.jsonl`` and of the log without blocking;
-``latest_checkpoint`` finds the weights to reload (``checkpoints/last`` names the newest).
+``FineTuneRun.start`` runs ``python -m training.finetune --train corrections:<export> --out <run dir>
+--init <weights>`` in its own session (``start_new_session=True``: it outlives the page or the
+command that started it, and a cancel reaches its whole process group). A one-line ``sh`` wrapper
+writes the exit status to ``<run dir>/exit_code`` (atomically), so a run's state is known to
+whoever looks later, from the run folder alone:
+
+- ``<run dir>/progress.json``: phase, iteration / total, seconds left, the validation curve;
+- ``<run dir>/result.json``: before / after on the held-out images, per class, the recommendation;
+- ``<run dir>/model/``: the recommended weights (what Reload / "adopt" loads);
+- ``<run dir>/train.log``: the trainer's output.
+
+``FineTuneRun.cancel`` sends SIGTERM: the trainer finishes its step, saves a checkpoint, writes
+``model/`` and ``result.json`` from the best weights so far and exits with 130.
 """
 
 from __future__ import annotations
@@ -13,24 +22,42 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["FineTuneJob", "JobStatus", "finetune_command", "latest_checkpoint", "read_metrics"]
+__all__ = ["FineTuneRun", "RunStatus", "finetune_command", "read_json", "read_metrics", "recommended_weights"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOG_NAME, EXIT_NAME = "train.log", "exit_code"
+CANCELLED = 130
 
 
-def finetune_command(init: str, export_dir: str | Path, out_dir: str | Path, *, max_iter: int = 200,
-                     batch_size: int = 2, device: str | None = None, python: str = sys.executable,
-                     extra: Sequence[str] = ()) -> list[str]:
-    """The trainer's command line for fine-tuning ``init`` on one corrections export."""
-    cmd = [python, "-m", "training.train", "--init", str(init), "--train", f"corrections:{export_dir}",
-           "--out", str(out_dir), "--max-iter", str(int(max_iter)), "--batch-size", str(int(batch_size)),
-           "--checkpoint-period", str(max(1, int(max_iter) // 4)), "--log-period", "1", "--num-workers", "0",
-           "--no-progress"]
+def finetune_command(init: str | None, train_dir: str | Path, run_dir: str | Path, *, max_minutes: float = 10.0,
+                     max_iter: int | None = None, val: str | None = None, device: str | None = None,
+                     python: str = sys.executable, extra: Sequence[str] = ()) -> list[str]:
+    """The few-shot fine-tune's command line for one corrections export."""
+    cmd = [python, "-m", "training.finetune", "--train", f"corrections:{train_dir}", "--out", str(run_dir),
+           "--init", str(init or "builtin"), "--max-minutes", f"{float(max_minutes):g}"]
+    if max_iter:
+        cmd += ["--max-iter", str(int(max_iter))]
+    if val:
+        cmd += ["--val", str(val)]
     if device:
         cmd += ["--device", str(device)]
     return cmd + list(extra)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object written atomically by the trainer, or None (absent, or not a JSON object)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def read_metrics(run_dir: str | Path, last: int = 5) -> list[dict]:
@@ -51,9 +78,12 @@ def read_metrics(run_dir: str | Path, last: int = 5) -> list[dict]:
     return out[-last:]
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest loadable checkpoint folder of a run (``checkpoints/last``, else the highest ``iter_*``)."""
-    ckpts = Path(run_dir) / "checkpoints"
+def recommended_weights(run_dir: str | Path) -> Path | None:
+    """The weights a run recommends (``model/``), else its newest checkpoint (a run that was killed)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "model" / "model.safetensors").is_file():
+        return run_dir / "model"
+    ckpts = run_dir / "checkpoints"
     pointer = ckpts / "last"
     if pointer.is_file():
         folder = ckpts / pointer.read_text().strip()
@@ -63,74 +93,170 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
 @dataclass
-class JobStatus:
-    running: bool
+class RunStatus:
+    """What a run folder says about its run."""
+
+    run_dir: Path
+    state: str  # "running", "finished", "cancelled", "failed", "stopped" (died without an exit status)
     returncode: int | None
-    metrics: list[dict]
-    log_tail: str
+    progress: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    log_tail: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def weights(self) -> Path | None:
+        return recommended_weights(self.run_dir)
 
     def summary(self) -> str:
-        """A few lines for the page: state, the last metrics, the end of the log on failure."""
-        if self.running:
-            head = "fine-tuning: running"
-        elif self.returncode == 0:
-            head = "fine-tuning: finished, press Reload to use the new weights"
+        """A few lines for the page: state, n / N and time left, the validation curve, the result."""
+        p = self.progress
+        it, total = p.get("iteration", 0), p.get("total") or "?"
+        lines = []
+        if self.state == "running":
+            phase = p.get("phase", "starting")
+            head = f"fine-tuning: {phase}, iteration {it} / {total}"
+            if p.get("eta_s") is not None and phase in ("training", "validating"):
+                head += f", about {_duration(p['eta_s'])} left"
+            lines.append(head + f" ({_duration(p.get('elapsed_s'))} so far)")
+        elif self.state == "finished":
+            lines.append(f"fine-tuning: finished after {it} iterations in {_duration(p.get('elapsed_s'))}")
+        elif self.state == "cancelled":
+            lines.append(f"fine-tuning: cancelled at iteration {it}; the best weights so far are kept")
+        elif self.state == "failed":
+            lines.append(f"fine-tuning: failed (exit {self.returncode})")
         else:
-            head = f"fine-tuning: failed (exit {self.returncode})"
-        lines = [head]
-        for m in self.metrics:
-            keys = [k for k in ("loss", "loss_ce", "loss_mask", "loss_dice", "lr") if k in m]
-            lines.append(f"iter {m.get('iter', '?')}: " + ", ".join(f"{k} {m[k]:.4g}" for k in keys))
-        if self.returncode not in (None, 0) and self.log_tail:
+            lines.append("fine-tuning: stopped without finishing (killed?)")
+        curve = p.get("val") or []
+        if curve:
+            key = "PQ" if "PQ" in curve[0] else next((k for k in ("AP", "mIoU") if k in curve[0]), None)
+            if key:
+                points = ", ".join(f"{c['iter']}: {c[key]:.1f}" for c in curve[-8:] if c.get(key) is not None)
+                lines.append(f"held-out {key} by iteration: {points}")
+        if self.result:
+            lines.append(result_text(self.result))
+        if self.state in ("failed", "stopped") and self.log_tail:
             lines.append(self.log_tail)
         return "\n".join(lines)
 
 
-class FineTuneJob:
-    """One trainer process and its run folder."""
+def result_text(result: dict[str, Any]) -> str:
+    """Before / after on the held-out images, and what the run recommends, in words."""
+    before, after = result.get("before") or {}, result.get("after") or {}
+    if not before:
+        return "no held-out images (too few corrections): the gain was not measured"
+    parts = []
+    for key in ("PQ", "PQ_th", "PQ_st", "mIoU", "AP"):
+        if before.get(key) is not None and after.get(key) is not None:
+            parts.append(f"{key} {before[key]:.1f} -> {after[key]:.1f}")
+    where = result.get("validation") or "held-out images"
+    text = f"on {where} ({len(result.get('held_out') or []) or 'all'} images): " + ", ".join(parts)
+    if result.get("improved"):
+        text += f"\nrecommended: adopt (best at iteration {result.get('best_iteration')})"
+    else:
+        text += "\n⚠️ no improvement on held-out images: keep the current model"
+    return text
 
-    def __init__(self, process: subprocess.Popen, run_dir: Path, log_path: Path, command: list[str]) -> None:
-        self.process = process
-        self.run_dir = run_dir
-        self.log_path = log_path
-        self.command = command
+
+class FineTuneRun:
+    """One detached trainer process and its run folder (rebuilt from ``run_dir`` and ``pid`` alone)."""
+
+    def __init__(self, run_dir: str | Path, pid: int, command: list[str] | None = None,
+                 process: subprocess.Popen | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.pid = int(pid)
+        self.command = list(command or [])
+        self._process = process
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / LOG_NAME
 
     @classmethod
     def start(cls, command: list[str], run_dir: str | Path, cwd: str | Path | None = None,
-              env: dict[str, str] | None = None) -> FineTuneJob:
+              env: dict[str, str] | None = None) -> FineTuneRun:
+        """Start ``command`` detached; its output goes to ``run_dir/train.log``, its status to ``exit_code``."""
         run_dir = Path(run_dir)
         if run_dir.exists() and any(run_dir.iterdir()):
-            raise ValueError(f"{run_dir} already exists: choose another export name or delete that run")
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        log_path = run_dir.parent / f"{run_dir.name}.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
-        return cls(process, run_dir, log_path, command)
+            raise ValueError(f"{run_dir} already exists: choose another name or delete that run")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        exit_file = run_dir / EXIT_NAME
+        # the shell ignores SIGTERM / SIGINT so that it survives a cancel and records the trainer's exit status
+        # (the trainer installs its own handlers)
+        wrapper = ["/bin/sh", "-c", 'trap "" TERM INT; "$@"; code=$?; echo $code > "$0.tmp" && mv "$0.tmp" "$0"; '
+                   'exit $code',
+                   str(exit_file), *command]
+        env = dict(os.environ if env is None else env)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+        with open(run_dir / LOG_NAME, "ab") as log:
+            proc = subprocess.Popen(wrapper, cwd=cwd or REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it ends while we are alive
+        return cls(run_dir, proc.pid, command, proc)
+
+    def alive(self) -> bool:
+        """Whether the process runs (a zombie, ended but not yet reaped, does not count)."""
+        if self._process is not None:
+            return self._process.poll() is None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        try:
+            return Path(f"/proc/{self.pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return True
 
     @property
     def running(self) -> bool:
-        return self.process.poll() is None
+        return self.status().running
 
-    def status(self, metrics: int = 5) -> JobStatus:
-        code = self.process.poll()
+    def returncode(self) -> int | None:
+        exit_file = self.run_dir / EXIT_NAME
+        try:
+            return int(exit_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def status(self) -> RunStatus:
+        code = self.returncode()
+        if code is None:
+            state = "running" if self.alive() else "stopped"
+            if state == "stopped":  # the wrapper may have just written it
+                code = self.returncode()
+                state = "stopped" if code is None else state
+        if code is not None:
+            state = "finished" if code == 0 else "cancelled" if code == CANCELLED else "failed"
         tail = ""
         if self.log_path.is_file():
             text = self.log_path.read_bytes()[-4000:].decode("utf-8", "replace").strip().splitlines()
             tail = "\n".join(text[-6:])
-        return JobStatus(code is None, code, read_metrics(self.run_dir, metrics), tail)
+        return RunStatus(self.run_dir, state, code, read_json(self.run_dir / "progress.json") or {},
+                         read_json(self.run_dir / "result.json"), tail)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the trainer (SIGTERM to its process group, SIGKILL after ``timeout``)."""
-        if self.process.poll() is not None:
+    def cancel(self, timeout: float = 60.0) -> None:
+        """Ask the trainer to stop (SIGTERM: it saves and writes its outputs), SIGKILL after ``timeout``."""
+        if not self.alive():
             return
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.killpg(self.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive():
+            time.sleep(0.2)
+        if self.alive():
+            os.killpg(self.pid, signal.SIGKILL)

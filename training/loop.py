@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,8 @@ class Trainer:
 
     def __init__(self, model_cfg: Mask2FormerConfig, train_cfg: TrainConfig, train_set, run_dir: Path,
                  device: str = "cpu", dist_info: DistInfo | None = None, val_set=None,
-                 init_model: Mask2Former | None = None, progress: bool = True):
+                 init_model: Mask2Former | None = None, progress: bool = True,
+                 regularizer: Callable[[nn.Module], torch.Tensor] | None = None):
         from m2f_core.criterion import build_criterion
 
         self.model_cfg, self.cfg = model_cfg, train_cfg
@@ -163,6 +164,8 @@ class Trainer:
                                         self.dist.world_size, self.dist.rank, train_cfg.grad_accum)
         self.start_iter = 0
         self.best: dict[str, Any] = {}
+        # an extra loss term on the weights (e.g. the few-shot fine-tune's pull towards its start)
+        self.regularizer = regularizer
 
     # ------------------------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -181,7 +184,8 @@ class Trainer:
         dtype = torch.float16 if self.cfg.amp == "fp16" else torch.bfloat16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def _loader(self) -> DataLoader:
+    def loader(self) -> DataLoader:
+        """The micro-batches from ``start_iter`` to ``max_iter``, in the run's deterministic order."""
         from m2f_core.data.train_dataset import collate
 
         sampler = _StepSampler(self.batches, self.start_iter, self.cfg.max_iter)
@@ -212,13 +216,16 @@ class Trainer:
                     outputs = self.ddp_model(images)
                 losses = self.criterion(outputs, targets)
                 total = self.criterion.weighted_total(losses)
+                if self.regularizer is not None:
+                    losses["loss_reg"] = self.regularizer(self.model)
+                    total = total + losses["loss_reg"]
                 total = total / len(micro_batches)
                 if self.scaler is not None:
                     self.scaler.scale(total).backward()
                 else:
                     total.backward()
             logs["loss"] = logs.get("loss", 0.0) + float(total.detach())
-            for name in ("loss_ce", "loss_mask", "loss_dice"):
+            for name in ("loss_ce", "loss_mask", "loss_dice", "loss_reg"):
                 if name in losses:
                     logs[name] = logs.get(name, 0.0) + float(losses[name].detach()) / len(micro_batches)
         if self.scaler is not None:
@@ -250,7 +257,7 @@ class Trainer:
         it = self.start_iter
         last_logs: dict[str, float] = {}
         try:
-            loader_iter = iter(self._loader())
+            loader_iter = iter(self.loader())
             t_data = time.perf_counter()
             while it < self.cfg.max_iter:
                 micro = [next(loader_iter) for _ in range(self.cfg.grad_accum)]

@@ -45,7 +45,7 @@ from .specs import FORMATS, open_dataset, parse_dataset_spec
 
 __all__ = [
     # records and the reader base class (defined here)
-    "IGNORE_LABEL", "GTSegment", "InstanceAnnotation", "Sample", "SegmentationDataset",
+    "IGNORE_LABEL", "GTSegment", "InstanceAnnotation", "Sample", "SegmentationDataset", "Subset",
     "instances_to_semantic", "panoptic_to_instances", "panoptic_to_semantic",
     # re-exported from categories, fileio, atomic and specs
     "categories_from_config", "normalize_categories", "resolve_categories", "shipped_categories",
@@ -258,3 +258,22 @@ class SegmentationDataset(Sequence):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {len(self)} items, {len(self.categories)} categories)"
+
+
+class Subset(SegmentationDataset):
+    """Some items of a dataset, in the order given, with the dataset's categories (a held-out split)."""
+
+    def __init__(self, dataset: SegmentationDataset, indices: Sequence[int], name: str | None = None) -> None:
+        super().__init__(dataset.categories, name or f"{dataset.name}[{len(indices)}]")
+        n = len(dataset)
+        bad = [i for i in indices if not 0 <= int(i) < n]
+        if bad:
+            raise IndexError(f"{dataset.name}: indices {bad[:5]} out of range for {n} items")
+        self.dataset = dataset
+        self.indices = [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _load(self, index: int) -> Sample:
+        return self.dataset[self.indices[index]]

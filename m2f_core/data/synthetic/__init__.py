@@ -51,10 +51,12 @@ from .constants import (
     THING_NAMES,
 )
 from .dataset import generate_dataset, scene_rng, synthetic_dataset
+from .domain import DOMAINS, Domain, get_domain
 from .scene import generate_scene
 
 __all__ = [
-    "CATEGORIES", "DEFAULT_SIZE", "JPEG_QUALITY", "MIN_AREA", "MIN_VISIBLE_FRACTION", "PROG", "SMALL_FRACTION",
+    "CATEGORIES", "DEFAULT_SIZE", "DOMAINS", "Domain", "JPEG_QUALITY", "MIN_AREA", "MIN_VISIBLE_FRACTION", "PROG",
+    "SMALL_FRACTION",
     "STUFF_MIN_AREA", "STUFF_NAMES", "THING_HUE_BAND", "THING_HUES", "THING_NAMES", "build_parser",
-    "generate_dataset", "generate_scene", "main", "scene_rng", "synthetic_dataset",
+    "generate_dataset", "generate_scene", "get_domain", "main", "scene_rng", "synthetic_dataset",
 ]

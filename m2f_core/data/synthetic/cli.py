@@ -17,6 +17,7 @@ from ...cli import Parser, parse_size
 from ..errors import DatasetError
 from .constants import _MAX_SIDE, _MIN_SIDE, DEFAULT_SIZE, JPEG_QUALITY
 from .dataset import generate_dataset
+from .domain import DOMAINS
 
 __all__ = ["PROG", "build_parser", "main"]
 
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"image size, e.g. 256x256 or 256 (default {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]})")
     p.add_argument("--image-format", choices=("jpg", "png"), default="jpg",
                    help=f"photo format (default jpg, quality {JPEG_QUALITY})")
+    p.add_argument("--domain", choices=tuple(DOMAINS), default="original",
+                   help="how scenes are painted: original (the built-in model's training data) or shifted "
+                        "(other stuff colours, smaller darker things, dusk light; for domain-shift tests)")
     p.add_argument("--workers", type=_positive, default=1, metavar="K",
                    help="processes (default 1; the output does not depend on it)")
     return p
@@ -75,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for split, n in (("train", args.train), ("val", args.val)):
             if n:
                 path = generate_dataset(args.out, n, args.seed, split, args.size, args.image_format, args.workers,
-                                        progress=True)
+                                        progress=True, domain=args.domain)
                 print(f"{split}: {n} images -> {path}")
     except (DatasetError, OSError, ValueError) as e:
         message = " ".join(str(e).split())

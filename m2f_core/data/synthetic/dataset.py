@@ -24,6 +24,7 @@ from ..atomic import atomic_write_bytes
 from ..coco_panoptic import CocoPanoptic, write_coco_panoptic
 from ..records import GTSegment, Sample
 from .constants import _MAX_SIDE, _MIN_SIDE, CATEGORIES, DEFAULT_SIZE, JPEG_QUALITY
+from .domain import get_domain
 from .scene import generate_scene
 
 __all__ = ["generate_dataset", "scene_rng", "synthetic_dataset"]
@@ -50,10 +51,10 @@ def _encode_image(image: np.ndarray, image_format: str) -> bytes:
     return buf.getvalue()
 
 
-def _make_image(job: tuple[int, int, str, int, int, str, str]) -> tuple[int, np.ndarray, list[GTSegment]]:
+def _make_image(job: tuple[int, int, str, int, int, str, str, str]) -> tuple[int, np.ndarray, list[GTSegment]]:
     """Generate image ``index`` and write its photo; returns (index, segment map, segments)."""
-    index, seed, split, h, w, image_format, image_dir = job
-    image, seg, segments = generate_scene(scene_rng(seed, split, index), h, w)
+    index, seed, split, h, w, image_format, image_dir, domain = job
+    image, seg, segments = generate_scene(scene_rng(seed, split, index), h, w, domain)
     atomic_write_bytes(Path(image_dir) / f"{index:06d}.{image_format}", _encode_image(image, image_format))
     return index, seg, segments
 
@@ -64,12 +65,14 @@ def _worker_init() -> None:
 
 def generate_dataset(out_dir: str | Path, num_images: int, seed: int = 0, split: str = "train",
                      size: tuple[int, int] = DEFAULT_SIZE, image_format: str = "jpg", workers: int = 1,
-                     progress: bool = False) -> Path:
+                     progress: bool = False, domain: str = "original") -> Path:
     """Write ``num_images`` scenes as ``out_dir/<split>/{images/, panoptic/, panoptic.json}``; returns the JSON.
 
     Every file is written atomically (the JSON last). ``workers`` > 1 generates in that many processes;
-    the files are the same whatever ``workers`` is.
+    the files are the same whatever ``workers`` is. ``domain`` ("original" or "shifted") is how the
+    scenes are painted (``domain.py``); the classes and ground-truth rules are the same.
     """
+    domain = get_domain(domain).name
     h, w = (int(v) for v in size)
     if h < _MIN_SIDE or w < _MIN_SIDE or h > _MAX_SIDE or w > _MAX_SIDE:
         raise ValueError(f"image size {h}x{w} outside {_MIN_SIDE}..{_MAX_SIDE} per side")
@@ -84,7 +87,7 @@ def generate_dataset(out_dir: str | Path, num_images: int, seed: int = 0, split:
     root = Path(out_dir) / split
     image_dir = root / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(i, int(seed), split, h, w, image_format, str(image_dir)) for i in range(int(num_images))]
+    jobs = [(i, int(seed), split, h, w, image_format, str(image_dir), domain) for i in range(int(num_images))]
 
     def samples(results: Iterator[tuple[int, np.ndarray, list[GTSegment]]]) -> Iterator[Sample]:
         from tqdm import tqdm

@@ -14,6 +14,7 @@ from scipy import ndimage
 from ...structures import PanopticResult
 from ..records import GTSegment
 from .constants import _CLASS, _MIN_SIDE, DEFAULT_SIZE, MIN_AREA, MIN_VISIBLE_FRACTION, STUFF_MIN_AREA, STUFF_NAMES
+from .domain import Domain, get_domain
 from .pixels import _paste, _white
 from .stuff import _STUFF_TEXTURES, _stuff_layout
 from .things import _place_things, _shape_mask, _Thing, _thing_texture
@@ -50,8 +51,10 @@ def _give_to_neighbours(layout: np.ndarray, label: int) -> None:
     layout[region] = layout[idx[0][region], idx[1][region]]
 
 
-def _photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+def _photometric(rng: np.random.Generator, img: np.ndarray, domain: Domain) -> np.ndarray:
     """Contrast, brightness and colour cast, sometimes a slight blur and pixel noise; to uint8."""
+    if not domain.is_original:  # the domain's light, before the per-image jitter
+        img = cv2.merge([c * np.float32(f) for c, f in zip(cv2.split(img), domain.light)])
     contrast = rng.uniform(0.8, 1.2)
     brightness = rng.uniform(-0.1, 0.1)
     cast = rng.uniform(0.94, 1.06, 3)
@@ -62,22 +65,24 @@ def _photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     if rng.random() < 0.4:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.0))
     if rng.random() < 0.6:
-        img += cv2.cvtColor(np.float32(255 * rng.uniform(0.005, 0.03)) * _white(rng, *img.shape[:2]),
+        img += cv2.cvtColor(np.float32(255 * rng.uniform(*domain.noise)) * _white(rng, *img.shape[:2]),
                             cv2.COLOR_GRAY2RGB)
     np.clip(img, 0, 255, out=img)
     img += 0.5
     return img.astype(np.uint8)
 
 
-def generate_scene(rng: np.random.Generator, height: int = DEFAULT_SIZE[0],
-                   width: int = DEFAULT_SIZE[1]) -> tuple[np.ndarray, np.ndarray, list[GTSegment]]:
+def generate_scene(rng: np.random.Generator, height: int = DEFAULT_SIZE[0], width: int = DEFAULT_SIZE[1],
+                   domain: str | Domain = "original") -> tuple[np.ndarray, np.ndarray, list[GTSegment]]:
     """One random scene: ``(image (H, W, 3) uint8 RGB, segment_map (H, W) int32, segments)``.
 
     ``segments`` are ``GTSegment`` with CONTIGUOUS ``category_id`` (index into ``CATEGORIES``; the
     dataset id is ``CATEGORIES[category_id]["id"]``), ``area`` and ``bbox`` set; stuff first, then
     things back to front. Ids are 1..N, every pixel has one (no void) and every segment has at least
-    ``MIN_AREA`` pixels. The result depends only on the state of ``rng``.
+    ``MIN_AREA`` pixels. The result depends only on the state of ``rng`` and on ``domain`` (how the
+    scene is painted: "original" or "shifted", see ``domain.py``).
     """
+    domain = get_domain(domain)
     h, w = int(height), int(width)
     if h < _MIN_SIDE or w < _MIN_SIDE:
         raise ValueError(f"scene size {h}x{w} is below the minimum {_MIN_SIDE}x{_MIN_SIDE}")
@@ -88,7 +93,7 @@ def generate_scene(rng: np.random.Generator, height: int = DEFAULT_SIZE[0],
         stuff.insert(0, "sky")
     layout = _stuff_layout(rng, h, w, stuff)
     things = []
-    for t in _place_things(rng, h, w):
+    for t in _place_things(rng, h, w, domain):
         full = _shape_mask(t, h, w)
         box = _crop_box(full)
         if box is None:
@@ -123,14 +128,15 @@ def generate_scene(rng: np.random.Generator, height: int = DEFAULT_SIZE[0],
         if not area[k + 1]:
             continue
         region = seg == k + 1
-        _paste(img, _STUFF_TEXTURES[name](rng, h, w, region), region)
+        _paste(img, domain.recolor_stuff(_STUFF_TEXTURES[name](rng, h, w, region)), region)
         segments.append(GTSegment(id=len(segments) + 1, category_id=_CLASS[name], isthing=False))
         lut[k + 1] = len(segments)
     for i, t in enumerate(things):
         y0, y1, x0, x1 = t.box
         visible = seg[y0:y1, x0:x1] == n_stuff + 1 + i
-        tex = _thing_texture(rng, t.mask.shape, y0, x0, t)
-        if rng.random() < 0.35:  # outline along the shape's own border (not along the image border)
+        tex = _thing_texture(rng, t.mask.shape, y0, x0, t, domain)
+        # an outline along the shape's own border (not along the image border)
+        if rng.random() < domain.outline_probability:
             width_px = 1 + int(rng.random() < 0.4 and t.size > 24)
             inner = cv2.erode(t.mask.view(np.uint8), np.ones((3, 3), np.uint8), iterations=width_px)
             edge = t.mask & ~inner.view(bool)
@@ -138,6 +144,6 @@ def generate_scene(rng: np.random.Generator, height: int = DEFAULT_SIZE[0],
         _paste(img[y0:y1, x0:x1], tex, visible)
         segments.append(GTSegment(id=len(segments) + 1, category_id=_CLASS[t.kind], isthing=True))
         lut[n_stuff + 1 + i] = len(segments)
-    image = _photometric(rng, img)
+    image = _photometric(rng, img, domain)
     result = PanopticResult(lut[seg], segments).update_stats()
     return image, result.segment_map, result.segments

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from .constants import _SHAPE_MIN_SIZE, _SUB, SMALL_FRACTION, THING_HUE_BAND, THING_HUES, THING_NAMES
+from .domain import Domain
 from .pixels import _hsv, _mix, _tint
 
 # --------------------------------------------------------------------------------------------
@@ -66,7 +67,7 @@ def _shape_mask(t: _Thing, h: int, w: int) -> np.ndarray:
     return m.view(bool)
 
 
-def _random_size(rng: np.random.Generator, kind: str, s: int) -> float:
+def _random_size(rng: np.random.Generator, kind: str, s: int, domain: Domain) -> float:
     scale = max(1.0, s / 256)
     lo = _SHAPE_MIN_SIZE[kind]
     if kind == "bar":
@@ -75,7 +76,8 @@ def _random_size(rng: np.random.Generator, kind: str, s: int) -> float:
         return max(lo, rng.uniform(10.0, 20.0) * scale)
     # large enough to tell the shapes apart after training-time downscaling (v2 trained on a median
     # visible area of 409 px and never learnt to classify a thing)
-    return math.exp(rng.uniform(math.log(max(lo, 36.0 * scale)), math.log(0.5 * s)))
+    size = math.exp(rng.uniform(math.log(max(lo, 36.0 * scale)), math.log(0.5 * s)))
+    return size if domain.thing_size_scale == 1.0 else max(lo, size * domain.thing_size_scale)
 
 
 def _new_thing(rng: np.random.Generator, kind: str, cy: float, cx: float, size: float) -> _Thing:
@@ -96,14 +98,14 @@ def _new_thing(rng: np.random.Generator, kind: str, cy: float, cx: float, size: 
     return _Thing(kind, cy, cx, size, angle, aspect, jitter)
 
 
-def _place_things(rng: np.random.Generator, h: int, w: int) -> list[_Thing]:
+def _place_things(rng: np.random.Generator, h: int, w: int, domain: Domain) -> list[_Thing]:
     """2-8 instances, back to front; often a group of one class touching or overlapping."""
     s = min(h, w)
     count = int(rng.integers(2, 9))
     things: list[_Thing] = []
     while len(things) < count:
         kind = THING_NAMES[int(rng.integers(len(THING_NAMES)))]
-        size = _random_size(rng, kind, s)
+        size = _random_size(rng, kind, s, domain)
         cy = rng.uniform(0.0, 1.0) * h
         cx = rng.uniform(0.0, 1.0) * w
         group = [_new_thing(rng, kind, cy, cx, size)]
@@ -122,11 +124,11 @@ def _place_things(rng: np.random.Generator, h: int, w: int) -> list[_Thing]:
     return [things[i] for i in rng.permutation(len(things))]  # random depth order
 
 
-def _thing_colors(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def _thing_colors(rng: np.random.Generator, kind: str, domain: Domain) -> tuple[np.ndarray, np.ndarray]:
     """A main colour in the class's hue band (``THING_HUE_BAND`` around ``THING_HUES[kind]``) and a
     second colour, a darker or lighter shade of the same hue, for the two-colour textures."""
     hue = (THING_HUES[kind] + rng.uniform(-THING_HUE_BAND, THING_HUE_BAND)) % 1.0
-    sat, val = rng.uniform(0.5, 1.0), rng.uniform(0.6, 1.0)
+    sat, val = rng.uniform(0.5, 1.0), rng.uniform(*domain.thing_value)
     c1 = _hsv(hue, sat, val)
     if rng.random() < 0.5:
         c2 = _hsv(hue, rng.uniform(0.3, 1.0) * sat, val * rng.uniform(0.35, 0.6))
@@ -135,10 +137,11 @@ def _thing_colors(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.n
     return c1, c2
 
 
-def _thing_texture(rng: np.random.Generator, shape: tuple[int, int], y0: int, x0: int, t: _Thing) -> np.ndarray:
+def _thing_texture(rng: np.random.Generator, shape: tuple[int, int], y0: int, x0: int, t: _Thing,
+                   domain: Domain) -> np.ndarray:
     """(h, w, 3) texture of an instance over its crop (image coordinates offset by y0, x0)."""
     h, w = shape
-    c1, c2 = _thing_colors(rng, t.kind)
+    c1, c2 = _thing_colors(rng, t.kind, domain)
     style = ("flat", "stripes", "dots", "gradient")[int(rng.integers(4))]
     ys = np.arange(h, dtype=np.float32)[:, None] + (y0 - t.cy)
     xs = np.arange(w, dtype=np.float32)[None, :] + (x0 - t.cx)

@@ -1,0 +1,169 @@
+"""Domain-shift benchmark of the correction loop: does few-shot fine-tuning help where the model is weak,
+without hurting where it was good? Numbers go to docs/finetuning.md.
+
+    PYTHONPATH=. .venv/bin/python tools/finetune_benchmark.py --work /tmp/ftbench --out docs/finetuning_results.json
+
+Scenario (the built-in model, trained on the synthetic generator's original domain):
+1. 24 scenes of the *shifted* domain (``--domain shifted``: other stuff colours, smaller and darker things,
+   dusk light) with their ground truth as the corrections, exported as a corrections folder whose
+   manifest marks them edited;
+2. ``python -m training.finetune --train corrections:EXPORT --out RUN`` (the defaults, or each recipe
+   compared), timed as a user would see it;
+3. ``RUN/model`` and the starting model evaluated on 100 fresh shifted and 100 fresh original scenes
+   (seeds the run never saw).
+The imperfect-corrections variants correct only half of the 24 images; the other half keep the model's
+own prediction, once marked "untouched" in the manifest (as the app exports them) and once with no
+manifest (a folder made elsewhere, where nothing tells them apart).
+
+Run it on an otherwise idle machine: its timings are part of the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+TRAIN_SEED, SHIFTED_TEST_SEED, ORIGINAL_TEST_SEED = 101, 202, 303
+
+# Recipes compared (keys of training.finetune.FinetuneRecipe); "default" is whatever the code ships.
+RECIPES: dict[str, dict] = {
+    "default": {},
+    "naive": {"replay": "none", "backbone_multiplier": 0.1, "schedule": "step", "patience": 1000},
+    "no_replay": {"replay": "none"},
+    "frozen_backbone": {"backbone_multiplier": 0.0},
+    "anchor": {"replay": "none", "anchor_weight": 0.05},
+    "replay_anchor": {"anchor_weight": 0.05},
+    "lr3e-4": {"lr": 3e-4},
+}
+
+
+def make_sets(work: Path, n_train: int, n_test: int) -> dict[str, Path]:
+    from m2f_core.data.synthetic import generate_dataset
+
+    out = {}
+    for name, domain, seed, n, split in (("train", "shifted", TRAIN_SEED, n_train, "train"),
+                                         ("shifted", "shifted", SHIFTED_TEST_SEED, n_test, "test"),
+                                         ("original", "original", ORIGINAL_TEST_SEED, n_test, "test")):
+        root = work / f"{name}_{domain}"
+        if not (root / split / "panoptic.json").is_file():
+            generate_dataset(root, n, seed=seed, split=split, domain=domain, workers=2)
+        out[name] = root / split
+    return out
+
+
+def write_manifest(folder: Path, statuses: dict[str, str]) -> None:
+    images = [{"file_name": name, "status": status} for name, status in sorted(statuses.items())]
+    (folder / "manifest.json").write_text(json.dumps({"source": "tools/finetune_benchmark.py", "images": images}))
+
+
+def imperfect_export(train: Path, out: Path, manifest: bool) -> Path:
+    """Half the images with their ground truth, the other half with the built-in model's prediction."""
+    from m2f_core import Predictor
+    from m2f_core.data import open_dataset
+    from m2f_core.data.corrections import write_corrections
+    from m2f_core.data.records import Sample
+    from m2f_core.data.synthetic import CATEGORIES
+
+    if (out / "panoptic.json").is_file():
+        return out
+    data = open_dataset(f"corrections:{train}")
+    predictor = Predictor(device="cpu")
+    samples, statuses = [], {}
+    for i in range(len(data)):
+        s = data[i]
+        name = Path(s.file_name).name
+        if i % 2 == 1:
+            pan = predictor.predict(s.file_name).panoptic()
+            s = Sample(image_id=s.image_id, file_name=s.file_name, height=s.height, width=s.width, panoptic=pan)
+            statuses[name] = "untouched"
+        else:
+            statuses[name] = "edited"
+        samples.append(s)
+    write_corrections(out, samples, CATEGORIES)
+    if manifest:
+        write_manifest(out, statuses)
+    return out
+
+
+def evaluate(weights: str | None, data: Path) -> dict:
+    from m2f_core import Predictor
+    from m2f_core.data import open_dataset
+    from m2f_core.metrics.model_eval import evaluate_model
+    from training.finetune import headline
+
+    return headline(evaluate_model(Predictor(weights, device="cpu"), open_dataset(f"corrections:{data}"),
+                                   progress=False))
+
+
+def finetune(train: Path, run: Path, recipe: dict, max_minutes: float) -> dict:
+    run.parent.mkdir(parents=True, exist_ok=True)
+    recipe_file = run.parent / f"{run.name}.recipe.json"
+    recipe_file.write_text(json.dumps(recipe))
+    cmd = [sys.executable, "-m", "training.finetune", "--train", f"corrections:{train}", "--out", str(run),
+           "--max-minutes", str(max_minutes), "--recipe", str(recipe_file)]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    wall = time.monotonic() - t0
+    (run.parent / f"{run.name}.log").write_text(proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"wall_s": round(wall, 1), **line}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, required=True, help="scratch folder (data and runs; reused when rerun)")
+    p.add_argument("--out", type=Path, required=True, help="JSON file for the results (rewritten after each run)")
+    p.add_argument("--recipes", default="default", help=f"comma-separated, of: {', '.join(RECIPES)}")
+    p.add_argument("--imperfect", action="store_true", help="also the two imperfect-corrections variants")
+    p.add_argument("--train-images", type=int, default=24)
+    p.add_argument("--test-images", type=int, default=100)
+    p.add_argument("--max-minutes", type=float, default=10.0)
+    args = p.parse_args()
+
+    sets = make_sets(args.work, args.train_images, args.test_images)
+    write_manifest(sets["train"], {p.name: "edited" for p in (sets["train"] / "images").iterdir()})
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results.setdefault("setup", {"train": f"{args.train_images} shifted scenes (seed {TRAIN_SEED}), ground truth",
+                                 "test": f"{args.test_images} shifted (seed {SHIFTED_TEST_SEED}) and "
+                                         f"{args.test_images} original (seed {ORIGINAL_TEST_SEED}) scenes",
+                                 "cpu_count": os.cpu_count()})
+    if "baseline" not in results:
+        results["baseline"] = {"shifted": evaluate(None, sets["shifted"]), "original": evaluate(None, sets["original"])}
+    print("baseline", json.dumps(results["baseline"]), flush=True)
+    runs = [(name, sets["train"], RECIPES[name]) for name in args.recipes.split(",") if name]
+    if args.imperfect:
+        runs.append(("imperfect_manifest", imperfect_export(sets["train"], args.work / "imperfect_manifest", True), {}))
+        runs.append(("imperfect_no_manifest", imperfect_export(sets["train"], args.work / "imperfect_plain", False),
+                     {}))
+    for name, train, recipe in runs:
+        run = args.work / "runs" / name
+        if run.exists():
+            import shutil
+
+            shutil.rmtree(run)
+        line = finetune(train, run, recipe, args.max_minutes)
+        entry = {"recipe": recipe, "run": line,
+                 "shifted": evaluate(str(run / "model"), sets["shifted"]),
+                 "original": evaluate(str(run / "model"), sets["original"])}
+        results.setdefault("runs", {})[name] = entry
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        base = results["baseline"]
+        print(f"{name}: shifted PQ {base['shifted']['PQ']:.1f} -> {entry['shifted']['PQ']:.1f}, original PQ "
+              f"{base['original']['PQ']:.1f} -> {entry['original']['PQ']:.1f}, {line['iterations']} it, "
+              f"{line['wall_s']:.0f} s ({line['stopped']})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

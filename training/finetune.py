@@ -1,0 +1,558 @@
+"""Few-shot fine-tuning: a few tens of corrected images in, a model that is better on new images out.
+
+    python -m training.finetune --train FORMAT:PATH --out RUN [--init WEIGHTS] [--val FORMAT:PATH]
+        [--max-minutes M] [--max-iter N] [--recipe FILE] [--device D]
+
+Made for what the app and the FiftyOne bridge export (a ``corrections`` folder), and for any other
+dataset spec. What it does, and why:
+
+- **Validation on images it never trains on.** Without ``--val``, a fifth of the corrected images
+  (at least one; only images a person edited or reviewed, never the model's own untouched output,
+  which would measure nothing) are held out. The held-out images are listed in ``RUN/result.json``.
+- **Before and after on the same images.** The starting weights are evaluated first; the run keeps
+  the weights with the best validation score, the starting weights included, and stops early when
+  the score has not improved for ``patience`` evaluations, at ``--max-iter`` or at ``--max-minutes``.
+- **Replay, so that what the model knew is not forgotten.** Each batch mixes the corrections with
+  data the starting model already handles: the synthetic generator's scenes for the built-in model
+  (its training data), else the untouched images of the export (the model's own predictions), else
+  ``--replay FORMAT:PATH``. See ``docs/finetuning.md`` for the recipes compared and their numbers.
+- **A run you can follow and stop.** ``RUN/progress.json`` (rewritten atomically after every step:
+  phase, iteration / total, seconds left, the validation curve) and ``RUN/metrics.jsonl``; SIGTERM or
+  Ctrl-C stops after the current step, saves a checkpoint and still writes the recommended weights.
+
+Outputs: ``RUN/model/`` (our format: the recommended weights), ``RUN/result.json`` and, as the last
+line on stdout, one JSON object ``{"before": {...}, "after": {...}, "iterations", "seconds", ...}``.
+Exit status: 0 when finished, 130 when cancelled (the outputs are written either way), 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Cancel", "FinetuneRecipe", "build_parser", "holdout_split", "main", "run_finetune"]
+
+HEADLINE = ("PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU", "AP")
+PROGRESS_NAME, RESULT_NAME, MODEL_NAME, MANIFEST_NAME = "progress.json", "result.json", "model", "manifest.json"
+
+
+@dataclass
+class FinetuneRecipe:
+    """Hyper-parameters of the few-shot mode; the defaults are the recipe chosen by measurement
+    (``docs/finetuning.md``: compared on held-out shifted and original scenes)."""
+
+    lr: float = 1e-4
+    backbone_multiplier: float = 1.0  # 0 freezes the backbone
+    batch_size: int = 4
+    schedule: str = "poly"
+    warmup_iters: int = 10
+    iterations_per_image: int = 20  # max_iter = clamp(n_train * this, min_iterations, max_iterations)
+    min_iterations: int = 100
+    max_iterations: int = 1000
+    replay: str = "auto"  # "auto", "none", "synthetic", "untouched" or FORMAT:PATH
+    replay_fraction: float = 0.5  # share of each batch drawn from the replay data
+    replay_images: int = 200  # synthetic scenes generated for replay
+    anchor_weight: float = 0.0  # L2-SP: weight of sum((w - w_start)^2) added to the loss
+    holdout_fraction: float = 0.2
+    min_images_for_holdout: int = 4  # fewer corrected images: no hold-out (and no validation)
+    eval_period: int = 0  # iterations between validations (0: about ten over the run)
+    patience: int = 4  # validations without improvement before stopping
+    min_delta: float = 0.1  # improvement (metric points) that counts
+    augmentation: str = "lsj"
+    clip_norm: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.replay_fraction < 1.0:
+            raise ValueError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if self.lr <= 0 or self.batch_size < 1 or self.min_iterations < 1 or self.max_iterations < self.min_iterations:
+            raise ValueError("lr > 0, batch_size >= 1 and 1 <= min_iterations <= max_iterations are required")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> FinetuneRecipe:
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown recipe keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def iterations(self, n_train: int) -> int:
+        return int(min(self.max_iterations, max(self.min_iterations, n_train * self.iterations_per_image)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Which images train, which validate, which replay
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    """The export manifest of a corrections folder (``manifest.json``), or None."""
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def image_status(dataset, manifest: dict[str, Any] | None) -> list[str]:
+    """Per item: "edited", "reviewed" or "untouched" (the manifest's word; "edited" without a manifest)."""
+    if not manifest:
+        return ["edited"] * len(dataset)
+    by_name = {Path(str(im.get("file_name", ""))).name: str(im.get("status", "edited"))
+               for im in manifest.get("images", []) if isinstance(im, dict)}
+    out = []
+    for i in range(len(dataset)):
+        out.append(by_name.get(Path(str(dataset[i].file_name)).name, "edited"))
+    return out
+
+
+def holdout_split(status: list[str], fraction: float, min_images: int, seed: int) -> tuple[list[int], list[int],
+                                                                                              list[int]]:
+    """(train, held-out, untouched) indices. Held-out images come from the corrected ones only
+    (edited or reviewed), a ``fraction`` of them (at least one) when there are ``min_images`` or more."""
+    corrected = [i for i, s in enumerate(status) if s != "untouched"]
+    untouched = [i for i, s in enumerate(status) if s == "untouched"]
+    if len(corrected) < max(2, min_images):
+        return corrected, [], untouched
+    n_val = max(1, int(round(fraction * len(corrected))))
+    order = np.random.default_rng([seed, 7919]).permutation(len(corrected))
+    held = sorted(corrected[k] for k in order[:n_val])
+    train = [i for i in corrected if i not in set(held)]
+    return train, held, untouched
+
+
+class MixedTrainingSet:
+    """Training examples of the corrections, with replay examples mixed in at a fixed share.
+
+    Index space of one epoch: the corrections repeated ``repeats`` times, then the replay items; the
+    trainer's per-epoch permutation of it gives each batch about ``replay_fraction`` replay examples.
+    Each example's augmentation is seeded by (seed, epoch, index in this space).
+    """
+
+    def __init__(self, primary, replay=None, replay_fraction: float = 0.0, seed: int = 0) -> None:
+        self.primary, self.replay, self.seed = primary, replay, int(seed)
+        n_p = len(primary.dataset)
+        n_r = len(replay.dataset) if replay is not None and replay_fraction > 0 else 0
+        self.replay = replay if n_r else None
+        # primary share (1 - f) of the epoch: n_p * repeats = n_r * (1 - f) / f
+        self.repeats = max(1, round(n_r * (1 - replay_fraction) / (replay_fraction * n_p))) if n_r else 1
+        self.n_primary, self.n_replay = n_p * self.repeats, n_r
+
+    def __len__(self) -> int:
+        return self.n_primary + self.n_replay
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = int(key[0]), int(key[1])
+        rng = np.random.default_rng([self.seed, epoch, index])
+        if index < self.n_primary:
+            src, j = self.primary, index % len(self.primary.dataset)
+        else:
+            src, j = self.replay, index - self.n_primary
+        return src.make_example(src.dataset[j], rng)
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+
+
+class Cancel:
+    """Turns SIGTERM / SIGINT into a flag the loop checks after each step (a second signal kills)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> Cancel:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no signal handling (the caller stops us otherwise)
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def headline(result: dict[str, Any] | None) -> dict[str, float | None]:
+    """PQ / PQ_th / PQ_st / SQ / RQ / mIoU / AP of an ``evaluate_model`` result (None where not measured)."""
+    if not result:
+        return {}
+    pan, sem, ins = result.get("panoptic", {}), result.get("semantic", {}), result.get("instance", {})
+    out = {k: pan.get(k) for k in ("PQ", "PQ_th", "PQ_st", "SQ", "RQ") if k in pan}
+    if "mIoU" in sem:
+        out["mIoU"] = sem["mIoU"]
+    if "AP" in ins:
+        out["AP"] = ins["AP"]
+    return {k: (round(float(v), 3) if v is not None else None) for k, v in out.items()}
+
+
+def per_class_pq(result: dict[str, Any] | None) -> dict[str, float | None]:
+    if not result or "panoptic" not in result:
+        return {}
+    return {str(c["name"]): (round(float(c["PQ"]), 2) if c["PQ"] is not None else None)
+            for c in result["panoptic"]["per_class"].values()}
+
+
+def primary_value(metrics: dict[str, float | None]) -> float | None:
+    for key in ("PQ", "AP", "mIoU"):
+        if metrics.get(key) is not None:
+            return float(metrics[key])
+    return None
+
+
+class Progress:
+    """``RUN/progress.json``: what the app and the bridge show while the run goes on."""
+
+    def __init__(self, run_dir: Path, total: int, started: float) -> None:
+        self.path = run_dir / PROGRESS_NAME
+        self.state: dict[str, Any] = {"phase": "starting", "iteration": 0, "total": total, "elapsed_s": 0.0,
+                                      "eta_s": None, "val": [], "best": None, "loss": None, "pid": None}
+        self.started = started
+        self.step_times: list[float] = []
+
+    def update(self, **changes: Any) -> None:
+        from m2f_core.data.atomic import atomic_write_json
+
+        self.state.update(changes)
+        self.state["elapsed_s"] = round(time.monotonic() - self.started, 1)
+        atomic_write_json(self.path, self.state)
+
+
+def _evaluate(model, val_set, device: str) -> dict[str, Any]:
+    from m2f_core.metrics.model_eval import evaluate_model
+    from m2f_core.predictor import Predictor
+
+    was_training = model.training
+    model.eval()
+    try:
+        return evaluate_model(Predictor(model, device=device), val_set, progress=False)
+    finally:
+        model.train(was_training)
+
+
+def _replay_source(recipe: FinetuneRecipe, args: argparse.Namespace, model_cfg, train_data, untouched: list[int],
+                   run_dir: Path) -> tuple[Any, str]:
+    """(the replay dataset or None, what it is)."""
+    from m2f_core.data import open_dataset
+    from m2f_core.data.records import Subset
+    from m2f_core.data.synthetic import CATEGORIES as SYNTHETIC
+    from m2f_core.data.synthetic import generate_dataset, synthetic_dataset
+
+    choice = args.replay or recipe.replay
+    if choice == "none" or recipe.replay_fraction <= 0:
+        return None, "none"
+    knows_synthetic = [c["name"] for c in SYNTHETIC] == list(model_cfg.class_names)
+    if choice == "auto":
+        choice = "synthetic" if knows_synthetic else ("untouched" if untouched else "none")
+    if choice == "none":
+        return None, "none"
+    if choice == "synthetic":
+        if not knows_synthetic:
+            raise ValueError("replay 'synthetic' needs a model with the synthetic classes (the built-in model)")
+        generate_dataset(run_dir / "replay", recipe.replay_images, seed=recipe.seed + 1000, split="scenes")
+        return synthetic_dataset(run_dir / "replay", "scenes"), f"synthetic ({recipe.replay_images} scenes)"
+    if choice == "untouched":
+        if not untouched:
+            return None, "none (no untouched image in the export)"
+        return Subset(train_data, untouched, name="untouched"), f"untouched ({len(untouched)} images)"
+    return open_dataset(choice), choice
+
+
+def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cancel | None = None) -> dict[str, Any]:
+    """The whole run; returns the result written to ``RUN/result.json``. ``cancel.requested`` (set by
+    SIGTERM / SIGINT under ``main``) stops it after the current step, with every output written."""
+    import torch
+
+    from m2f_core.checkpoint import load_model, save_model
+    from m2f_core.data import open_dataset, parse_dataset_spec
+    from m2f_core.data.atomic import atomic_write_json
+    from m2f_core.data.records import Subset
+    from m2f_core.data.train_dataset import TrainingDataset
+    from m2f_core.runtime import tune_malloc
+
+    from .config import TrainConfig
+    from .loop import Trainer
+    from .state import save_checkpoint
+    from .train import _classes_from_dataset
+
+    t_start = time.monotonic()
+    tune_malloc()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run_dir: Path = args.out
+    if (run_dir / MODEL_NAME).exists() or (run_dir / RESULT_NAME).exists():
+        raise ValueError(f"{run_dir} holds a finished run already: choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(run_dir, 0, t_start)
+    progress.update(phase="loading", pid=_pid())
+
+    fmt, train_path = parse_dataset_spec(args.train)
+    train_data = open_dataset(args.train, split=args.train_split)
+    if len(train_data) == 0:
+        raise ValueError(f"{args.train}: no images")
+    manifest = read_manifest(train_path) if fmt == "corrections" else None
+    status = image_status(train_data, manifest)
+    train_idx, held_idx, untouched = holdout_split(status, recipe.holdout_fraction, recipe.min_images_for_holdout,
+                                                   recipe.seed)
+    if args.val:
+        val_set = open_dataset(args.val, split=args.val_split)
+        train_idx = sorted(train_idx + held_idx)
+        held_idx = []
+    else:
+        val_set = Subset(train_data, held_idx, name="held-out") if held_idx else None
+    if not train_idx:
+        raise ValueError(f"{args.train}: no edited or reviewed image to train on ({len(untouched)} untouched)")
+
+    init_model = load_model(args.init)
+    model_cfg = _classes_from_dataset(init_model.config, train_data)
+    replay_data, replay_what = _replay_source(recipe, args, model_cfg, train_data, untouched, run_dir)
+
+    max_iter = args.max_iter or recipe.iterations(len(train_idx))
+    eval_period = recipe.eval_period or max(10, max_iter // 10)
+    train_cfg = TrainConfig(max_iter=max_iter, batch_size=recipe.batch_size, lr=recipe.lr,
+                            backbone_multiplier=recipe.backbone_multiplier, schedule=recipe.schedule,
+                            warmup_iters=recipe.warmup_iters, warmup_factor=0.01, clip_norm=recipe.clip_norm,
+                            augmentation=recipe.augmentation, task="panoptic" if fmt in ("corrections",
+                            "coco_panoptic") else _task_of(fmt), num_workers=0, seed=recipe.seed,
+                            checkpoint_period=max_iter, eval_period=eval_period, log_period=1, keep_checkpoints=1)
+    primary = TrainingDataset(Subset(train_data, train_idx, name="train"), model_cfg, task=train_cfg.task,
+                              augmentation=recipe.augmentation, seed=recipe.seed)
+    replay = TrainingDataset(replay_data, model_cfg, task=train_cfg.task, augmentation=recipe.augmentation,
+                             seed=recipe.seed, class_map="by_name") if replay_data is not None else None
+    mixed = MixedTrainingSet(primary, replay, recipe.replay_fraction, recipe.seed)
+
+    regularizer = None
+    trainer = Trainer(model_cfg, train_cfg, mixed, run_dir, device=device, init_model=init_model, progress=False)
+    if recipe.anchor_weight > 0:
+        start = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        weight = float(recipe.anchor_weight)
+
+        def regularizer(model: torch.nn.Module) -> torch.Tensor:
+            terms = [((p - start[n]) ** 2).sum() for n, p in model.named_parameters() if n in start]
+            return weight * torch.stack(terms).sum()
+        trainer.regularizer = regularizer
+    if recipe.backbone_multiplier == 0:
+        for p in trainer.model.backbone.parameters():
+            p.requires_grad_(False)
+    del init_model
+
+    model_cfg.to_json(run_dir / "model_config.json")
+    train_cfg.to_json(run_dir / "train_config.json")
+    (run_dir / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2) + "\n")
+    say = _Say(args.no_progress)
+    say(f"fine-tune: {len(train_idx)} training image(s), {len(held_idx) if val_set is not None and not args.val else 0}"
+        f" held out{', validation ' + args.val if args.val else ''}, replay {replay_what}; up to {max_iter} "
+        f"iterations / {args.max_minutes:g} min on {device}")
+    if val_set is None:
+        say("note: fewer than "
+            f"{recipe.min_images_for_holdout} corrected images: nothing held out, so no validation and no "
+            "before / after numbers; the final weights are written")
+
+    progress.state["total"] = max_iter
+    progress.update(phase="validating", iteration=0)
+    metrics_file = (run_dir / "metrics.jsonl").open("a")
+    best: dict[str, Any] = {"iteration": 0, "value": None, "metrics": {}}
+    before_result = _evaluate(trainer.model, val_set, device) if val_set is not None else None
+    before = headline(before_result)
+    curve = [{"iter": 0, **before}] if before else []
+    if before:
+        best.update(value=primary_value(before), metrics=before, result=before_result)
+        say(f"before: {_fmt(before)}")
+        metrics_file.write(json.dumps({"iter": 0, "eval": before}) + "\n")
+        metrics_file.flush()
+    best_state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+    deadline = t_start + 60.0 * args.max_minutes
+    stopped, it, bad_evals = "max_iter", 0, 0
+    step_time = eval_time = None
+    progress.update(phase="training", val=curve, best=_best_view(best))
+    cancel = cancel or Cancel()
+    if cancel.requested:
+        stopped = "cancelled"
+    else:
+        batches = iter(trainer.loader())
+        while it < max_iter and not cancel.requested:
+            t0 = time.monotonic()
+            logs = trainer.step([next(batches) for _ in range(train_cfg.grad_accum)])
+            it += 1
+            dt = time.monotonic() - t0
+            step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
+            metrics_file.write(json.dumps({"iter": it, **{k: round(float(v), 6) for k, v in logs.items()},
+                                           "time": round(dt, 4)}) + "\n")
+            metrics_file.flush()
+            if cancel.requested:
+                stopped = "cancelled"
+                break
+            do_eval = val_set is not None and (it % eval_period == 0 or it == max_iter)
+            if do_eval:
+                progress.update(phase="validating", iteration=it)
+                t1 = time.monotonic()
+                result = _evaluate(trainer.model, val_set, device)
+                eval_time = time.monotonic() - t1
+                m = headline(result)
+                curve.append({"iter": it, **m})
+                metrics_file.write(json.dumps({"iter": it, "eval": m}) + "\n")
+                metrics_file.flush()
+                value = primary_value(m)
+                if value is not None and (best["value"] is None or value > best["value"] + recipe.min_delta):
+                    best.update(iteration=it, value=value, metrics=m, result=result)
+                    best_state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+                    bad_evals = 0
+                else:
+                    bad_evals += 1
+                say(f"iter {it}/{max_iter}: {_fmt(m)}" + ("  (best)" if best["iteration"] == it else ""))
+                if bad_evals >= recipe.patience:
+                    stopped = "early_stop"
+                    break
+            remaining = max_iter - it
+            eta = remaining * (step_time or 0) + (eval_time or 0) * (remaining // eval_period + 1 if val_set else 0)
+            now = time.monotonic()
+            # stop when the next step and the last validation would not fit in the time budget
+            if now + (step_time or 0) + (eval_time or 0) > deadline and it < max_iter:
+                stopped = "time_limit"
+                break
+            progress.update(phase="training", iteration=it, eta_s=round(min(eta, max(0.0, deadline - now)), 1),
+                            loss=round(float(logs["loss"]), 5), val=curve, best=_best_view(best))
+        # a final validation when the last step was not validated (time limit, cancel: the weights moved on)
+        if val_set is not None and stopped in ("time_limit",) and (not curve or curve[-1]["iter"] != it):
+            progress.update(phase="validating", iteration=it)
+            result = _evaluate(trainer.model, val_set, device)
+            m = headline(result)
+            curve.append({"iter": it, **m})
+            metrics_file.write(json.dumps({"iter": it, "eval": m}) + "\n")
+            value = primary_value(m)
+            if value is not None and (best["value"] is None or value > best["value"] + recipe.min_delta):
+                best.update(iteration=it, value=value, metrics=m, result=result)
+                best_state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+    metrics_file.close()
+
+    progress.update(phase="saving", iteration=it)
+    save_checkpoint(run_dir, trainer.model, trainer.optimizer, trainer.scheduler, None, it, train_cfg,
+                    extra={"best": {"iter": best["iteration"], "value": best["value"]}}, keep=1)
+    if val_set is not None:
+        trainer.model.load_state_dict(best_state)
+    save_model(trainer.model, run_dir / MODEL_NAME, config=model_cfg)
+
+    after = best["metrics"] if val_set is not None else {}
+    seconds = round(time.monotonic() - t_start, 1)
+    improved = bool(before and after and best["iteration"] > 0)
+    per_class = {}
+    if before_result is not None:
+        pc_before, pc_after = per_class_pq(before_result), per_class_pq(best.get("result"))
+        per_class = {name: {"before": pc_before.get(name), "after": pc_after.get(name)}
+                     for name in sorted(set(pc_before) | set(pc_after))}
+    result = {
+        "before": before, "after": after, "iterations": it, "best_iteration": best["iteration"],
+        "seconds": seconds, "stopped": stopped, "improved": improved,
+        "recommendation": ("adopt" if improved else "keep the current model") if before else "not validated",
+        "model": str(run_dir / MODEL_NAME), "init": str(args.init or "builtin"),
+        "train_images": len(train_idx), "held_out": [str(Path(train_data[i].file_name).name) for i in held_idx],
+        "validation": args.val or ("held-out corrections" if held_idx else None), "replay": replay_what,
+        "per_class_PQ": per_class, "curve": curve,
+    }
+    atomic_write_json(run_dir / RESULT_NAME, result)
+    progress.update(phase="cancelled" if stopped == "cancelled" else "done", iteration=it, eta_s=0.0, val=curve,
+                    best=_best_view(best))
+    return result
+
+
+def _task_of(fmt: str) -> str:
+    return {"coco_instances": "instance", "ade20k": "semantic", "cityscapes": "semantic",
+            "semantic": "semantic"}.get(fmt, "panoptic")
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def _best_view(best: dict[str, Any]) -> dict[str, Any]:
+    return {"iter": best["iteration"], "value": best["value"]}
+
+
+def _fmt(m: dict[str, float | None]) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in m.items() if v is not None)
+
+
+class _Say:
+    """Human-readable lines on stderr (stdout's last line is the JSON result)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--train", required=True, help="the corrections as FORMAT:PATH (e.g. corrections:DIR)")
+    p.add_argument("--out", required=True, type=Path, help="run folder (model/, result.json, progress.json, ...)")
+    p.add_argument("--init", default=None, help="starting weights, any load_model source (default: the built-in model)")
+    p.add_argument("--val", default=None, help="validation data as FORMAT:PATH (default: hold out a fifth of --train)")
+    p.add_argument("--train-split", default=None, help="split inside the --train root")
+    p.add_argument("--val-split", default=None, help="split inside the --val root")
+    p.add_argument("--max-minutes", type=float, default=10.0, help="time budget, validation included (default 10)")
+    p.add_argument("--max-iter", type=int, default=None, help="iterations (default: from the number of images)")
+    p.add_argument("--replay", default=None, help="auto, none, synthetic, untouched or FORMAT:PATH (default: recipe)")
+    p.add_argument("--recipe", type=Path, default=None, help="FinetuneRecipe JSON (keys of training/finetune.py)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the split, data order and augmentation")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from m2f_core.checkpoint import CheckpointError
+    from m2f_core.data import DatasetError, ImageError
+
+    try:
+        if args.max_minutes <= 0 or not math.isfinite(args.max_minutes):
+            raise ValueError(f"--max-minutes must be > 0, got {args.max_minutes}")
+        if args.max_iter is not None and args.max_iter < 1:
+            raise ValueError(f"--max-iter must be >= 1, got {args.max_iter}")
+        recipe = FinetuneRecipe.from_json(args.recipe) if args.recipe else FinetuneRecipe()
+        if args.seed is not None:
+            recipe = dataclasses.replace(recipe, seed=args.seed)
+        with Cancel() as cancel:
+            result = run_finetune(args, recipe, cancel)
+    except (ValueError, CheckpointError, DatasetError, ImageError, FileNotFoundError) as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    line = {k: result[k] for k in ("before", "after", "iterations", "seconds", "best_iteration", "stopped",
+                                   "recommendation", "model")}
+    print(json.dumps(line), flush=True)
+    return 130 if result["stopped"] == "cancelled" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
