@@ -1,0 +1,149 @@
+"""Few-shot fine-tuning (``training.finetune``): the held-out split, validation before / after, the best
+weights kept, early stopping, the time budget, cancel, and the shifted synthetic domain it is measured on.
+
+The runs are real (the built-in model on a few synthetic scenes), kept to a few iterations.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app.finetune import FineTuneRun, finetune_command, recommended_weights
+from m2f_core.checkpoint import load_model
+from m2f_core.data.synthetic import generate_dataset, generate_scene, scene_rng
+from training.finetune import holdout_split, image_status, main, read_manifest
+
+FAST = {"batch_size": 1, "eval_period": 2, "replay_images": 4, "min_iterations": 1}
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory) -> Path:
+    """Six shifted scenes as a corrections folder, with a manifest: five edited, one untouched."""
+    root = tmp_path_factory.mktemp("shifted")
+    generate_dataset(root, 6, seed=5, split="train", domain="shifted", size=(128, 128))
+    folder = root / "train"
+    names = sorted(p.name for p in (folder / "images").iterdir())
+    images = [{"file_name": n, "status": "untouched" if i == 5 else "edited"} for i, n in enumerate(names)]
+    (folder / "manifest.json").write_text(json.dumps({"images": images}))
+    return folder
+
+
+def _recipe(tmp_path: Path, **changes) -> str:
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({**FAST, **changes}))
+    return str(path)
+
+
+def _run(capsys, argv: list[str]) -> tuple[int, dict]:
+    code = main(argv)
+    out = capsys.readouterr().out.strip().splitlines()
+    return code, json.loads(out[-1]) if out else {}
+
+
+def test_holdout_split_uses_corrected_images_only():
+    status = ["edited"] * 8 + ["untouched"] * 4 + ["reviewed"] * 2
+    train, held, untouched = holdout_split(status, 0.2, 4, seed=0)
+    assert untouched == list(range(8, 12))
+    assert len(held) == 2 and not set(held) & set(untouched)  # a fifth of the 10 corrected ones
+    assert sorted(train + held) == [i for i in range(14) if status[i] != "untouched"]
+    assert holdout_split(status, 0.2, 4, seed=0) == (train, held, untouched)  # deterministic
+    # too few corrected images: nothing is held out
+    assert holdout_split(["edited"] * 3, 0.2, 4, seed=0) == ([0, 1, 2], [], [])
+    # one image at least
+    assert len(holdout_split(["edited"] * 4, 0.1, 4, seed=0)[1]) == 1
+
+
+def test_manifest_statuses(shifted):
+    from m2f_core.data import open_dataset
+
+    data = open_dataset(f"corrections:{shifted}")
+    status = image_status(data, read_manifest(shifted))
+    assert status.count("untouched") == 1 and status.count("edited") == 5
+    assert image_status(data, None) == ["edited"] * 6  # no manifest: every image is a correction
+
+
+def test_finetune_run_writes_model_result_and_progress(shifted, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, line = _run(capsys, ["--train", f"corrections:{shifted}", "--out", str(out), "--max-iter", "4",
+                               "--recipe", _recipe(tmp_path), "--no-progress"])
+    assert code == 0
+    assert set(line) >= {"before", "after", "iterations", "seconds"}
+    assert line["iterations"] == 4 and line["stopped"] == "max_iter"
+    assert line["before"]["PQ"] is not None and line["after"]["PQ"] >= line["before"]["PQ"]
+    result = json.loads((out / "result.json").read_text())
+    assert result["train_images"] == 4 and len(result["held_out"]) == 1  # 5 edited: 1 held out, untouched unused
+    untouched = json.loads((shifted / "manifest.json").read_text())["images"][5]["file_name"]
+    assert untouched not in result["held_out"]
+    assert [c["iter"] for c in result["curve"]] == [0, 2, 4]
+    assert result["replay"].startswith("synthetic")  # the built-in model replays its own kind of data
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["phase"] == "done" and progress["iteration"] == progress["total"] == 4
+    model = load_model(out / "model")
+    assert model.config.class_names == load_model().config.class_names
+    # the recommended weights are those of the best validation (the start when nothing improved)
+    best = result["best_iteration"]
+    assert best in (0, 2, 4) and result["improved"] == (best > 0)
+    # a finished run folder is not overwritten
+    assert main(["--train", f"corrections:{shifted}", "--out", str(out), "--max-iter", "1"]) == 2
+
+
+def test_early_stop_keeps_the_starting_weights(shifted, tmp_path, capsys):
+    out = tmp_path / "run"
+    # an improvement of 1000 points never happens: stop at the first validation, keep the start
+    code, line = _run(capsys, ["--train", f"corrections:{shifted}", "--out", str(out), "--max-iter", "50",
+                               "--recipe", _recipe(tmp_path, patience=1, min_delta=1000.0), "--no-progress"])
+    assert code == 0 and line["stopped"] == "early_stop" and line["iterations"] == 2
+    assert line["recommendation"] == "keep the current model" and line["after"] == line["before"]
+    start, kept = load_model().state_dict(), load_model(out / "model").state_dict()
+    assert all(torch.equal(start[k], kept[k]) for k in start)
+    last = recommended_weights(out)
+    assert last == out / "model"
+    assert (out / "checkpoints" / "last").is_file()  # the moved-on weights are kept as a checkpoint too
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["--train", f"corrections:{tmp_path / 'nothing'}", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+    assert main(["--train", "corrections:x", "--out", str(tmp_path / "r"), "--max-minutes", "0"]) == 2
+
+
+def test_cancel_stops_cleanly_with_loadable_weights(shifted, tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = finetune_command(None, shifted, run_dir, max_iter=400, device="cpu",
+                           extra=["--recipe", _recipe(tmp_path, eval_period=1000)])
+    run = FineTuneRun.start(cmd, run_dir)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        st = run.status()
+        assert st.state == "running", st.summary()
+        if st.progress.get("phase") == "training" and st.progress.get("iteration", 0) >= 2:
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail("the run did not start training in time")
+    assert "iteration" in st.summary() and "/ 400" in st.summary()
+    run.cancel(timeout=60)
+    st = run.status()
+    assert st.state == "cancelled" and st.returncode == 130, st.summary()
+    assert st.result is not None and st.result["stopped"] == "cancelled"
+    assert st.result["iterations"] < 400
+    load_model(recommended_weights(run_dir))
+    load_model(run_dir / "checkpoints" / (run_dir / "checkpoints" / "last").read_text().strip())
+
+
+def test_original_domain_unchanged_and_shifted_differs():
+    a = generate_scene(scene_rng(3, "train", 0), 96, 96)
+    b = generate_scene(scene_rng(3, "train", 0), 96, 96, domain="original")
+    assert all(np.array_equal(x, y) for x, y in zip(a[:2], b[:2]))
+    image, seg, segments = generate_scene(scene_rng(3, "train", 0), 96, 96, domain="shifted")
+    assert image.shape == (96, 96, 3) and seg.min() >= 1 and len(segments) == len(np.unique(seg))
+    assert not np.array_equal(image, a[0])
+    with pytest.raises(ValueError, match="unknown synthetic domain"):
+        generate_scene(scene_rng(3, "train", 0), 96, 96, domain="night")
