@@ -1,7 +1,9 @@
 """Domain-shift benchmark of the correction loop: does few-shot fine-tuning help where the model is weak,
 without hurting where it was good? Numbers go to docs/finetuning.md.
 
-    PYTHONPATH=. .venv/bin/python tools/finetune_benchmark.py --work /tmp/ftbench --out docs/finetuning_results.json
+    PYTHONPATH=. .venv/bin/python tools/finetune_benchmark.py --work /tmp/ftbench --out results.json \
+        --recipes default,naive,no_replay,frozen_backbone,lr3e-4 --imperfect
+    PYTHONPATH=. .venv/bin/python tools/finetune_benchmark.py --table results.json   # the docs' table
 
 Scenario (the built-in model, trained on the synthetic generator's original domain):
 1. 24 scenes of the *shifted* domain (``--domain shifted``: other stuff colours, smaller and darker things,
@@ -119,7 +121,31 @@ def finetune(train: Path, run: Path, recipe: dict, max_minutes: float) -> dict:
     return {"wall_s": round(wall, 1), **line}
 
 
+def markdown(results: dict) -> str:
+    """The results as the table of docs/finetuning.md."""
+    base = results["baseline"]
+    rows = ["| run | recipe changes | shifted PQ | shifted PQ_th / PQ_st | original PQ | original PQ_th / PQ_st "
+            "| held-out PQ before -> after | iterations (best) | stopped | wall |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| starting model | | {base['shifted']['PQ']:.1f} | {base['shifted']['PQ_th']:.1f} / "
+            f"{base['shifted']['PQ_st']:.1f} | {base['original']['PQ']:.1f} | {base['original']['PQ_th']:.1f} / "
+            f"{base['original']['PQ_st']:.1f} | | | | |"]
+    for name, e in results.get("runs", {}).items():
+        r, sh, og = e["run"], e["shifted"], e["original"]
+        held = (f"{r['before']['PQ']:.1f} -> {r['after']['PQ']:.1f}" if r.get("before") else "not measured")
+        changes = ", ".join(f"{k}={v}" for k, v in e["recipe"].items()) or "(defaults)"
+        rows.append(f"| {name} | {changes} | {sh['PQ']:.1f} ({sh['PQ'] - base['shifted']['PQ']:+.1f}) | "
+                    f"{sh['PQ_th']:.1f} / {sh['PQ_st']:.1f} | "
+                    f"{og['PQ']:.1f} ({og['PQ'] - base['original']['PQ']:+.1f}) | {og['PQ_th']:.1f} / "
+                    f"{og['PQ_st']:.1f} | {held} | {r['iterations']} ({r['best_iteration']}) | "
+                    f"{r['stopped']} | {r['wall_s'] / 60:.1f} min |")
+    return "\n".join(rows)
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":  # print the markdown table of a results file
+        print(markdown(json.loads(Path(sys.argv[2]).read_text())))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, required=True, help="scratch folder (data and runs; reused when rerun)")
     p.add_argument("--out", type=Path, required=True, help="JSON file for the results (rewritten after each run)")
