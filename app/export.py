@@ -5,6 +5,14 @@ Pure functions: sessions in, files out. ``out_root/<name>/`` is written by
 compressed RLE, semantic PNGs, copies of the images) plus ``edits.json`` (each segment's
 ``source`` and score, for review tools; the trainer ignores it).
 
+Evaluable against its source: an ``ExportItem`` of a dataset image keeps that image's id
+(``source_image_id``) and its file name, so ``python -m m2f_core.evaluate panoptic`` pairs the export
+with the source's ground truth; other images (uploads) get fresh ids above every id of the source
+(``reserved_ids``). Given ``manifest=``, ``manifest.json`` says where the export came from (``source``,
+``weights``, ``created``) and, per image, its ids, status ("edited", "reviewed", "untouched"), number
+of edits, the weights that predicted it and when it was opened; ``training.finetune`` reads
+``images[*].file_name`` and ``images[*].status`` from it.
+
 Atomic at the folder level: everything is written into a hidden temporary sibling
 (``.<name>.tmp-<pid>-*``) that is renamed to ``<name>`` only when complete, so a reader or a crash
 never sees a half-written export. An existing export is replaced only with ``overwrite=True``
@@ -21,7 +29,9 @@ import re
 import shutil
 import threading
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +49,11 @@ from m2f_core.data.records import (
 )
 
 from .editing import EditSession
+from .state import STATUSES
 
-__all__ = ["ExportError", "export_corrections", "sanitize_name", "zip_export"]
+__all__ = ["MANIFEST_NAME", "ExportError", "ExportItem", "export_corrections", "sanitize_name", "zip_export"]
+
+MANIFEST_NAME = "manifest.json"
 
 MAX_NAME_LENGTH = 100
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
@@ -68,6 +81,44 @@ def sanitize_name(name: str) -> str:
     return name
 
 
+@dataclass
+class ExportItem:
+    """One image to export and its provenance (what ``manifest.json`` records about it)."""
+
+    path: Path
+    session: EditSession
+    status: str = "edited"  # "edited", "reviewed" or "untouched" (app.state.STATUSES)
+    source_image_id: int | str | None = None  # its id in the dataset it came from (None: an upload)
+    weights: str | None = None  # the weights whose prediction the annotation started from
+    opened: str | None = None  # ISO time the image was first opened
+
+
+def _as_item(entry: ExportItem | tuple[str | Path, EditSession]) -> ExportItem:
+    """An ``ExportItem`` from an item or a plain (image path, session) pair (no provenance)."""
+    if isinstance(entry, ExportItem):
+        return entry
+    path, session = entry
+    return ExportItem(Path(path), session, "edited" if session.has_edits else "untouched")
+
+
+def _image_ids(items: Sequence[ExportItem], reserved_ids: Collection[int | str]) -> list[int | str]:
+    """Each item's image id: its source id when it has one, else a fresh integer above every kept and
+    reserved id (so an upload never takes the id of a source image)."""
+    kept = [it.source_image_id for it in items if it.source_image_id is not None]
+    twice = {i for i in kept if kept.count(i) > 1}
+    if twice:
+        raise ExportError(f"two images have the source image id {sorted(map(str, twice))[0]}")
+    fresh = max((i for i in (*kept, *reserved_ids) if isinstance(i, int) and not isinstance(i, bool)), default=0)
+    out: list[int | str] = []
+    for it in items:
+        if it.source_image_id is None:
+            fresh += 1
+            out.append(fresh)
+        else:
+            out.append(it.source_image_id)
+    return out
+
+
 def _categories(classes: Any) -> list[dict]:
     """A category list from a ``Mask2FormerConfig`` or a list of dicts (contiguous order)."""
     if hasattr(classes, "class_names") and hasattr(classes, "dataset_ids"):
@@ -78,11 +129,11 @@ def _categories(classes: Any) -> list[dict]:
         raise ExportError(f"bad class list: {e}") from None
 
 
-def _samples(sessions: Sequence[tuple[str | Path, EditSession]], categories: list[dict]) -> list[Sample]:
-    """One ``Sample`` per (image, session), checked before anything is written."""
+def _samples(items: Sequence[ExportItem], image_ids: Sequence[int | str], categories: list[dict]) -> list[Sample]:
+    """One ``Sample`` per item, checked before anything is written."""
     samples = []
-    for i, (path, session) in enumerate(sessions):
-        path = Path(path)
+    for item, image_id in zip(items, image_ids):
+        path, session = Path(item.path), item.session
         if session.num_classes != len(categories):
             raise ExportError(f"{path.name}: the annotation has {session.num_classes} classes, the class list "
                               f"{len(categories)}")
@@ -92,27 +143,49 @@ def _samples(sessions: Sequence[tuple[str | Path, EditSession]], categories: lis
         if image_size(path) != (h, w):
             ih, iw = image_size(path)
             raise ExportError(f"{path.name}: image is {iw}x{ih}, its annotation {w}x{h}")
-        samples.append(Sample(image_id=i + 1, file_name=path, height=h, width=w, panoptic=session.panoptic_result()))
+        samples.append(Sample(image_id=image_id, file_name=path, height=h, width=w,
+                              panoptic=session.panoptic_result()))
     return samples
 
 
-def export_corrections(sessions: Sequence[tuple[str | Path, EditSession]], classes: Any, out_root: str | Path,
-                       name: str, overwrite: bool = False) -> Path:
+def _manifest(fields: dict[str, Any], items: Sequence[ExportItem], samples: Sequence[Sample]) -> dict[str, Any]:
+    """The content of ``manifest.json`` (key names and status words are read by ``training.finetune``)."""
+    return {
+        "source": None, "weights": None, **fields,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "images": [{"file_name": Path(s.file_name).name, "image_id": s.image_id,
+                    "source_image_id": it.source_image_id, "status": it.status, "edits": it.session.edit_count,
+                    "weights": it.weights or None, "opened": it.opened or None}
+                   for it, s in zip(items, samples)],
+    }
+
+
+def export_corrections(items: Sequence[ExportItem | tuple[str | Path, EditSession]], classes: Any,
+                       out_root: str | Path, name: str, overwrite: bool = False, *,
+                       manifest: dict[str, Any] | None = None, reserved_ids: Collection[int | str] = ()) -> Path:
     """Write ``out_root/<name>/`` as a corrections folder, atomically; returns its path.
 
-    ``sessions``: (image path, EditSession) pairs (image names must be distinct); ``classes``: the
-    model's ``Mask2FormerConfig`` or its category list (dataset ids go into the JSON files).
+    ``items``: ``ExportItem``s or plain (image path, EditSession) pairs (image names must be distinct);
+    ``classes``: the model's ``Mask2FormerConfig`` or its category list (dataset ids go into the JSON
+    files). Items keep their ``source_image_id``; the others get fresh ids above those and above
+    ``reserved_ids`` (every id of the source dataset). ``manifest``: the top-level fields of
+    ``manifest.json`` (``source``, ``weights``, more if wanted); None writes no manifest (the trainer then
+    takes every image as edited, right for labels exported from FiftyOne).
     """
     name = sanitize_name(name)
-    if not sessions:
+    if not items:
         raise ExportError("nothing to export (no annotated image)")
+    items = [_as_item(entry) for entry in items]
+    for item in items:
+        if item.status not in STATUSES:
+            raise ExportError(f"{Path(item.path).name}: unknown status {item.status!r} (one of {', '.join(STATUSES)})")
     out_root = Path(out_root)
     final = out_root / name
     remove_stale_temporaries(out_root)  # what an export killed mid-write left (may put an old export back)
     if final.exists() and not overwrite:
         raise ExportError(f"{final} already exists (choose another name or overwrite)")
     categories = _categories(classes)
-    samples = _samples(sessions, categories)
+    samples = _samples(items, _image_ids(items, reserved_ids), categories)
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out_root, name)
     try:
@@ -120,8 +193,10 @@ def export_corrections(sessions: Sequence[tuple[str | Path, EditSession]], class
         atomic_write_json(tmp / "edits.json", {"images": [
             {"image_id": s.image_id, "file_name": Path(s.file_name).name,
              "segments": [{"id": seg.id, "source": seg.source, "score": float(seg.score)}
-                          for seg in session.segments]}
-            for s, (_, session) in zip(samples, sessions)]})
+                          for seg in item.session.segments]}
+            for s, item in zip(samples, items)]})
+        if manifest is not None:
+            atomic_write_json(tmp / MANIFEST_NAME, _manifest(manifest, items, samples))
         _swap_in(tmp, final, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

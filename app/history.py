@@ -100,6 +100,11 @@ class UndoHistory:
         """True when the annotation differs from how the session started (counting undos)."""
         return self._net_edits != 0
 
+    @property
+    def edit_count(self) -> int:
+        """Edits since the session started, undone ones not counted (the export manifest's ``edits``)."""
+        return self._net_edits
+
     def undo(self) -> str | None:
         """Undo the last edit; returns its name (None when there is nothing to undo)."""
         if not self._undo:

@@ -6,6 +6,8 @@ and exits with code 2.
 
     python -m m2f_core.evaluate panoptic --gt-json panoptic_val2017.json --gt-dir panoptic_val2017 \\
         --pred-json predictions.json --pred-dir predictions
+    python -m m2f_core.evaluate panoptic --gt-json SOURCE/panoptic.json --gt-dir SOURCE/panoptic \\
+        --pred-json EXPORT/panoptic.json --pred-dir EXPORT/panoptic --only-predicted   # an app export
     python -m m2f_core.evaluate semantic --gt-dir annotations/validation --pred-dir preds --num-classes 150
     python -m m2f_core.evaluate instance --gt-json instances_val2017.json --pred-json coco_instances_results.json
     python -m m2f_core.evaluate model --weights W --format coco_panoptic --ann panoptic_val2017.json --images val2017
@@ -30,7 +32,8 @@ PROG = "python -m m2f_core.evaluate"
 
 def run_panoptic(args: argparse.Namespace) -> dict[str, Any]:
     """PQ/SQ/RQ of COCO panoptic predictions."""
-    return pq_compute(args.gt_json, args.gt_dir, args.pred_json, args.pred_dir, progress=True)
+    return pq_compute(args.gt_json, args.gt_dir, args.pred_json, args.pred_dir, progress=True,
+                      only_predicted=args.only_predicted)
 
 
 def run_semantic(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,6 +93,9 @@ def _add_panoptic(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gt-dir", required=True, help="folder of the ground-truth PNGs")
     p.add_argument("--pred-json", required=True, help="COCO panoptic prediction JSON (same image ids)")
     p.add_argument("--pred-dir", required=True, help="folder of the predicted PNGs")
+    p.add_argument("--only-predicted", action="store_true",
+                   help="evaluate only the ground-truth images that have a prediction (e.g. an app export of some "
+                        "images of the dataset); the output's 'images' says how many")
     p.set_defaults(func=run_panoptic)
 
 

@@ -437,7 +437,11 @@ def test_workspace_keeps_edits_across_tasks_and_images():
     assert ws.prediction() is None and ws.session() is sa and sid not in sa and sa.has_edits
     ws.set_prediction(a, synthetic_prediction())  # predicting again keeps the edits
     assert ws.session() is sa
-    assert [p.name for p, _ in ws.export_items(only_edited=True)] == ["a.png"]
+    assert [item.path.name for item in ws.export_items()] == ["a.png"]  # b is untouched
+    assert [item.path.name for item in ws.export_items(include_untouched=True)] == ["a.png", "b.png"]
+    assert ws.mark_reviewed(b).status == "reviewed" and ws.item(a).status == "edited"
+    assert [item.path.name for item in ws.export_items()] == ["a.png", "b.png"]
+    assert ws.item(a).opened and ws.session(a).edit_count == 1
     assert len(ws.reset_session().segments) == 3
     with pytest.raises(ValueError, match="no image"):
         ws.open("c.png")

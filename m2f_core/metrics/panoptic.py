@@ -331,12 +331,15 @@ def pq_compute(
     pred_json: str | Path | Mapping[str, Any],
     pred_dir: str | Path | None,
     progress: bool = False,
+    only_predicted: bool = False,
 ) -> dict[str, Any]:
     """PQ of COCO panoptic predictions (JSON + folder of PNGs) against COCO panoptic GT, as ``pq_results``.
 
     The categories (with ``isthing``) come from the GT JSON; every GT image needs a prediction with the same
-    ``image_id``; extra predictions are ignored. A folder left as None is the JSON path without ``.json``
-    (panopticapi's default). ``progress`` shows a tqdm bar on stderr (when it is a terminal).
+    ``image_id``; extra predictions are ignored. ``only_predicted`` evaluates only the GT images that have a
+    prediction (an app export of some images of a dataset) and adds ``images``, how many were evaluated.
+    A folder left as None is the JSON path without ``.json`` (panopticapi's default). ``progress`` shows a
+    tqdm bar on stderr (when it is a terminal).
     """
     gt_data, gt_name = load_json(gt_json, "ground-truth JSON")
     pred_data, pred_name = load_json(pred_json, "prediction JSON")
@@ -364,8 +367,13 @@ def pq_compute(
     pairs = []
     for gt_ann in gt_anns:
         if gt_ann["image_id"] not in pred_by_image:
-            raise MetricInputError(f"{pred_name}: no prediction for the image with id {gt_ann['image_id']}")
+            if only_predicted:
+                continue
+            raise MetricInputError(f"{pred_name}: no prediction for the image with id {gt_ann['image_id']} "
+                                   "(--only-predicted: evaluate only the images that have one)")
         pairs.append((gt_ann, pred_by_image[gt_ann["image_id"]]))
+    if only_predicted and not pairs:
+        raise MetricInputError(f"{pred_name}: none of its image ids is in the ground truth {gt_name}")
 
     from tqdm import tqdm
 
@@ -378,4 +386,7 @@ def pq_compute(
                                    f"{gt_png} {gt_map.shape[::-1]}")
         pq_compute_single(gt_map, gt_ann["segments_info"], pred_map, pred_ann["segments_info"], categories,
                           stat=stat, where=f"{pred_png} (image id {gt_ann['image_id']})")
-    return pq_results(stat, categories)
+    result = pq_results(stat, categories)
+    if only_predicted:
+        result["images"] = len(pairs)
+    return result
