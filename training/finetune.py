@@ -63,6 +63,8 @@ class FinetuneRecipe:
     replay_fraction: float = 0.5  # share of each batch drawn from the replay data
     replay_images: int = 200  # synthetic scenes generated for replay
     anchor_weight: float = 0.0  # L2-SP: weight of sum((w - w_start)^2) added to the loss
+    retain_images: int = 32  # images the starting model handled (original scenes / untouched), validated too
+    retain_tolerance: float | None = None  # largest drop there (metric points) a recommended model may have
     holdout_fraction: float = 0.2
     min_images_for_holdout: int = 4  # fewer corrected images: no hold-out (and no validation)
     eval_period: int = 0  # iterations between validations (0: about ten over the run)
@@ -281,6 +283,79 @@ def _replay_source(recipe: FinetuneRecipe, args: argparse.Namespace, model_cfg, 
     return open_dataset(choice), choice
 
 
+def _retain_source(recipe: FinetuneRecipe, replay_what: str, train_data, untouched: list[int],
+                   run_dir: Path) -> tuple[Any, str]:
+    """(images the starting model already handled, what they are): measured at every validation so that a
+    run shows, and the selection can bound, what fine-tuning costs where the model was good."""
+    from m2f_core.data.records import Subset
+    from m2f_core.data.synthetic import generate_dataset, synthetic_dataset
+
+    if recipe.retain_images <= 0:
+        return None, "none"
+    if replay_what.startswith("synthetic"):
+        generate_dataset(run_dir / "replay", recipe.retain_images, seed=recipe.seed + 2000, split="retain")
+        return synthetic_dataset(run_dir / "replay", "retain"), f"{recipe.retain_images} original synthetic scenes"
+    if untouched:
+        keep = untouched[:recipe.retain_images]
+        return Subset(train_data, keep, name="untouched"), f"{len(keep)} untouched images (the model's own output)"
+    return None, "none"
+
+
+class Validator:
+    """Validation of the weights during a run: the held-out metrics, the retained ones, the best weights.
+
+    The best weights have the best held-out score (by more than ``min_delta``; the starting weights
+    count) among those whose score on the retained images fell by at most ``retain_tolerance``.
+    """
+
+    def __init__(self, model, val_set, retain_set, device: str, recipe: FinetuneRecipe, metrics_file) -> None:
+        self.model, self.val_set, self.retain_set, self.device = model, val_set, retain_set, device
+        self.recipe, self.metrics_file = recipe, metrics_file
+        self.curve: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"iteration": 0, "value": None, "metrics": {}, "retained": {}, "result": None}
+        self.best_state = self._state()
+        self.retain_start: float | None = None
+        self.bad_evals = 0
+        self.seconds: float | None = None
+
+    def _state(self) -> dict[str, Any]:
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def best_view(self) -> dict[str, Any]:
+        return {"iter": self.best["iteration"], "value": self.best["value"]}
+
+    def validate(self, it: int) -> dict[str, Any] | None:
+        """Evaluate the current weights (held-out, then retained); update the best. Returns the held-out result."""
+        if self.val_set is None:
+            return None
+        t0 = time.monotonic()
+        result = _evaluate(self.model, self.val_set, self.device)
+        m = headline(result)
+        kept = headline(_evaluate(self.model, self.retain_set, self.device)) if self.retain_set is not None else {}
+        kept_value = primary_value(kept)
+        if it == 0:
+            self.retain_start = kept_value
+        point = {"iter": it, **m}
+        if kept:
+            point["retained"] = kept
+        self.curve.append(point)
+        self.metrics_file.write(json.dumps({"iter": it, "eval": m, **({"retained": kept} if kept else {})}) + "\n")
+        self.metrics_file.flush()
+        value = primary_value(m)
+        tolerance = self.recipe.retain_tolerance
+        retained_ok = (tolerance is None or kept_value is None or self.retain_start is None
+                       or kept_value >= self.retain_start - tolerance)
+        if value is not None and retained_ok and (self.best["value"] is None
+                                                  or value > self.best["value"] + self.recipe.min_delta):
+            self.best = {"iteration": it, "value": value, "metrics": m, "retained": kept, "result": result}
+            self.best_state = self._state()
+            self.bad_evals = 0
+        elif it > 0:
+            self.bad_evals += 1
+        self.seconds = time.monotonic() - t0
+        return result
+
+
 def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cancel | None = None) -> dict[str, Any]:
     """The whole run; returns the result written to ``RUN/result.json``. ``cancel.requested`` (set by
     SIGTERM / SIGINT under ``main``) stops it after the current step, with every output written."""
@@ -328,6 +403,7 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     init_model = load_model(args.init)
     model_cfg = _classes_from_dataset(init_model.config, train_data)
     replay_data, replay_what = _replay_source(recipe, args, model_cfg, train_data, untouched, run_dir)
+    retain_set, retain_what = _retain_source(recipe, replay_what, train_data, untouched, run_dir)
 
     max_iter = args.max_iter or recipe.iterations(len(train_idx))
     eval_period = recipe.eval_period or max(10, max_iter // 10)
@@ -373,20 +449,15 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     progress.state["total"] = max_iter
     progress.update(phase="validating", iteration=0)
     metrics_file = (run_dir / "metrics.jsonl").open("a")
-    best: dict[str, Any] = {"iteration": 0, "value": None, "metrics": {}}
-    before_result = _evaluate(trainer.model, val_set, device) if val_set is not None else None
-    before = headline(before_result)
-    curve = [{"iter": 0, **before}] if before else []
+    validator = Validator(trainer.model, val_set, retain_set, device, recipe, metrics_file)
+    before_result = validator.validate(0)
+    before, retained_before = validator.best["metrics"], validator.best["retained"]
     if before:
-        best.update(value=primary_value(before), metrics=before, result=before_result)
-        say(f"before: {_fmt(before)}")
-        metrics_file.write(json.dumps({"iter": 0, "eval": before}) + "\n")
-        metrics_file.flush()
-    best_state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+        say(f"before: {_fmt(before)}" + (f"; on {retain_what}: {_fmt(retained_before)}" if retained_before else ""))
     deadline = t_start + 60.0 * args.max_minutes
-    stopped, it, bad_evals = "max_iter", 0, 0
-    step_time = eval_time = None
-    progress.update(phase="training", val=curve, best=_best_view(best))
+    stopped, it = "max_iter", 0
+    step_time = None
+    progress.update(phase="training", val=validator.curve, best=validator.best_view())
     cancel = cancel or Cancel()
     if cancel.requested:
         stopped = "cancelled"
@@ -404,54 +475,37 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
             if cancel.requested:
                 stopped = "cancelled"
                 break
-            do_eval = val_set is not None and (it % eval_period == 0 or it == max_iter)
-            if do_eval:
+            if val_set is not None and (it % eval_period == 0 or it == max_iter):
                 progress.update(phase="validating", iteration=it)
-                t1 = time.monotonic()
-                result = _evaluate(trainer.model, val_set, device)
-                eval_time = time.monotonic() - t1
-                m = headline(result)
-                curve.append({"iter": it, **m})
-                metrics_file.write(json.dumps({"iter": it, "eval": m}) + "\n")
-                metrics_file.flush()
-                value = primary_value(m)
-                if value is not None and (best["value"] is None or value > best["value"] + recipe.min_delta):
-                    best.update(iteration=it, value=value, metrics=m, result=result)
-                    best_state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
-                    bad_evals = 0
-                else:
-                    bad_evals += 1
-                say(f"iter {it}/{max_iter}: {_fmt(m)}" + ("  (best)" if best["iteration"] == it else ""))
-                if bad_evals >= recipe.patience:
+                validator.validate(it)
+                m = validator.curve[-1]
+                say(f"iter {it}/{max_iter}: {_fmt(m)}" + ("  (best)" if validator.best["iteration"] == it else ""))
+                if validator.bad_evals >= recipe.patience:
                     stopped = "early_stop"
                     break
             remaining = max_iter - it
-            eta = remaining * (step_time or 0) + (eval_time or 0) * (remaining // eval_period + 1 if val_set else 0)
+            eval_time = validator.seconds or 0.0
+            eta = remaining * step_time + eval_time * (remaining // eval_period + 1 if val_set is not None else 0)
             now = time.monotonic()
             # stop when the next step and the last validation would not fit in the time budget
-            if now + (step_time or 0) + (eval_time or 0) > deadline and it < max_iter:
+            if now + step_time + eval_time > deadline and it < max_iter:
                 stopped = "time_limit"
                 break
             progress.update(phase="training", iteration=it, eta_s=round(min(eta, max(0.0, deadline - now)), 1),
-                            loss=round(float(logs["loss"]), 5), val=curve, best=_best_view(best))
-        # a final validation when the last step was not validated (time limit, cancel: the weights moved on)
-        if val_set is not None and stopped in ("time_limit",) and (not curve or curve[-1]["iter"] != it):
+                            loss=round(float(logs["loss"]), 5), val=validator.curve, best=validator.best_view())
+        # the weights moved on since the last validation when the time ran out: validate them too
+        if val_set is not None and stopped == "time_limit" and validator.curve[-1]["iter"] != it:
             progress.update(phase="validating", iteration=it)
-            result = _evaluate(trainer.model, val_set, device)
-            m = headline(result)
-            curve.append({"iter": it, **m})
-            metrics_file.write(json.dumps({"iter": it, "eval": m}) + "\n")
-            value = primary_value(m)
-            if value is not None and (best["value"] is None or value > best["value"] + recipe.min_delta):
-                best.update(iteration=it, value=value, metrics=m, result=result)
-                best_state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+            validator.validate(it)
     metrics_file.close()
+    best = validator.best
+    curve = validator.curve
 
     progress.update(phase="saving", iteration=it)
     save_checkpoint(run_dir, trainer.model, trainer.optimizer, trainer.scheduler, None, it, train_cfg,
                     extra={"best": {"iter": best["iteration"], "value": best["value"]}}, keep=1)
     if val_set is not None:
-        trainer.model.load_state_dict(best_state)
+        trainer.model.load_state_dict(validator.best_state)
     save_model(trainer.model, run_dir / MODEL_NAME, config=model_cfg)
 
     after = best["metrics"] if val_set is not None else {}
@@ -470,6 +524,8 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
         "train_images": len(train_idx), "held_out": [str(Path(train_data[i].file_name).name) for i in held_idx],
         "validation": args.val or ("held-out corrections" if held_idx else None), "replay": replay_what,
         "per_class_PQ": per_class, "curve": curve,
+        "retained": {"on": retain_what, "before": retained_before, "after": best["retained"]} if retain_set is not None
+        else None,
     }
     atomic_write_json(run_dir / RESULT_NAME, result)
     progress.update(phase="cancelled" if stopped == "cancelled" else "done", iteration=it, eta_s=0.0, val=curve,
