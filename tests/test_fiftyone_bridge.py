@@ -8,6 +8,7 @@ knows) for the loop through the plugin: open in the Gradio editor, fine-tune, co
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -591,39 +592,166 @@ def test_open_in_editor_link_loads_image_and_labels(synthetic, fo_env, coco_samp
     assert "cannot open the link" in screen.status and "classes the model does not know" in screen.status
 
 
-@pytest.mark.slow  # ~60 s on a busy 2-core machine
-def test_finetune_operator_starts_a_run_that_writes_a_checkpoint(synthetic, fo_env, tmp_path):
+@pytest.fixture(scope="module")
+def fewshot(fo_env, tmp_path_factory):
+    """Six small shifted synthetic scenes (classes of the built-in model) imported as ``fewshot``; five are
+    tagged ``fix`` (what a user corrected), the sixth is never exported."""
+    from app.fiftyone_bridge.core import import_dataset
+    from m2f_core.data.synthetic import generate_dataset
+    from training.finetune import FinetuneRecipe
 
+    root = tmp_path_factory.mktemp("fewshot")
+    generate_dataset(root, 6, seed=5, split="train", domain="shifted", size=(128, 128))
+    ds = import_dataset("corrections", root / "train", "fewshot", progress=False)
+    for sample in ds.limit(5).iter_samples(autosave=True):
+        sample.tags.append("fix")
+    recipe = root / "recipe.json"  # a few quick iterations (tests/test_finetune.py's FAST), no retained set
+    fast = {"batch_size": 1, "eval_period": 2, "replay_images": 4, "min_iterations": 1, "retain_images": 0}
+    known = {f.name for f in dataclasses.fields(FinetuneRecipe)}
+    recipe.write_text(json.dumps({k: v for k, v in fast.items() if k in known}))
+    return SimpleNamespace(ds=ds, root=root / "train", recipe=recipe)
+
+
+def _form(ds, view=None, selected=(), params=None):
+    """The fine-tune operator's form as the App would resolve it (its properties by name)."""
+    from fiftyone.operators.executor import ExecutionContext
+
+    from app.fiftyone_plugin import FineTune
+
+    ctx = ExecutionContext({"dataset_name": ds.name, "view": (view if view is not None else ds.view())._serialize(),
+                            "selected": list(selected), "params": dict(params or {})})
+    return FineTune().resolve_input(ctx).type.properties
+
+
+def test_finetune_form_states_the_samples_and_defaults_to_the_whole_view(fewshot, fo_env, tmp_path, capsys):
+    """The number of samples is said before starting; one selected sample is not the default target."""
+    from app.fiftyone_bridge import BridgeError
+    from app.fiftyone_bridge.finetune import start_finetune, training_plan
+
+    ds = fewshot.ds
+    one = ds.first().id
+    form = _form(ds, selected=[one])
+    assert form["view_target"].default == "DATASET"  # not "SELECTED_SAMPLES", though a sample is selected
+    assert "SELECTED_SAMPLES" in form["view_target"].type.values  # offered: the user may choose it
+    assert form["plan"].view.label == "Training on 5 of 6 samples, 1 held out to measure the gain"
+    assert type(form["plan"].view).__name__ == "Notice"
+    form = _form(ds, view=ds.match_tags("fix"))
+    assert form["view_target"].default == "CURRENT_VIEW" and form["plan"].view.label.startswith("Training on 4 of 5")
+    # the selection when chosen: one sample, said so, with the warning that nothing can be held out
+    form = _form(ds, selected=[one], params={"view_target": "SELECTED_SAMPLES"})
+    assert form["plan"].view.label == "Training on 1 sample, none held out"
+    assert type(form["plan"].view).__name__ == "Warning" and "nothing can be held out" in form["plan"].view.description
+    form = _form(ds, view=ds.limit(0))
+    assert form["plan"].invalid and "empty" in form["plan"].view.label
+    with pytest.raises(BridgeError, match="empty"):
+        start_finetune(ds.limit(0), tmp_path / "export", tmp_path / "run")
+    assert training_plan(3)[1] is not None and training_plan(4)[1] is None
+    assert training_plan(2, val="corrections:/x") == ("training on 2 samples, validated on corrections:/x", None)
+    # the CLI says it before starting (here the run directory is taken, so nothing starts)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "x").write_text("")
+    code, _ = _run_main(["finetune", "--name", "fewshot", "--limit", "1", "--run-dir", str(taken),
+                         "--export-out", str(tmp_path / "export"), "--max-minutes", "1"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and err[0] == "fine-tune: training on 1 sample, none held out", err
+    assert err[1].startswith("warning: only 1 sample") and err[2].startswith("error: ") and "not empty" in err[2]
+    code, _ = _run_main(["finetune", "--name", "fewshot", "--limit", "0", "--run-dir", str(tmp_path / "r")])
+    _one_line_error(capsys.readouterr().err, "the view is empty")
+    assert code == 2
+
+
+@pytest.mark.slow  # a real run of two iterations, then predictions and evaluations of six samples
+def test_finetune_run_status_and_compare_trained_held_out_unseen(fewshot, fo_env, tmp_path):
+    """The operator starts a real run on the tagged view; its status says n / N and the result; the
+    comparison reports the trained-on, held-out and unseen samples apart, the headline without the trained."""
     from app.fiftyone_bridge import PLUGIN_NAME
-    from app.fiftyone_bridge.core import install_plugin
+    from app.fiftyone_bridge.core import install_plugin, predict_view
     from app.fiftyone_bridge.finetune import list_runs, run_status
-    from app.finetune import latest_checkpoint
+    from m2f_core.checkpoint import load_model
 
     install_plugin()
-    ds = synthetic.ds
+    ds = fewshot.ds
+    predict_view(ds, progress=False)  # the "before" predictions
+    view = ds.match_tags("fix")
     result = execute_operator(f"{PLUGIN_NAME}/finetune", ctx={
-        "dataset": ds, "view": ds.view(), "params": {
-            "name": "tiny", "max_iter": 2, "batch_size": 1, "trainer_args": "--checkpoint-period 2",
-            "corrections_dir": str(tmp_path / "corrections"), "runs_dir": str(tmp_path / "runs")}})
+        "dataset": ds, "view": view, "selected": [view.first().id],  # a selection alone does not narrow the target
+        "params": {"name": "tiny", "max_iter": 2, "max_minutes": 5, "device": "cpu",
+                   "trainer_args": f"--recipe {fewshot.recipe}", "corrections_dir": str(tmp_path / "corrections"),
+                   "runs_dir": str(tmp_path / "runs")}})
     out = result.result
     run_dir = Path(out["run_dir"])
-    assert run_dir == (tmp_path / "runs" / "tiny").resolve() and out["pid"] > 0
-    assert "training.train" in out["command"] and ("torch.distributed.run" in out["command"]
-                                                   or "torchrun" in out["command"]) == (out["gpus"] > 0)
+    assert run_dir == (tmp_path / "runs" / "tiny").resolve() and out["pid"] > 0 and out["samples"] == 5
+    assert out["plan"] == "training on 4 of 5 samples, 1 held out to measure the gain" and not out["warning"]
+    assert "training.finetune" in out["command"] and "--max-minutes 5" in out["command"]
+    assert "torchrun" not in out["command"] and "--max-iter 2" in out["command"]
     record = list_runs(ds)[-1]
-    assert record["run_dir"] == str(run_dir) and record["pid"] == out["pid"]
-    deadline = time.monotonic() + 300
+    assert record["run_dir"] == str(run_dir) and record["pid"] == out["pid"] and record["n_images"] == 5
+    assert sorted(record["sample_ids"]) == sorted(view.values("id"))
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline and run_status(record)["state"] == "running":
         time.sleep(1)
     status = run_status(record)
-    assert status["state"] == "finished", status
-    assert latest_checkpoint(run_dir) is not None and status["metrics"]  # progress: metrics.jsonl
-    assert (run_dir / "train.log").is_file()
+    assert status["state"] == "finished", status["summary"]
+    assert (status["iteration"], status["total"]) == (2, 2) and status["trained_on"] == 4
+    assert len(status["held_out"]) == 1 and [c["iter"] for c in status["curve"]] == [0, 2]
+    assert status["result"]["before"]["PQ"] is not None and status["weights"] == str(run_dir / "model")
+    assert "iteration 2 / 2" in status["summary"] and "trained on 4 sample(s), 1 held out" in status["summary"]
+    load_model(status["weights"])
     report = execute_operator(f"{PLUGIN_NAME}/finetune_status", ctx={"dataset": ds, "view": ds.view(),
                                                                          "params": {}}).result["report"]
-    assert str(run_dir) in report and "finished" in report
-    # before / after: the fine-tuned weights' predictions in new fields
-    result = execute_operator(f"{PLUGIN_NAME}/load_finetuned", ctx={"dataset": ds, "view": ds.view(),
-                                                                        "params": {}})
-    assert "PQ" in result.result["after"] and result.result["checkpoint"].startswith(str(run_dir))
-    assert ds.first().finetuned_panoptic is not None and "finetuned" in ds.info["m2f_evaluations"]
+    assert str(run_dir) in report and "finished" in report and "iteration 2 / 2" in report
+    assert "PQ" in report and "->" in report  # before -> after on the held-out samples
+
+    # before / after on the whole dataset: 4 trained on, 1 held out, 1 never exported
+    result = execute_operator(f"{PLUGIN_NAME}/load_finetuned", ctx={"dataset": ds, "view": ds.view(), "params": {}})
+    shown = result.result
+    assert shown["trained"].startswith("4 samples: before PQ") and shown["held_out"].startswith("1 sample: before")
+    assert shown["unseen"].startswith("1 sample: before") and shown["headline"].startswith("2 samples: before")
+    assert "PQ" in shown["headline"] and not shown["warning"] and shown["weights"] == str(run_dir / "model")
+    field = shown["split_field"]
+    assert field == "finetuned_split"
+    assert ds.count_values(field) == {"trained": 4, "held_out": 1, "unseen": 1}
+    held = ds.match(fo_env.fo.ViewField(field) == "held_out").first()
+    assert Path(held.filepath).name in status["held_out"] and "fix" in held.tags
+    assert "fix" not in ds.match(fo_env.fo.ViewField(field) == "unseen").first().tags
+    stored = ds.info["m2f_comparisons"]["finetuned"]
+    assert {k: v["samples"] for k, v in stored["groups"].items()} == {"trained": 4, "held_out": 1, "unseen": 1}
+    assert stored["headline"]["samples"] == 2 and stored["headline"]["after"]["PQ"] is not None
+    assert ds.info["m2f_evaluations"]["finetuned"]["samples"] == 2  # the stored summary leaves the trained out
+    assert ds.first().finetuned_panoptic is not None
+
+    # compared on the trained-on samples only: no headline, a warning instead
+    from app.fiftyone_bridge.finetune import compare_finetuned
+
+    trained_ids = ds.match(fo_env.fo.ViewField(field) == "trained").values("id")
+    only = compare_finetuned(ds.select(trained_ids), prefix="ft_trained", progress=False)
+    assert only["headline"] is None and "trained on" in only["warning"]
+    assert only["groups"]["trained"]["samples"] == 4 and only["groups"]["trained"]["after"] is not None
+    assert "ft_trained" not in ds.info["m2f_evaluations"]
+
+
+def test_finetune_cancel_leaves_loadable_weights(fewshot, fo_env, tmp_path):
+    """A real run cancelled in its first step (~35 s): it says so and its recommended weights load."""
+    from app.fiftyone_bridge.finetune import run_status, start_finetune, stop_run
+    from m2f_core.checkpoint import load_model
+
+    ds = fewshot.ds
+    record = start_finetune(ds.match_tags("fix"), tmp_path / "export", tmp_path / "run", max_iter=400, device="cpu",
+                            extra=["--recipe", str(fewshot.recipe)]).to_dict()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run_status(record)
+        assert status["state"] == "running", status["summary"]
+        if status["phase"] == "training":  # validated the start, in its first step: cancelled after it
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail("the run did not start training in time")
+    assert status["total"] == 400 and "/ 400" in status["summary"]
+    stop_run(record)
+    status = run_status(record)
+    assert status["state"] == "cancelled" and status["returncode"] == 130, status["summary"]
+    assert status["result"]["stopped"] == "cancelled" and 1 <= status["iteration"] < 400
+    assert status["weights"] == str((tmp_path / "run" / "model").resolve())
+    load_model(tmp_path / "run" / "model")

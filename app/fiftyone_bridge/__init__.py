@@ -17,7 +17,8 @@ per sample (sort the App by them to find the worst samples) and a summary in
 ``dataset.info["m2f_evaluations"][PREFIX]``.
 
 Modules: ``convert`` (labels <-> our records, no database), ``core`` (import, predict, export),
-``evaluate`` (PQ / mIoU / mask AP), ``finetune`` (detached trainer runs recorded on the dataset),
+``evaluate`` (PQ / mIoU / mask AP), ``finetune`` (few-shot runs recorded on the dataset; before / after
+with the trained-on, held-out and unseen samples apart),
 ``editor`` (links into the Gradio editor and the page-load hook that opens them), ``__main__``
 (the CLI: ``python -m app.fiftyone_bridge --help``). Importing this package does not import
 FiftyOne: the Gradio app imports ``editor`` without paying for it.

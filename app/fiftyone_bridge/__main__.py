@@ -5,7 +5,7 @@
     python -m app.fiftyone_bridge evaluate --name coco-val
     python -m app.fiftyone_bridge app --name coco-val --port 5151
     python -m app.fiftyone_bridge export --name coco-val --view-tag fixed --out datasets/corrections/fixed
-    python -m app.fiftyone_bridge finetune --name coco-val --view-tag fixed --max-iter 200
+    python -m app.fiftyone_bridge finetune --name coco-val --view-tag fixed --max-minutes 10
     python -m app.fiftyone_bridge status --name coco-val
     python -m app.fiftyone_bridge compare --name coco-val
 
@@ -124,16 +124,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .finetune import start_finetune
+    from .finetune import start_finetune, training_plan
 
     ds, view = _view(args)
+    plan, warning = training_plan(len(view), args.val)
+    if len(view):  # said before anything is exported or started (an empty view is refused below)
+        print(f"fine-tune: {plan}", file=sys.stderr)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     name = args.view_tag or ds.slug
     export = Path(args.export_out) if args.export_out else REPO_ROOT / "datasets" / "corrections" / name
     run_dir = Path(args.run_dir) if args.run_dir else REPO_ROOT / "runs" / f"fiftyone-{name}"
-    record = start_finetune(view, export, run_dir, weights=args.weights, max_iter=args.max_iter,
-                            batch_size=args.batch_size, prefix=args.labels, extra=shlex.split(args.trainer_args or ""),
-                            overwrite_export=args.overwrite)
-    _print(record.to_dict() | {"progress": f"{PROG} status --name {args.name}"})
+    record = start_finetune(view, export, run_dir, weights=args.weights, max_minutes=args.max_minutes,
+                            max_iter=args.max_iter, val=args.val, device=args.device, prefix=args.labels,
+                            extra=shlex.split(args.trainer_args or ""), overwrite_export=args.overwrite)
+    out = {k: v for k, v in record.to_dict().items() if k != "sample_ids"}
+    _print(out | {"warning": warning, "progress": f"{PROG} status --name {args.name}"})
     return 0
 
 
@@ -152,8 +158,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _, view = _view(args)
     result = compare_finetuned(view, run_dir=args.run_dir, prefix=args.prefix, before=args.before,
                                device=args.device)
-    _print({"checkpoint": result["checkpoint"], "before": headline(result["before"]),
-            "after": headline(result["after"])})
+    top = result["headline"]
+    out = {"weights": result["weights"],
+           "headline": None if top is None else {"samples": top["samples"], "group": top["group"],
+                                                 "before": headline(top["before"]), "after": headline(top["after"])}}
+    for name, group in result["groups"].items():
+        out[name] = {"samples": group["samples"], "before": headline(group["before"]),
+                     "after": headline(group["after"])}
+    out["split_field"] = result["split_field"]
+    if result["warning"]:
+        out["warning"] = result["warning"]
+        print(f"warning: {result['warning']}", file=sys.stderr)
+    _print(out)
     return 0
 
 
@@ -222,15 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("finetune", help="export a view and start fine-tuning on it in a detached process")
-    _add_view_args(p, tag_help="fine-tune on the samples with this tag")
+    p = sub.add_parser("finetune", help="export a view and start few-shot fine-tuning on it in a detached process")
+    _add_view_args(p, tag_help="fine-tune on the samples with this tag (default: the whole dataset)")
     p.add_argument("--weights", default=None, help="starting weights (default: those of the 'pred' predictions)")
     p.add_argument("--export-out", default=None, help="export folder (default datasets/corrections/<tag or name>)")
     p.add_argument("--run-dir", default=None, help="run directory (default runs/fiftyone-<tag or name>)")
-    p.add_argument("--max-iter", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--max-minutes", type=float, default=10.0, help="time budget, validation included (default 10)")
+    p.add_argument("--max-iter", type=int, default=None, help="at most N iterations (default: from the samples)")
+    p.add_argument("--val", default=None, help="validation data FORMAT:PATH (default: hold out a fifth of the view)")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available; one process)")
     p.add_argument("--labels", default=GT, help=f"which labels to train on (prefix, default {GT})")
-    p.add_argument("--trainer-args", default=None, help="more training.train options, e.g. '--lr 5e-5'")
+    p.add_argument("--trainer-args", default=None, help="more training.finetune options, e.g. '--recipe r.json'")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     p.set_defaults(func=cmd_finetune)
 
@@ -238,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="FiftyOne dataset name")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("compare", help="predict with the newest fine-tuned checkpoint, evaluate before / after")
+    p = sub.add_parser("compare", help="predict with a run's weights; before / after on trained, held-out and "
+                       "unseen samples apart")
     _add_view_args(p)
     p.add_argument("--run-dir", default=None, help="run directory (default: the dataset's latest run)")
     p.add_argument("--prefix", default=FINETUNED, help=f"field prefix of the new predictions (default {FINETUNED})")

@@ -85,11 +85,12 @@ def _delete_eval(ds: fo.Dataset, key: str) -> None:
 
 
 def evaluate_view(view: fo.Dataset | fo.DatasetView, pred: str = PRED, gt: str = GT, progress: bool = True,
-                  callback: Progress | None = None, fiftyone_eval: bool = True) -> dict[str, Any]:
+                  callback: Progress | None = None, fiftyone_eval: bool = True, store: bool = True) -> dict[str, Any]:
     """Evaluate ``pred`` labels against ``gt`` on a view; writes per-sample fields and the dataset summary.
 
     Returns the summary: ``panoptic`` (PQ... as ``pq_results``), ``semantic`` (ours, plus
     ``mIoU_fiftyone`` and ``miou_agree``), ``instance`` (pycocotools AP..., plus ``mAP_fiftyone``).
+    ``store=False`` leaves ``dataset.info`` alone (a summary of part of a comparison, not the one to show).
     """
     from tqdm import tqdm
 
@@ -178,6 +179,8 @@ def evaluate_view(view: fo.Dataset | fo.DatasetView, pred: str = PRED, gt: str =
     if fiftyone_eval:
         _fiftyone_evaluations(view, ds, summary, pred, gt, cats, have, thing_cats)
     summary["seconds"] = round(time.perf_counter() - start, 3)
+    if not store:
+        return summary
     info = ds.info
     info.setdefault(SUMMARY_KEY, {})[pred] = _jsonable(summary)
     ds.info = info

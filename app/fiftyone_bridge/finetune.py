@@ -1,38 +1,40 @@
-"""Fine-tune on a FiftyOne view: export it, start the trainer detached, record the run on the dataset.
+"""Fine-tune on a FiftyOne view, follow the run, and measure it on samples it never trained on.
 
-The trainer runs in its own session (``start_new_session=True``), so it outlives the App or CLI that
-started it; its output goes to ``<run dir>/train.log`` and its exit status to ``<run dir>/exit_code``
-(written by a one-line ``sh`` wrapper, so the state is known even after the starter is gone). With
-CUDA it is ``torchrun --nproc_per_node=<GPUs> -m training.train``, else ``python -m training.train``
-on the CPU. Each run is recorded in ``dataset.info["m2f_finetune_runs"]`` (run dir, pid, command,
-export, weights); ``run_status`` reads its ``metrics.jsonl`` and newest checkpoint for progress.
+``start_finetune`` exports the view as a corrections folder and starts the project's one few-shot
+runner (``app.finetune``: ``python -m training.finetune`` detached in its own session, so it outlives
+the App or the command that started it). A few-shot run is one process on one device (the GPU when
+there is one, else the CPU): ``torchrun`` over several GPUs buys nothing for tens of images. The run
+holds out a fifth of the exported samples to validate itself (none under four samples), keeps the best
+weights and stops at its time budget. Each run is recorded in ``dataset.info["m2f_finetune_runs"]``
+(run dir, pid, command, export, weights, the ids of the exported samples).
+
+``compare_finetuned`` predicts with the run's recommended weights and evaluates before / after
+separately on the samples the run trained on, on its held-out samples and on the samples it never saw
+(not exported). The headline is held-out + unseen: a gain measured on training samples is no gain.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fiftyone as fo
 
-from app.finetune import finetune_command, latest_checkpoint, read_metrics
+from app.finetune import FineTuneRun, finetune_command, read_json, recommended_weights
 
 from . import FINETUNED, GT, PRED, BridgeError
 from .core import check_prefix, export_view, predict_view
 
-__all__ = ["RunRecord", "compare_finetuned", "headline", "list_runs", "run_status", "start_finetune", "stop_run",
-           "trainer_command"]
+__all__ = ["GROUPS", "RunRecord", "compare_finetuned", "headline", "list_runs", "run_status", "split_field",
+           "start_finetune", "stop_run", "training_plan"]
 
 RUNS_KEY = "m2f_finetune_runs"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-LOG_NAME, EXIT_NAME = "train.log", "exit_code"
+COMPARISONS_KEY = "m2f_comparisons"
+# the comparison's groups, in the value of the ``<prefix>_split`` sample field
+GROUPS = ("trained", "held_out", "unseen")
 
 
 @dataclass
@@ -45,64 +47,68 @@ class RunRecord:
     export_dir: str
     weights: str
     started: str
-    gpus: int = 0
+    n_images: int
+    plan: str
+    sample_ids: list[str] = field(default_factory=list)  # the exported samples (the trained and held-out ones)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _gpu_count() -> int:
-    try:
-        import torch
+def training_plan(n: int, val: str | None = None) -> tuple[str, str | None]:
+    """(what a run on ``n`` exported samples does, a warning or None), stated before it starts.
 
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # a broken CUDA install means: no GPU for us
-        return 0
+    Uses the runner's own split rule (``training.finetune.holdout_split`` with the default recipe), so
+    the numbers said here are those of the run.
+    """
+    from training.finetune import FinetuneRecipe, holdout_split
 
-
-def trainer_command(weights: str | None, export_dir: Path, run_dir: Path, max_iter: int, batch_size: int,
-                    gpus: int, extra: Sequence[str] = ()) -> list[str]:
-    """The trainer's command line: ``torchrun`` over the GPUs when there are any, one CPU process otherwise."""
-    cmd = finetune_command(weights or "builtin", export_dir, run_dir, max_iter=max_iter, batch_size=batch_size,
-                           device="cuda" if gpus else "cpu", extra=extra)
-    if gpus:
-        torchrun = Path(sys.executable).parent / "torchrun"
-        head = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
-        # cmd[:3] is "python -m training.train"
-        cmd = head + [f"--nproc_per_node={gpus}", "-m", "training.train"] + cmd[3:]
-    return cmd
+    if n < 1:
+        return "nothing to train on: the view is empty", "the view is empty"
+    noun = "sample" if n == 1 else "samples"
+    if val:
+        return f"training on {n} {noun}, validated on {val}", None
+    recipe = FinetuneRecipe()
+    train, held, _ = holdout_split(["edited"] * n, recipe.holdout_fraction, recipe.min_images_for_holdout,
+                                   recipe.seed)
+    if held:
+        return f"training on {len(train)} of {n} {noun}, {len(held)} held out to measure the gain", None
+    warning = (f"only {n} {noun}: fewer than {recipe.min_images_for_holdout}, so nothing can be held out and the "
+               "run cannot tell whether it helps; measure it afterwards on samples it did not train on (compare)")
+    return f"training on {n} {noun}, none held out", warning
 
 
 def start_finetune(view: fo.Dataset | fo.DatasetView, export_dir: str | Path, run_dir: str | Path,
-                   weights: str | None = None, max_iter: int = 200, batch_size: int = 2, prefix: str = GT,
+                   weights: str | None = None, max_minutes: float = 10.0, max_iter: int | None = None,
+                   val: str | None = None, device: str | None = None, prefix: str = GT,
                    extra: Sequence[str] = (), overwrite_export: bool = False) -> RunRecord:
-    """Export the view's ``prefix`` labels to ``export_dir`` and start the trainer on it, detached.
+    """Export the view's ``prefix`` labels to ``export_dir`` and start the few-shot runner on it, detached.
 
     ``weights`` (default: the weights of the dataset's ``pred`` predictions, else the built-in model)
-    are the starting point. Returns at once; the run is recorded on the dataset.
+    are the starting point; ``max_minutes`` is the run's time budget, validation included; ``max_iter``
+    caps the iterations (default: from the number of samples). ``extra``: more ``training.finetune``
+    options (``--recipe FILE``...). Returns at once; the run is recorded on the dataset.
     """
     ds = view._dataset if isinstance(view, fo.DatasetView) else view
+    n = len(view)
+    if n < 1:
+        raise BridgeError("the view is empty: nothing to fine-tune on (choose a view with at least one sample)")
+    if max_minutes <= 0:
+        raise BridgeError(f"the time budget must be > 0 minutes, got {max_minutes}")
     run_dir = Path(run_dir).expanduser().resolve()
     if run_dir.exists() and any(run_dir.iterdir()):
         raise BridgeError(f"{run_dir} exists and is not empty: choose another run directory")
     if weights is None:
         weights = ds.info.get("m2f", {}).get("predictions", {}).get(PRED, {}).get("weights")
+    plan, _ = training_plan(n, val)
+    sample_ids = [str(i) for i in view.values("id")]
     export = export_view(view, export_dir, prefix=prefix, overwrite=overwrite_export).resolve()
-    gpus = _gpu_count()
-    cmd = trainer_command(weights, export, run_dir, max_iter, batch_size, gpus, extra)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    exit_file = run_dir / EXIT_NAME
-    # "$@" is the trainer; its status lands in exit_code (written atomically) whoever is still around
-    wrapper = ["/bin/sh", "-c", '"$@"; code=$?; echo $code > "$0.tmp" && mv "$0.tmp" "$0"; exit $code',
-               str(exit_file), *cmd]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    with open(run_dir / LOG_NAME, "ab") as log:
-        proc = subprocess.Popen(wrapper, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it ends while we are alive
-    record = RunRecord(run_dir=str(run_dir), pid=proc.pid, command=cmd, export_dir=str(export),
-                       weights=str(weights or "builtin"), started=time.strftime("%Y-%m-%d %H:%M:%S"), gpus=gpus)
+    cmd = finetune_command(weights or "builtin", export, run_dir, max_minutes=max_minutes, max_iter=max_iter,
+                           val=val, device=device, extra=extra)
+    run = FineTuneRun.start(cmd, run_dir)
+    record = RunRecord(run_dir=str(run_dir), pid=run.pid, command=cmd, export_dir=str(export),
+                       weights=str(weights or "builtin"), started=time.strftime("%Y-%m-%d %H:%M:%S"), n_images=n,
+                       plan=plan, sample_ids=sample_ids)
     info = ds.info
     info.setdefault(RUNS_KEY, []).append(record.to_dict())
     ds.info = info
@@ -115,86 +121,174 @@ def list_runs(ds: fo.Dataset) -> list[dict[str, Any]]:
     return list(ds.info.get(RUNS_KEY, []))
 
 
-def _alive(pid: int) -> bool:
-    """Whether the process runs (a zombie, ended but not yet reaped, does not count)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+def _find_run(ds: fo.Dataset, run_dir: str | Path | None) -> dict[str, Any]:
+    runs = list_runs(ds)
+    if not runs:
+        raise BridgeError(f"dataset {ds.name!r} has no fine-tuning run: start one first")
+    if run_dir is None:
+        return runs[-1]
+    wanted = Path(run_dir).expanduser().resolve()
+    for record in reversed(runs):
+        if Path(record["run_dir"]) == wanted:
+            return record
+    raise BridgeError(f"{wanted} is not a run recorded on dataset {ds.name!r}: without its record the trained "
+                      "samples cannot be told from the others")
 
 
-def run_status(record: dict[str, Any], metrics: int = 5) -> dict[str, Any]:
-    """State of a run: ``running`` / ``finished`` / ``failed`` / ``stopped``, exit code, last metrics,
-    newest checkpoint and the end of its log."""
-    run_dir = Path(record["run_dir"])
-    exit_file = run_dir / EXIT_NAME
-    code = None
-    if exit_file.is_file():
-        try:
-            code = int(exit_file.read_text().strip())
-        except ValueError:
-            code = None
-    if code is not None:
-        state = "finished" if code == 0 else "failed"
-    else:
-        state = "running" if _alive(int(record["pid"])) else "stopped"
-    log = run_dir / LOG_NAME
-    tail = log.read_bytes()[-2000:].decode("utf-8", "replace").strip().splitlines()[-5:] if log.is_file() else []
-    ckpt = latest_checkpoint(run_dir)
-    return {"run_dir": str(run_dir), "state": state, "returncode": code, "metrics": read_metrics(run_dir, metrics),
-            "checkpoint": str(ckpt) if ckpt is not None else None, "log_tail": tail}
+def run_status(record: dict[str, Any]) -> dict[str, Any]:
+    """What a run folder says: state, iteration / total, seconds left, the held-out curve, the result
+    (before / after on the held-out samples), the recommended weights and a text summary."""
+    st = FineTuneRun(record["run_dir"], int(record["pid"])).status()
+    p = st.progress
+    weights = st.weights
+    result = st.result
+    trained = result.get("train_images") if result else None
+    return {"run_dir": str(st.run_dir), "state": st.state, "returncode": st.returncode,
+            "phase": p.get("phase"), "iteration": p.get("iteration", 0), "total": p.get("total"),
+            "eta_s": p.get("eta_s"), "elapsed_s": p.get("elapsed_s"), "curve": p.get("val") or [],
+            "samples": record.get("n_images"), "plan": record.get("plan"), "trained_on": trained,
+            "held_out": (result or {}).get("held_out"), "result": result,
+            "weights": str(weights) if weights is not None else None,
+            "summary": _summary_text(st, record), "log_tail": st.log_tail.splitlines()[-5:]}
 
 
-def stop_run(record: dict[str, Any], timeout: float = 10.0) -> None:
-    """Stop a running trainer (SIGTERM to its process group, then SIGKILL)."""
-    import signal
+def _summary_text(st, record: dict[str, Any]) -> str:
+    """The runner's summary with n / N and what the run trained on in front."""
+    p = st.progress
+    head = f"iteration {p.get('iteration', 0)} / {p.get('total') or '?'}"
+    if st.result:
+        n_held = len(st.result.get("held_out") or [])
+        head += f"; trained on {st.result.get('train_images')} sample(s), {n_held} held out"
+    elif record.get("plan"):
+        head += f"; {record['plan']}"
+    return head + "\n" + st.summary()
 
-    pid = int(record["pid"])
-    if not _alive(pid):
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
+
+def stop_run(record: dict[str, Any], timeout: float = 60.0) -> None:
+    """Cancel a run: the runner finishes its step and still writes ``model/`` (the best weights so far)
+    and ``result.json`` (SIGTERM; SIGKILL after ``timeout`` seconds)."""
+    FineTuneRun(record["run_dir"], int(record["pid"])).cancel(timeout=timeout)
+
+
+# --------------------------------------------------------------------------------------------
+# before / after, trained-on samples apart
+
+
+def split_field(prefix: str) -> str:
+    """The sample field saying which group a sample was in for ``prefix``'s comparison."""
+    return f"{check_prefix(prefix)}_split"
+
+
+def _groups(view: fo.Dataset | fo.DatasetView, record: dict[str, Any],
+            result: dict[str, Any] | None) -> dict[str, list[str]]:
+    """The view's sample ids by group: trained on, held out (exported, in ``result.json``'s held_out),
+    unseen (not exported). Without a ``result.json`` every exported sample counts as trained."""
+    ids = [str(i) for i in view.values("id")]
+    paths = view.values("filepath")
+    held_names = set((result or {}).get("held_out") or [])
+    exported = set(record.get("sample_ids") or [])
+    if not exported:  # a record without ids: match the export's image names, as export_view named them
+        images = Path(record["export_dir"]) / "images"
+        names = {p.name for p in images.iterdir()} if images.is_dir() else set()
+        exported = {i for i, p in zip(ids, paths) if Path(p).name in names}
+    groups: dict[str, list[str]] = {g: [] for g in GROUPS}
+    for sample_id, path in zip(ids, paths):
+        if sample_id not in exported:
+            groups["unseen"].append(sample_id)
+        elif Path(path).name in held_names:
+            groups["held_out"].append(sample_id)
+        else:
+            groups["trained"].append(sample_id)
+    return groups
 
 
 def compare_finetuned(view: fo.Dataset | fo.DatasetView, run_dir: str | Path | None = None,
                       prefix: str = FINETUNED, before: str = PRED, device: str | None = None,
                       progress: bool = True, callback=None) -> dict[str, Any]:
-    """Predict the view with a run's newest checkpoint into ``prefix`` fields, evaluate before and after.
+    """Predict the view with a run's recommended weights into ``prefix`` fields; evaluate before / after
+    per group: ``trained`` (what the run trained on), ``held_out`` (exported, held out by the run) and
+    ``unseen`` (not exported).
 
-    ``run_dir`` defaults to the dataset's latest recorded run. Returns ``{"checkpoint", "before",
-    "after"}`` (``before`` is None when the view has no ``before`` predictions).
+    The ``headline`` is held-out + unseen together (None, with a ``warning``, when the view holds only
+    samples the run trained on). Each sample's group goes into the ``<prefix>_split`` field (filter the App
+    by it); the numbers into ``dataset.info["m2f_comparisons"][prefix]``. ``run_dir`` defaults to the
+    dataset's latest recorded run. ``before`` is None where the view has no ``before`` predictions.
     """
-    from .evaluate import evaluate_view
+    from .evaluate import SUMMARY_KEY, evaluate_view
 
     check_prefix(prefix)
     ds = view._dataset if isinstance(view, fo.DatasetView) else view
-    if run_dir is None:
-        runs = list_runs(ds)
-        if not runs:
-            raise BridgeError(f"dataset {ds.name!r} has no fine-tuning run: start one first")
-        run_dir = runs[-1]["run_dir"]
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise BridgeError(f"{run_dir}: no checkpoint yet (the run is still starting, or it failed: see its "
-                          f"{LOG_NAME})")
-    predict_view(view, weights=str(ckpt), prefix=prefix, device=device, progress=progress, callback=callback)
-    after = evaluate_view(view, pred=prefix, progress=progress)
-    before_summary = evaluate_view(view, pred=before, progress=progress) if ds.has_field(f"{before}_panoptic") \
-        or ds.has_field(f"{before}_semantic") else None
-    return {"checkpoint": str(ckpt), "before": before_summary, "after": after}
+    record = _find_run(ds, run_dir)
+    run = FineTuneRun(record["run_dir"], int(record["pid"]))
+    weights = recommended_weights(run.run_dir)
+    if weights is None:
+        state = run.status().state
+        raise BridgeError(f"{run.run_dir}: no weights yet (the run is {state}; weights are written when it ends or "
+                          f"is stopped; see its train.log)")
+    result = read_json(run.run_dir / "result.json")
+    groups = _groups(view, record, result)
+
+    predict_view(view, weights=str(weights), prefix=prefix, device=device, progress=progress, callback=callback)
+    has_before = ds.has_field(f"{before}_panoptic") or ds.has_field(f"{before}_semantic")
+    field_name = split_field(prefix)
+    if ds.has_sample_field(field_name):
+        ds.clear_sample_field(field_name)  # the groups of this comparison only
+    else:
+        ds.add_sample_field(field_name, fo.StringField)
+    out: dict[str, Any] = {"run_dir": str(run.run_dir), "weights": str(weights), "split_field": field_name,
+                           "run_result": {k: (result or {}).get(k) for k in ("before", "after", "held_out",
+                                                                             "train_images", "recommendation")},
+                           "groups": {}, "headline": None, "warning": None}
+    for name in GROUPS:
+        ids = groups[name]
+        if ids:
+            ds.select(ids).set_values(field_name, [name] * len(ids))
+        out["groups"][name] = _evaluate_group(ds, ids, prefix, before, has_before, progress)
+    not_trained = groups["held_out"] + groups["unseen"]
+    info = ds.info
+    info.get(SUMMARY_KEY, {}).pop(prefix, None)  # never leave a summary that mixes trained samples in
+    ds.info = info
+    ds.save()
+    if not_trained:
+        # the stored summary and FiftyOne's evaluation panels: the samples the run did not train on
+        sub = ds.select(not_trained)
+        after = evaluate_view(sub, pred=prefix, progress=progress)
+        out["headline"] = {"group": "held_out + unseen", "samples": len(not_trained),
+                           "before": evaluate_view(sub, pred=before, progress=progress, store=False,
+                                                   fiftyone_eval=False) if has_before else None,
+                           "after": after}
+    else:
+        out["warning"] = (f"every sample of the view was trained on ({len(groups['trained'])}): before / after on "
+                          "them says nothing about new images; compare on samples the run did not train on")
+    if groups["trained"] and not_trained:
+        out["note"] = (f"{len(groups['trained'])} trained-on sample(s) are reported apart and left out of the "
+                       "headline")
+    info = ds.info
+    info.setdefault(COMPARISONS_KEY, {})[prefix] = {
+        "run_dir": out["run_dir"], "weights": out["weights"], "before": before, "split_field": field_name,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "warning": out["warning"],
+        "groups": {name: {"samples": g["samples"], "before": headline(g["before"]), "after": headline(g["after"])}
+                   for name, g in out["groups"].items()},
+        "headline": None if out["headline"] is None else {
+            "group": out["headline"]["group"], "samples": out["headline"]["samples"],
+            "before": headline(out["headline"]["before"]), "after": headline(out["headline"]["after"])}}
+    ds.info = info
+    ds.save()
+    return out
+
+
+def _evaluate_group(ds: fo.Dataset, ids: list[str], prefix: str, before: str, has_before: bool,
+                    progress: bool) -> dict[str, Any]:
+    """Before / after on one group (its summaries are not stored on the dataset)."""
+    from .evaluate import evaluate_view
+
+    if not ids:
+        return {"samples": 0, "before": None, "after": None}
+    sub = ds.select(ids)
+    return {"samples": len(ids),
+            "before": evaluate_view(sub, pred=before, progress=progress, store=False, fiftyone_eval=False)
+            if has_before else None,
+            "after": evaluate_view(sub, pred=prefix, progress=progress, store=False, fiftyone_eval=False)}
 
 
 def headline(summary: dict[str, Any] | None) -> dict[str, float | None]:

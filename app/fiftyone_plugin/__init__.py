@@ -3,9 +3,11 @@
 - ``run_model``: predictions of the model (panoptic, instance, semantic, uncertainty) on the target view;
 - ``evaluate``: per-sample and dataset PQ / mIoU / mask AP (sort the grid by ``pred_pq`` to see the worst);
 - ``open_in_editor``: a link that opens the selected sample, with its labels, in the Gradio editor;
-- ``finetune``: export the view and start ``training.train`` detached (``torchrun`` over the GPUs if any);
-- ``finetune_status``: progress of the runs recorded on the dataset (``metrics.jsonl``, checkpoints);
-- ``load_finetuned``: predictions of the newest fine-tuned checkpoint into new fields, before / after metrics.
+- ``finetune``: export the view (the whole view unless the selection is chosen; the number of samples is
+  said before starting) and start the few-shot runner ``training.finetune`` detached, with a time budget;
+- ``finetune_status``: iteration n / N, time left, the held-out curve and before / after of each run;
+- ``load_finetuned``: predictions of a run's recommended weights into new fields, before / after on the
+  samples it trained on, its held-out samples and the unseen ones apart (the headline: not trained on).
 
 Thin on purpose: every operator calls ``app.fiftyone_bridge``. Install with
 ``python -m app.fiftyone_bridge plugin`` (a link in FiftyOne's plugins folder; the App command does it).
@@ -57,6 +59,11 @@ def _headline(summary: dict | None) -> str:
 
     h = headline(summary)
     return ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in h.items())
+
+
+def _before_after(group: dict) -> str:
+    n = group["samples"]
+    return f"{n} sample{'' if n == 1 else 's'}: before {_headline(group['before'])}; after {_headline(group['after'])}"
 
 
 class RunModel(foo.Operator):
@@ -167,15 +174,37 @@ class FineTune(foo.Operator):
         return foo.OperatorConfig(name="finetune", label="Mask2Former: fine-tune on the view", dynamic=True)
 
     def resolve_input(self, ctx):
+        from app.fiftyone_bridge.finetune import training_plan
+
         inputs = types.Object()
-        inputs.view_target(ctx)
+        target = inputs.view_target(ctx, action_description="Fine-tune on",
+                                    selected_samples_description="Only the selected samples")
+        # the whole view unless the user picks the selection (FiftyOne defaults to the most selective choice)
+        available = target.options.available_values()
+        target.default = next((t for t in ("CURRENT_VIEW", "DATASET", "BASE_VIEW") if t in available), target.default)
+        n = len(ctx.target_view())  # the chosen target; before a choice, the current view or the dataset
+        val = ctx.params.get("val") or None
+        plan, warning = training_plan(n, val)
+        if n == 0:
+            prop = inputs.str("plan", label="The target view is empty: nothing to fine-tune on", view=types.Error())
+            prop.invalid = True
+        elif warning:
+            inputs.str("plan", label=plan[0].upper() + plan[1:], description=warning, view=types.Warning())
+        else:
+            inputs.str("plan", label=plan[0].upper() + plan[1:], view=types.Notice())
         inputs.str("name", label="Export / run name", default=f"{ctx.dataset.slug}-finetune")
         inputs.str("weights", label="Starting weights", default="",
                    description="empty: the weights of the 'pred' predictions, else the built-in model")
-        inputs.int("max_iter", label="Iterations", default=200, min=1)
-        inputs.int("batch_size", label="Batch size (total)", default=2, min=1)
+        inputs.float("max_minutes", label="Time budget (minutes)", default=10.0, min=0.1,
+                     description="validation included; the run keeps its best weights and may stop earlier")
+        inputs.int("max_iter", label="At most N iterations", default=0, min=0,
+                   description="0: from the number of samples")
+        inputs.str("val", label="Validation data (FORMAT:PATH)", default="",
+                   description="empty: a fifth of the samples is held out (none under 4 samples)")
+        inputs.str("device", label="Device", default="", description="cpu, cuda (empty: cuda if available)")
         inputs.str("labels", label="Labels to train on (prefix)", default=GT)
-        inputs.str("trainer_args", label="More training.train options", default="")
+        inputs.str("trainer_args", label="More training.finetune options", default="",
+                   description="e.g. --recipe recipe.json")
         inputs.str("corrections_dir", label="Export folder root", default=corrections_dir())
         inputs.str("runs_dir", label="Runs folder", default=runs_dir())
         return types.Property(inputs, view=types.View(label="Fine-tune"))
@@ -184,24 +213,30 @@ class FineTune(foo.Operator):
         import shlex
 
         from app.export import sanitize_name
-        from app.fiftyone_bridge.finetune import start_finetune
+        from app.fiftyone_bridge.finetune import start_finetune, training_plan
 
         name = sanitize_name(ctx.params.get("name") or f"{ctx.dataset.slug}-finetune")
-        record = start_finetune(ctx.target_view(), Path(ctx.params.get("corrections_dir") or corrections_dir()) / name,
+        view = ctx.target_view()
+        val = ctx.params.get("val") or None
+        _, warning = training_plan(len(view), val)
+        record = start_finetune(view, Path(ctx.params.get("corrections_dir") or corrections_dir()) / name,
                                 Path(ctx.params.get("runs_dir") or runs_dir()) / name,
                                 weights=ctx.params.get("weights") or None,
-                                max_iter=int(ctx.params.get("max_iter") or 200),
-                                batch_size=int(ctx.params.get("batch_size") or 2),
-                                prefix=ctx.params.get("labels") or GT,
+                                max_minutes=float(ctx.params.get("max_minutes") or 10.0),
+                                max_iter=int(ctx.params.get("max_iter") or 0) or None, val=val,
+                                device=ctx.params.get("device") or None, prefix=ctx.params.get("labels") or GT,
                                 extra=shlex.split(ctx.params.get("trainer_args") or ""), overwrite_export=True)
-        return {"run_dir": record.run_dir, "pid": record.pid, "command": " ".join(record.command),
-                "gpus": record.gpus, "export": record.export_dir}
+        return {"plan": record.plan, "warning": warning or "", "samples": record.n_images, "run_dir": record.run_dir,
+                "pid": record.pid, "command": " ".join(record.command), "export": record.export_dir}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
+        outputs.str("plan", label="Plan")
+        if (ctx.results or {}).get("warning"):
+            outputs.str("warning", label="Warning", view=types.Warning())
+        outputs.int("samples", label="Samples exported")
         outputs.str("run_dir", label="Run directory (progress: the finetune_status operator)")
         outputs.int("pid", label="Process id")
-        outputs.int("gpus", label="GPUs")
         outputs.str("command", label="Command")
         outputs.str("export", label="Exported training data")
         return types.Property(outputs)
@@ -215,15 +250,14 @@ class FineTuneStatus(foo.Operator):
     def execute(self, ctx):
         from app.fiftyone_bridge.finetune import list_runs, run_status
 
-        lines = []
+        blocks = []
         for record in reversed(list_runs(ctx.dataset)):
-            st = run_status(record, metrics=3)
-            lines.append(f"**{st['run_dir']}**: {st['state']}"
-                         + (f" (exit {st['returncode']})" if st["returncode"] not in (None, 0) else ""))
-            for m in st["metrics"]:
-                lines.append(f"- iter {m.get('iter', '?')}: loss {m.get('loss', float('nan')):.4g}")
-            lines.append(f"- checkpoint: {st['checkpoint'] or 'none yet'}")
-        return {"report": "\n".join(lines) or "no fine-tuning run recorded on this dataset"}
+            st = run_status(record)
+            lines = [f"**{st['run_dir']}**: {st['state']} ({record.get('n_images', '?')} samples exported)"]
+            lines += [f"- {line}" for line in st["summary"].splitlines() if line.strip()]
+            lines.append(f"- weights: {st['weights'] or 'none yet'}")
+            blocks.append("\n".join(lines))
+        return {"report": "\n\n".join(blocks) or "no fine-tuning run recorded on this dataset"}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
@@ -253,14 +287,23 @@ class LoadFinetuned(foo.Operator):
                                    before=ctx.params.get("before") or PRED, progress=False,
                                    callback=_progress(ctx, "predict"))
         ctx.trigger("reload_dataset")
-        return {"checkpoint": result["checkpoint"], "before": _headline(result["before"]),
-                "after": _headline(result["after"])}
+        top = result["headline"]
+        out = {"weights": result["weights"], "split_field": result["split_field"], "warning": result["warning"] or "",
+               "headline": "-" if top is None else _before_after(top)}
+        for name, group in result["groups"].items():
+            out[name] = _before_after(group) if group["samples"] else "none"
+        return out
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        outputs.str("checkpoint", label="Checkpoint")
-        outputs.str("before", label="Before")
-        outputs.str("after", label="After")
+        if (ctx.results or {}).get("warning"):
+            outputs.str("warning", label="Warning", view=types.Warning())
+        outputs.str("headline", label="Samples it did not train on (held out + unseen)")
+        outputs.str("unseen", label="Unseen (not exported)")
+        outputs.str("held_out", label="Held out by the run")
+        outputs.str("trained", label="Trained on (not a measure of the gain)")
+        outputs.str("split_field", label="Filter by this field (trained / held_out / unseen)")
+        outputs.str("weights", label="Weights")
         return types.Property(outputs)
 
 
