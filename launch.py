@@ -51,6 +51,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="launch.py", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -77,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where exports go: DIR/<name>/ (default datasets/corrections)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
                    help="where fine-tuning runs go: DIR/<export name>/ (default runs)")
-    p.add_argument("--finetune-iters", type=_positive, default=200, help="default fine-tuning length (default 200)")
+    p.add_argument("--finetune-minutes", type=_minutes, default=10.0, metavar="M",
+                   help="default time budget of a fine-tuning run, validation included (default 10)")
+    p.add_argument("--finetune-recipe", type=Path, default=None, metavar="FILE",
+                   help="a FinetuneRecipe JSON for the trainer (keys of training/finetune.py)")
     p.add_argument("--max-upload", default="50mb", help="largest upload accepted (default 50mb)")
     p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS,
                    help=f"largest image accepted, in pixels (default {DEFAULT_MAX_PIXELS:,})")
@@ -121,13 +134,17 @@ def main(argv: list[str] | None = None) -> int:
         images = list_images(args.images) if args.images is not None else []
         if args.images is not None and not images:
             raise ValueError(f"{args.images}: no images found")
-        dataset = None
+        if args.finetune_recipe is not None and not args.finetune_recipe.is_file():
+            raise ValueError(f"{args.finetune_recipe}: no such recipe file")
+        dataset = spec = None
         if args.dataset is not None:
-            from m2f_core.data.records import open_dataset
+            from m2f_core.data.records import open_dataset, parse_dataset_spec
 
             dataset = open_dataset(args.dataset, split=args.split)
             if len(dataset) == 0:
                 raise ValueError(f"{args.dataset}: the dataset has no images")
+            fmt, path = parse_dataset_spec(args.dataset)
+            spec = f"{fmt}:{path.resolve()}"  # absolute: the export manifest names the dataset from anywhere
         print(f"loading model {args.weights or '(built-in)'} ...", file=sys.stderr)
         predictor = Predictor(args.weights, device=args.device, config=args.config, backend=args.backend)
     except (ValueError, OSError, RuntimeError) as e:
@@ -143,11 +160,13 @@ def main(argv: list[str] | None = None) -> int:
 
     work_dir = Path(tempfile.mkdtemp(prefix="m2f-workbench-"))
     examples = [] if args.no_examples else make_examples(work_dir / "examples")
-    wb = Workbench(predictor, args.corrections_dir, images=images, dataset=dataset, examples=examples,
+    wb = Workbench(predictor, args.corrections_dir, images=images, dataset=dataset, dataset_spec=spec,
+                   dataset_split=args.split, examples=examples,
                    work_dir=work_dir, max_pixels=args.max_pixels,
                    weights_label=str(args.weights) if args.weights else "built-in synthetic_small",
                    weights_source=str(args.weights) if args.weights else "builtin", runs_dir=args.runs_dir,
-                   finetune_iters=args.finetune_iters)
+                   finetune_minutes=args.finetune_minutes,
+                   finetune_args=["--recipe", str(args.finetune_recipe.resolve())] if args.finetune_recipe else [])
     demo = build_app(wb)
     demo.queue(default_concurrency_limit=4)
     open_browser = is_desktop() and not args.no_browser
@@ -163,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        if wb.job is not None:  # a fine-tuning run does not outlive the app
-            wb.job.stop()
+        if wb.finetune_run is not None:  # a fine-tuning run does not outlive the app (it saves its best weights)
+            wb.finetune_run.cancel()
         shutil.rmtree(work_dir, ignore_errors=True)  # uploads and examples (exports are elsewhere)
     return 0
 

@@ -30,7 +30,8 @@ CSS = """
 HELP = """**Loop**: open an image → the model runs once → switch task freely → click a segment (or a table row) →
 relabel / delete / split, or tick *add clicks to the selection* and merge → paint, erase or add a segment
 with the click mode and brush size → *Recover* offers the model's dropped queries at a pixel → undo / redo →
-export to a corrections folder the trainer reads."""
+export to a corrections folder → fine-tune on it (held-out images measure the gain) → adopt the new model.
+Images without edits then show the new model's prediction; edited ones keep theirs until ⟳ Re-predict."""
 
 
 def _table(rows: list[list]) -> Any:
@@ -122,6 +123,7 @@ def build_app(wb: Workbench) -> gr.Blocks:
                     split = gr.Button("Split", elem_id="split", size="sm")
                     undo = gr.Button("↶ Undo", elem_id="undo", size="sm")
                     redo = gr.Button("↷ Redo", elem_id="redo", size="sm")
+                    repredict = gr.Button("⟳ Re-predict", elem_id="repredict", size="sm")
                 with gr.Accordion("Free-hand brush", open=False) as brush_box:
                     editor = gr.ImageEditor(label="Paint a stroke over the current view", elem_id="brush-editor",
                                             type="numpy", sources=[], transforms=[], layers=False,
@@ -143,19 +145,35 @@ def build_app(wb: Workbench) -> gr.Blocks:
                         export_name = gr.Textbox(label="Name", value="mine", elem_id="export-name", max_lines=1)
                         export_btn = gr.Button("Export", elem_id="export", variant="primary")
                     with gr.Row():
+                        reviewed_btn = gr.Button("✓ Mark reviewed (or unmark)", elem_id="mark-reviewed", size="sm")
                         export_overwrite = gr.Checkbox(False, label="Replace an existing export",
                                                        elem_id="export-overwrite")
-                        only_edited = gr.Checkbox(False, label="Only edited images", elem_id="only-edited")
+                    include_untouched = gr.Checkbox(False, label="Include untouched images (the model's own output); "
+                                                    "by default only edited and reviewed images are exported",
+                                                    elem_id="include-untouched")
                     export_file = gr.File(label="Download (zip)", elem_id="export-file", interactive=False)
-                with gr.Accordion("Fine-tune on the export, reload", open=False):
+                with gr.Accordion("Fine-tune on the export, adopt the new model", open=False):
                     with gr.Row():
-                        ft_iters = gr.Number(value=wb.finetune_iters, precision=0, minimum=1, maximum=100_000,
-                                             label="Iterations", elem_id="finetune-iters")
+                        ft_minutes = gr.Number(value=wb.finetune_minutes, minimum=0.1, maximum=24 * 60,
+                                               label="Time budget (minutes)", elem_id="finetune-minutes")
+                        ft_max_iter = gr.Number(value=wb.finetune_max_iter or 0, precision=0, minimum=0,
+                                                maximum=100_000, label="Max iterations (0: automatic)",
+                                                elem_id="finetune-max-iter")
+                    with gr.Row():
                         ft_btn = gr.Button("Fine-tune", elem_id="finetune")
-                        reload_btn = gr.Button("Reload weights", elem_id="reload")
-                    ft_log = gr.Textbox(label="Progress (metrics.jsonl)", elem_id="finetune-log", lines=6,
-                                        interactive=False)
-                    compare = gr.Gallery(label="Before / after (panoptic)", elem_id="compare", columns=2, height=300)
+                        ft_cancel = gr.Button("Cancel", elem_id="finetune-cancel", variant="stop")
+                    ft_log = gr.Textbox(label="Progress (held-out validation curve)", elem_id="finetune-log",
+                                        lines=6, interactive=False)
+                    ft_result = gr.Markdown("", elem_id="finetune-result")
+                    with gr.Row():
+                        adopt_btn = gr.Button("Adopt this model", elem_id="adopt", variant="primary")
+                        adopt_anyway = gr.Checkbox(False, label="Adopt anyway (not better on held-out images)",
+                                                   elem_id="adopt-anyway")
+                    with gr.Row(visible=wb.dataset is not None):
+                        eval_count = gr.Number(value=20, precision=0, minimum=1, maximum=10_000,
+                                               label="Dataset images", elem_id="evaluate-count")
+                        eval_btn = gr.Button("Evaluate on the dataset", elem_id="evaluate-dataset")
+                    eval_out = gr.Markdown("", elem_id="evaluate-result")
                 timer = gr.Timer(2.0, active=False)
 
         view = [state, canvas, segments, status, relabel, recover, gt, position]
@@ -243,25 +261,32 @@ def build_app(wb: Workbench) -> gr.Blocks:
                 return (*show(s, screen), editor_value(screen.canvas))
             return fn
 
-        def on_export(s, name, over, only):
+        def on_export(s, name, over, untouched):
             s = session(s)
-            screen = wb.export(s, name, over, only)
+            screen = wb.export(s, name, over, include_untouched=bool(untouched))
             return (*show(s, screen), screen.export_file)
 
-        def on_finetune(s, name, iters):
-            s = session(s)
-            screen = wb.start_finetune(s, name, int(iters) if iters else None)
-            text, running = wb.finetune_status()
-            return (*show(s, screen), text, gr.Timer(active=running))
+        def panel() -> tuple:
+            v = wb.finetune_view()
+            return v.progress, v.result, gr.Timer(active=v.running)
 
-        def on_poll():
-            text, running = wb.finetune_status()
-            return text, gr.Timer(active=running)
-
-        def on_reload(s):
+        def on_finetune(s, name, minutes, max_iter):
             s = session(s)
-            screen = wb.reload(s)
-            return (*show(s, screen), screen.compare or None, f"## Mask2Former workbench\n{wb.describe()}")
+            screen = wb.start_finetune(s, name, float(minutes) if minutes else None,
+                                       int(max_iter) if max_iter else None)
+            return (*show(s, screen), *panel())
+
+        def on_cancel():
+            message = wb.cancel_finetune(wait=False)
+            return message, gr.Timer(active=True)  # the timer shows the run ending
+
+        def on_adopt(s, anyway):
+            s = session(s)
+            screen = wb.adopt(s, anyway=bool(anyway))
+            return (*show(s, screen), f"## Mask2Former workbench\n{wb.describe()}")
+
+        def on_evaluate(count):
+            return wb.evaluate_on_dataset(int(count) if count else 20)
 
         quick = {"show_progress": "hidden"}
         demo.load(on_load, [state], view)
@@ -281,13 +306,17 @@ def build_app(wb: Workbench) -> gr.Blocks:
         split.click(simple(wb.split), [state], view, **quick)
         undo.click(simple(wb.undo), [state], view, **quick)
         redo.click(simple(wb.redo), [state], view, **quick)
+        repredict.click(simple(wb.repredict), [state], view)
         recover.select(on_recover, [state, overwrite], view, **quick)
         brush_box.expand(on_brush_load, [state], [editor])
         brush_load.click(on_brush_load, [state], [editor])
         for button, op in ((brush_paint, "paint"), (brush_erase, "erase"), (brush_new, "new")):
             button.click(on_brush(op), [state, editor, overwrite, new_class], [*view, editor], **quick)
-        ft_btn.click(on_finetune, [state, export_name, ft_iters], [*view, ft_log, timer])
-        timer.tick(on_poll, None, [ft_log, timer], show_progress="hidden")
-        reload_btn.click(on_reload, [state], [*view, compare, header])
-        export_btn.click(on_export, [state, export_name, export_overwrite, only_edited], [*view, export_file])
+        ft_btn.click(on_finetune, [state, export_name, ft_minutes, ft_max_iter], [*view, ft_log, ft_result, timer])
+        ft_cancel.click(on_cancel, None, [ft_log, timer])
+        timer.tick(panel, None, [ft_log, ft_result, timer], show_progress="hidden")
+        adopt_btn.click(on_adopt, [state, adopt_anyway], [*view, header])
+        eval_btn.click(on_evaluate, [eval_count], [eval_out])
+        reviewed_btn.click(simple(wb.mark_reviewed), [state], view, **quick)
+        export_btn.click(on_export, [state, export_name, export_overwrite, include_untouched], [*view, export_file])
     return demo

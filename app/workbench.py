@@ -12,8 +12,14 @@ User mistakes (a bad image, an edit that cannot apply, a bad export name) never 
 
 Split by responsibility: this module holds the shared state, sessions, model runs, the ``Screen``
 rendering, opening images and view options; ``app.workbench_edits`` the clicks and edits;
-``app.workbench_loop`` export, fine-tune and reload; ``app.workbench_session`` the
+``app.workbench_loop`` export, fine-tune and adopting its model; ``app.workbench_session`` the
 ``EditorSession`` and ``Screen`` records.
+
+Which model predicted an image: every prediction is made under the label of the current weights
+(``model_label``), and the status line shows it ("predicted by: ..."). An image without edits always
+shows the current model's prediction: opened after the model was swapped, it is predicted again
+(``_open``). An edited image keeps its edits and the prediction they were made on until the user
+chooses Re-predict (``LoopActions.repredict``).
 """
 
 from __future__ import annotations
@@ -36,12 +42,12 @@ from m2f_core.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from m2f_core.data.records import remove_stale_temporaries
 
 from .editing import TASKS
-from .finetune import FineTuneJob
+from .finetune import FineTuneRun
 from .render import candidate_preview, relabel_choices, render_canvas, render_ground_truth, segment_rows
 from .state import WorkspaceState
 from .workbench_edits import CLICK_MODES, EditActions
 from .workbench_loop import LoopActions
-from .workbench_session import EditorSession, Screen, _ms, unique_name
+from .workbench_session import EditorSession, Screen, _ms, short_label, unique_name
 
 if TYPE_CHECKING:
     from m2f_core.data.records import SegmentationDataset
@@ -60,21 +66,27 @@ class Workbench(EditActions, LoopActions):
 
     def __init__(self, predictor: Predictor, corrections_dir: str | Path = "datasets/corrections", *,
                  images: Sequence[str | Path] = (), dataset: SegmentationDataset | None = None,
+                 dataset_spec: str | None = None, dataset_split: str | None = None,
                  examples: Sequence[str | Path] = (), work_dir: str | Path | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = 1600, min_side: int = 640,
                  weights_label: str = "",
-                 weights_source: str | None = None, runs_dir: str | Path = "runs", finetune_iters: int = 200,
-                 finetune_batch: int = 2) -> None:
+                 weights_source: str | None = None, runs_dir: str | Path = "runs", finetune_minutes: float = 10.0,
+                 finetune_max_iter: int | None = None, finetune_args: Sequence[str] = ()) -> None:
         self.predictor = predictor
         self.corrections_dir = Path(corrections_dir)
         remove_stale_temporaries(self.corrections_dir)  # an export killed mid-write: put the old one back
         self.dataset = dataset
+        self.dataset_spec = dataset_spec  # "FORMAT:PATH" of ``dataset`` (the export manifest's ``source``)
+        self.dataset_split = dataset_split
         self._gt_index: dict[str, int] = {}
+        self._source_ids: dict[str, int | str] = {}  # image path -> its id in the dataset (kept by exports)
         browse = [Path(p) for p in images]
         if dataset is not None:
             for i in range(len(dataset)):
-                path = Path(dataset[i].file_name)
+                sample = dataset[i]
+                path = Path(sample.file_name)
                 self._gt_index[str(path)] = i
+                self._source_ids[str(path)] = sample.image_id
                 browse.append(path)
         self.browse = browse
         self.examples = [Path(p) for p in examples]
@@ -86,9 +98,11 @@ class Workbench(EditActions, LoopActions):
         self.weights_label = weights_label
         self.weights_source = weights_source
         self.runs_dir = Path(runs_dir)
-        self.finetune_iters = int(finetune_iters)
-        self.finetune_batch = int(finetune_batch)
-        self.job: FineTuneJob | None = None
+        self.finetune_minutes = float(finetune_minutes)
+        self.finetune_max_iter = finetune_max_iter
+        self.finetune_args = list(finetune_args)  # more trainer options (e.g. --recipe FILE)
+        self.finetune_run: FineTuneRun | None = None  # the app's one fine-tuning run (the last started)
+        self.finetune_export: Path | None = None  # the export it trains on
         self._job_lock = threading.Lock()
         self.model_runs = 0  # all sessions together
         self._model_lock = threading.Lock()
@@ -97,6 +111,11 @@ class Workbench(EditActions, LoopActions):
     @property
     def config(self):
         return self.predictor.config
+
+    @property
+    def model_label(self) -> str:
+        """The label of the current weights, stored with each prediction ("predicted by")."""
+        return self.weights_label or self.config.name
 
     # ---------------------------------------------------------------------------- sessions
     def new_session(self) -> EditorSession:
@@ -118,15 +137,23 @@ class Workbench(EditActions, LoopActions):
         """Run the model once on an image (decoded with the pixel limit) and cache the result."""
         item = s.workspace.item(key)
         rgb = load_image(item.path, max_pixels=self.max_pixels)
-        with self._model_lock:
+        with self._model_lock:  # the predictor and its label are swapped together under this lock
             pred = self.predictor.predict(rgb)
+            label = self.model_label
             self.model_runs += 1
         s.model_runs += 1
         s.timings["model"] = _ms(pred.timings.get("model", 0.0) + pred.timings.get("preprocess", 0.0))
         log.info("model run %d: %s %dx%d in %.0f ms", self.model_runs, item.path.name if item.path else key,
                  rgb.shape[1], rgb.shape[0], s.timings["model"])
-        s.workspace.set_prediction(key, pred)
+        s.workspace.set_prediction(key, pred, weights=label)
         return pred
+
+    def _outdated(self, s: EditorSession, key: str) -> bool:
+        """An untouched image (no edits, not marked reviewed) predicted by other weights than the current
+        ones: predict it again. Loaded labels (``weights`` empty) are never replaced."""
+        item = s.workspace.item(key)
+        return (item.session is not None and bool(item.weights) and item.weights != self.model_label
+                and item.status == "untouched")
 
     def _prediction(self, s: EditorSession) -> Prediction | None:
         """The current image's prediction, recomputed if it fell out of the cache (edits are kept)."""
@@ -154,7 +181,9 @@ class Workbench(EditActions, LoopActions):
                                max_side=self.max_side, min_side=self.min_side)
         s.timings["render"] = _ms(time.perf_counter() - start)
         primary = s.selected[-1] if s.selected else None
-        choices = relabel_choices(session, pred, primary) if primary is not None else []
+        # the model's ranking only from the prediction the annotation started from (same query numbers)
+        ranking = pred if ws.predicted_by() == ws.item().weights else None
+        choices = relabel_choices(session, ranking, primary) if primary is not None else []
         value = session.segment(primary).category_id if primary is not None else None
         color = self.config.colors
         cands = [(candidate_preview(pred.image, c, color[c.category_id] if c.category_id < len(color) else (255, 0, 0)),
@@ -184,6 +213,8 @@ class Workbench(EditActions, LoopActions):
             if s.selected:
                 sel = ", ".join(f"#{i} {session.class_names[session.segment(i).category_id]}" for i in s.selected)
                 parts.append(f"selected {sel}")
+            parts.append(self._predicted_by(s))
+            parts.append(f"export status: {ws.item().status}")
         t = s.timings
         if "model" in t:
             parts.append(f"model {t['model']:.0f} ms")
@@ -194,6 +225,20 @@ class Workbench(EditActions, LoopActions):
             parts.append(f"render {t['render']:.1f} ms")
         line = " · ".join(parts)
         return f"{message}\n\n{line}" if message else line
+
+    def _predicted_by(self, s: EditorSession) -> str:
+        """Which weights predicted the current image, and what that means for its edits."""
+        ws = s.workspace
+        item, by = ws.item(), ws.predicted_by()
+        text = f"predicted by: {short_label(by or item.weights or '?')}"
+        if item.weights and by is not None and by != item.weights:
+            text += f" (edits made on the prediction of {short_label(item.weights)}: no model ranking in the " \
+                    "relabel menu)"
+        elif by is not None and by != self.model_label and item.status == "untouched":
+            text += " (an earlier model: ⟳ Re-predict to use the current one)"  # swapped while it was open
+        elif by is not None and by != self.model_label:
+            text += " (an earlier model, kept for your edits or review: ⟳ Re-predict starts again from the current one)"
+        return text
 
     def _ground_truth(self, s: EditorSession, pred: Prediction) -> np.ndarray | None:
         if self.dataset is None:
@@ -233,8 +278,9 @@ class Workbench(EditActions, LoopActions):
     def start(self, s: EditorSession) -> Screen:
         """Page load: open the first command-line image, if any."""
         def action():
-            if s.workspace.current is not None and s.workspace.prediction() is None:
-                self._predict(s, s.workspace.current)
+            current = s.workspace.current
+            if current is not None and (s.workspace.prediction() is None or self._outdated(s, current)):
+                self._open(s, current, "")
                 return "ready"
             return "Upload an image or pick an example." if s.workspace.current is None else ""
         return self._run(s, action)
@@ -285,6 +331,8 @@ class Workbench(EditActions, LoopActions):
         ws = s.workspace
         ws.open(key)
         s.selected, s.candidates = [], []
+        if self._outdated(s, key):  # the model was swapped since: its untouched annotation follows the model
+            ws.discard(key)
         if ws.prediction() is None:
             self._predict(s, key)
         return message

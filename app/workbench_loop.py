@@ -1,23 +1,28 @@
-"""The closed loop's app actions: export the corrections, fine-tune on them, reload the new weights.
+"""The closed loop's app actions: export the corrections, fine-tune on them, adopt the new model, measure.
 
 Why a module of its own: these actions reach outside the editing session (the corrections folder,
-a trainer subprocess, a new ``Predictor``) and share the one fine-tuning job of the app.
-``LoopActions`` is a mixin of ``Workbench`` and relies on its ``_run``, ``screen``, ``config``,
-``predictor``, ``corrections_dir``, ``runs_dir``, ``job`` and locks.
+a trainer subprocess, a new ``Predictor``) and share the one fine-tuning run of the app.
+``LoopActions`` is a mixin of ``Workbench`` and relies on its ``_run``, ``_open``, ``_predict``,
+``_outdated``, ``screen``, ``config``, ``predictor``, ``model_label``, ``corrections_dir``, ``runs_dir``,
+``finetune_*`` settings and locks; the export on ``_name``, ``_source_ids`` (dataset image ids, kept by the
+export), ``dataset_spec`` and ``dataset_split``. The panel's texts are pure functions at the end of the module.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+from .export import ExportItem, export_corrections, sanitize_name, zip_export
+from .finetune import FineTuneRun, finetune_command, read_json, recommended_weights
+from .workbench_session import EditorSession, Screen, short_label, unique_name
 
-from .export import export_corrections, sanitize_name, zip_export
-from .finetune import FineTuneJob, finetune_command, latest_checkpoint
-from .workbench_session import EditorSession, Screen, unique_name
+__all__ = ["FinetuneView", "LoopActions", "class_changes", "comparison_markdown", "gain_markdown"]
 
-__all__ = ["LoopActions"]
+HEADLINE = ("PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU", "AP")
 
 log = logging.getLogger("app")
 
@@ -26,19 +31,54 @@ class LoopActions:
     """Export, fine-tune and reload of ``Workbench`` (a mixin, see the module docstring)."""
 
     # ---------------------------------------------------------------------------- export
-    def export(self, s: EditorSession, name: str, overwrite: bool = False, only_edited: bool = False) -> Screen:
-        """Write ``<corrections dir>/<name>/`` from the session's annotated images, and a zip of it."""
+    def mark_reviewed(self, s: EditorSession, reviewed: bool | None = None) -> Screen:
+        """Mark the current image as checked (its annotation is right as it is), so that the default export
+        takes it although it has no edits; ``None`` toggles the mark."""
+        def action():
+            ws = s.workspace
+            if ws.current is None or ws.session() is None:
+                raise ValueError("no image open: upload one or pick an example")
+            item = ws.item()
+            item = ws.mark_reviewed(ws.current, not item.reviewed if reviewed is None else reviewed)
+            if not item.reviewed:
+                return f"{self._name(s)}: no longer marked reviewed"
+            if item.status == "edited":
+                return f"{self._name(s)}: marked reviewed (it is exported as edited: it has edits)"
+            return f"{self._name(s)}: marked reviewed, exported as it is"
+        return self._run(s, action)
+
+    def export(self, s: EditorSession, name: str, overwrite: bool = False, include_untouched: bool = False) -> Screen:
+        """Write ``<corrections dir>/<name>/`` (with ``manifest.json``) and a zip of it.
+
+        The edited and reviewed images by default; the untouched ones (the model's own output) only with
+        ``include_untouched``. Images of ``--dataset`` keep their id and file name, so the export
+        evaluates against the dataset's ground truth (``python -m m2f_core.evaluate panoptic``).
+        """
         zip_path: list[str] = []
 
         def action():
             clean = sanitize_name(name)
-            items = s.workspace.export_items(only_edited=only_edited)
-            if not items:
-                raise ValueError("nothing to export: no edited image" if only_edited else
-                                 "nothing to export: open an image first")
-            folder = export_corrections(items, self.config, self.corrections_dir, clean, overwrite=overwrite)
+            ws = s.workspace
+            chosen = ws.export_items(include_untouched=include_untouched)
+            if not chosen:
+                if not ws.export_items(include_untouched=True):
+                    raise ValueError("nothing to export: open an image first")
+                raise ValueError("nothing to export: no image is edited or marked reviewed (edit one, press "
+                                 "'Mark reviewed', or tick 'Include untouched images' to export the model's own "
+                                 "output)")
+            items = [ExportItem(it.path, it.session, it.status, self._source_ids.get(str(it.path)),
+                                it.weights or None, it.opened or None) for it in chosen]
+            source = self.dataset_spec if self.dataset is not None else None
+            manifest = {"source": source, "source_split": self.dataset_split if source else None,
+                        "weights": self.model_label, "weights_source": self.weights_source}
+            folder = export_corrections(items, self.config, self.corrections_dir, clean, overwrite=overwrite,
+                                        manifest=manifest, reserved_ids=set(self._source_ids.values()))
             zip_path.append(str(zip_export(folder)))
-            return f"exported {len(items)} image(s) to {folder}"
+            counts = {st: sum(it.status == st for it in items) for st in ("edited", "reviewed", "untouched")}
+            detail = ", ".join(f"{n} {st}" for st, n in counts.items() if n)
+            left = len(ws.export_items(include_untouched=True)) - len(items)
+            return (f"exported {len(items)} image(s) ({detail}) to {folder}"
+                    + (f"; {left} untouched image(s) left out" if left else ""))
         with s.lock:
             try:
                 message = action()
@@ -46,78 +86,250 @@ class LoopActions:
                 message = f"⚠️ export failed: {e}"
             return self.screen(s, message, export_file=zip_path[0] if zip_path else None)
 
-    # ---------------------------------------------------------------------------- fine-tune and reload
-    def start_finetune(self, s: EditorSession, name: str, max_iter: int | None = None) -> Screen:
-        """Start the trainer on the export ``name`` from the current weights (one job at a time)."""
+    # ---------------------------------------------------------------------------- fine-tune, follow, cancel
+    def start_finetune(self, s: EditorSession, name: str, max_minutes: float | None = None,
+                       max_iter: int | None = None) -> Screen:
+        """Start ``training.finetune`` on the export ``name`` from the current weights (one run at a time)."""
         def action():
             clean = sanitize_name(name)
             export_dir = self.corrections_dir / clean
             if not (export_dir / "panoptic.json").is_file():
                 raise ValueError(f"no export {export_dir}: press Export first")
+            minutes = float(max_minutes) if max_minutes else self.finetune_minutes
+            if minutes <= 0:
+                raise ValueError(f"the time budget must be > 0 minutes, got {minutes:g}")
             with self._job_lock:
-                if self.job is not None and self.job.running:
-                    raise ValueError(f"a fine-tuning run is going on already ({self.job.run_dir})")
+                running = self.finetune_run
+                if running is not None and running.status().running:
+                    raise ValueError(f"a fine-tuning run is going on already ({running.run_dir}): wait or cancel it")
                 taken = {p.name for p in self.runs_dir.glob("*")} if self.runs_dir.is_dir() else set()
                 run_dir = self.runs_dir / unique_name(clean, "", taken)
                 cmd = finetune_command(self.weights_source or "builtin", export_dir.resolve(), run_dir.resolve(),
-                                       max_iter=max_iter or self.finetune_iters, batch_size=self.finetune_batch,
-                                       device=str(self.predictor.device))
-                self.job = FineTuneJob.start(cmd, run_dir)
+                                       max_minutes=minutes, max_iter=max_iter or self.finetune_max_iter,
+                                       device=str(self.predictor.device), extra=self.finetune_args)
+                self.finetune_run = FineTuneRun.start(cmd, run_dir)
+                self.finetune_export = export_dir.resolve()
                 log.info("fine-tuning: %s", " ".join(cmd))
-            return f"fine-tuning started: {run_dir} (log {self.job.log_path})"
+            return f"fine-tuning started: {run_dir} (at most {minutes:g} min; log {self.finetune_run.log_path})"
         return self._run(s, action)
 
-    def finetune_status(self) -> tuple[str, bool]:
-        """(text for the page, whether the job is still running)."""
-        job = self.job
-        if job is None:
-            return "no fine-tuning run yet: export, then press Fine-tune", False
-        st = job.status()
-        return f"{job.run_dir}\n{st.summary()}", st.running
+    def finetune_view(self) -> FinetuneView:
+        """The fine-tune panel: progress (n / N, time left, validation curve), then the measured gain."""
+        run = self.finetune_run
+        if run is None:
+            return FinetuneView("no fine-tuning run yet: export, then press Fine-tune", "", False, False)
+        st = run.status()
+        weights = None if st.running else st.weights
+        result = ""
+        if not st.running:
+            if st.result is not None:
+                result = gain_markdown(st.result)
+            elif weights is not None:
+                result = "⚠️ the run ended without a result (killed?): its last checkpoint was never validated"
+        return FinetuneView(f"{run.run_dir}\n{st.summary()}", result, st.running, weights is not None)
 
-    def reload(self, s: EditorSession, run_dir: str | Path | None = None) -> Screen:
-        """Swap in the newest checkpoint of the last run (or ``run_dir``); show before / after on this
-        session's annotated images (their cached predictions against the new model's)."""
-        compare: list[tuple[np.ndarray, str]] = []
+    def cancel_finetune(self, wait: bool = True) -> str:
+        """Stop the run: the trainer ends its step and writes the best weights so far, which stay adoptable.
+        ``wait=False`` returns at once (the page's timer shows the run ending)."""
+        run = self.finetune_run
+        if run is None or not run.alive():
+            return "no fine-tuning run is going on"
+        if wait:
+            run.cancel()
+            return f"cancelled {run.run_dir}: the best weights so far can be adopted"
+        threading.Thread(target=run.cancel, daemon=True).start()
+        return f"cancelling {run.run_dir}: the trainer ends its step and saves the best weights so far"
 
+    # ---------------------------------------------------------------------------- adopt the run's model
+    def adopt(self, s: EditorSession, anyway: bool = False, run_dir: str | Path | None = None) -> Screen:
+        """Swap in the run's recommended weights (``recommended_weights``) for every session.
+
+        Refused, with the numbers, when the run did not measure an improvement on its held-out images,
+        unless ``anyway``. Images without edits follow the new model (the current one is predicted again
+        now, the others when opened: ``Workbench._open``); edited images keep their edits and the
+        prediction they were made on until Re-predict.
+        """
         def action():
             from m2f_core.predictor import Predictor
-            from m2f_core.visualize import draw_panoptic
 
-            folder = Path(run_dir) if run_dir is not None else (self.job.run_dir if self.job is not None else None)
+            run = self.finetune_run
+            folder = Path(run_dir) if run_dir is not None else (run.run_dir if run is not None else None)
             if folder is None:
-                raise ValueError("nothing to reload: fine-tune first")
-            if self.job is not None and self.job.running and run_dir is None:
-                raise ValueError("the fine-tuning run is still going: wait for it to finish")
-            ckpt = latest_checkpoint(folder)
-            if ckpt is None:
-                raise ValueError(f"{folder}: no checkpoint yet")
+                raise ValueError("nothing to adopt: fine-tune first")
+            if run is not None and folder == run.run_dir and run.status().running:
+                raise ValueError("the fine-tuning run is still going: wait for it, or Cancel it (the best weights "
+                                 "so far stay adoptable)")
+            weights = recommended_weights(folder)
+            if weights is None:
+                raise ValueError(f"{folder}: no weights to adopt")
+            result = read_json(folder / "result.json")
+            if not anyway and not (result or {}).get("improved"):
+                raise ValueError(f"{not_better_reason(result)}: tick 'Adopt anyway' to use it all the same")
             backend = getattr(self.predictor, "backend", "torch")
-            new = Predictor(str(ckpt), device=self.predictor.device, backend=backend)
+            new = Predictor(str(weights), device=self.predictor.device, backend=backend)
             if new.config.class_names != self.config.class_names:
-                raise ValueError(f"{ckpt}: its classes differ from the current model's")
-            ws = s.workspace
-            shown = 0
-            for key in ws.keys:
-                old = ws.prediction(key)
-                if old is None or shown >= 4:
-                    continue
-                with self._model_lock:
-                    fresh = new.predict(old.image)
-                    self.model_runs += 1
-                s.model_runs += 1
-                cfg = self.config
-                name = ws.item(key).path.name if ws.item(key).path is not None else key
-                for tag, pred in (("before", old), ("after", fresh)):
-                    compare.append((draw_panoptic(pred.image, pred.panoptic(), cfg.class_names, cfg.colors,
-                                                  cfg.is_thing), f"{name} {tag}"))
-                ws.set_prediction(key, fresh)  # edits are kept; top-k menus now come from the new model
-                shown += 1
+                raise ValueError(f"{weights}: its classes differ from the current model's")
             with self._model_lock:
                 self.predictor = new
-                self.weights_source = str(ckpt)
-                self.weights_label = str(ckpt)
-            return f"reloaded weights from {ckpt}"
-        screen = self._run(s, action)
-        screen.compare = compare
-        return screen
+                self.weights_source = self.weights_label = str(weights)
+            ws = s.workspace
+            again = [k for k in ws.keys if self._outdated(s, k)]
+            kept = [k for k in ws.keys if ws.item(k).session is not None and ws.item(k).status != "untouched"]
+            if ws.current is not None:
+                self._open(s, ws.current, "")
+            message = f"adopted {short_label(str(weights))}"
+            if result and result.get("before"):
+                message += f" ({headline_text(result)})"
+            if again:
+                message += f"; {len(again)} image(s) without edits predicted again by it (the others when opened)"
+            if kept:
+                message += f"; {len(kept)} edited or reviewed image(s) keep their annotation and the earlier " \
+                           "prediction (⟳ Re-predict discards the edits)"
+            return message
+        return self._run(s, action)
+
+    def repredict(self, s: EditorSession) -> Screen:
+        """Discard the current image's edits and predict it with the current model (not undoable)."""
+        def action():
+            ws = s.workspace
+            if ws.current is None or ws.session() is None:
+                raise ValueError("no image open: upload one or pick an example")
+            if ws.predicted_by() == self.model_label:
+                ws.reset_session()  # the cached prediction is the current model's: no need to run it
+            else:
+                ws.discard(ws.current)
+                self._predict(s, ws.current)
+            s.selected, s.candidates = [], []
+            return f"predicted again by {short_label(self.model_label)} (edits discarded)"
+        return self._run(s, action)
+
+    # ---------------------------------------------------------------------------- measure on the dataset
+    def evaluate_on_dataset(self, limit: int = 20) -> str:
+        """The current model and the run's model side by side on up to ``limit`` images of ``--dataset``
+        that the run did not train on (not in its export, or held out). Markdown for the page."""
+        from m2f_core.data.records import Subset
+        from m2f_core.metrics.model_eval import evaluate_model
+        from m2f_core.predictor import Predictor
+
+        if self.dataset is None:
+            return "⚠️ no ground truth: start the app with --dataset FORMAT:PATH to evaluate on it"
+        run = self.finetune_run
+        st = run.status() if run is not None else None
+        if st is None or st.running or st.weights is None:
+            return "⚠️ no weights to evaluate: fine-tune first and wait for the run to end (or cancel it)"
+        trained = set(export_image_names(self.finetune_export)) - set((st.result or {}).get("held_out") or [])
+        unseen = sorted(i for path, i in self._gt_index.items() if Path(path).name not in trained)
+        if not unseen:
+            return "⚠️ every dataset image was trained on: nothing unseen to evaluate on"
+        subset = Subset(self.dataset, unseen[:max(1, int(limit))], name="unseen")
+        try:
+            run_model = Predictor(str(st.weights), device=self.predictor.device)
+            if self.weights_source == str(st.weights):  # adopted: compare with the weights the run started from
+                init = (st.result or {}).get("init") or "builtin"
+                base_label = f"start ({short_label(init)})"
+                before = evaluate_model(Predictor(init, device=self.predictor.device), subset, progress=False)
+            else:
+                base_label = f"current ({short_label(self.model_label)})"
+                with self._model_lock:
+                    before = evaluate_model(self.predictor, subset, progress=False)
+            after = evaluate_model(run_model, subset, progress=False)
+        except (ValueError, OSError) as e:
+            return f"⚠️ evaluation failed: {' '.join(str(e).split())}"
+        return comparison_markdown(_headline(before), _headline(after), _per_class(before, after),
+                                   f"{len(subset)} dataset image(s) the run never trained on",
+                                   (base_label, f"fine-tuned ({short_label(str(st.weights))})"))
+
+
+@dataclass
+class FinetuneView:
+    """What the fine-tune panel shows (plain values, read by the Gradio layer)."""
+
+    progress: str  # the run folder, state, n / N, time left, the validation curve (``RunStatus.summary``)
+    result: str  # Markdown: before / after on the held-out images, the classes that moved, the recommendation
+    running: bool
+    adoptable: bool  # the run ended and left weights (finished, or cancelled with the best weights so far)
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def class_changes(per_class: dict[str, dict[str, float | None]], min_points: float = 1.0,
+                  ) -> list[tuple[str, float | None, float | None]]:
+    """(class, before, after) of the classes whose PQ moved by ``min_points`` or more (or appeared / vanished),
+    largest change first."""
+    out = []
+    for name, ba in per_class.items():
+        b, a = ba.get("before"), ba.get("after")
+        if b is None and a is None:
+            continue
+        if b is None or a is None or abs(a - b) >= min_points:
+            out.append((name, b, a))
+    return sorted(out, key=lambda c: -abs((c[2] or 0.0) - (c[1] or 0.0)))
+
+
+def comparison_markdown(before: dict[str, float | None], after: dict[str, float | None],
+                        per_class: dict[str, dict[str, float | None]], where: str,
+                        labels: tuple[str, str] = ("before", "after"), min_points: float = 1.0) -> str:
+    """A before / after table of the headline metrics and the classes whose PQ moved by ``min_points``."""
+    rows = [f"| on {where} | {labels[0]} | {labels[1]} |", "|---|---:|---:|"]
+    for key in HEADLINE:
+        if before.get(key) is not None or after.get(key) is not None:
+            rows.append(f"| {key} | {_fmt(before.get(key))} | {_fmt(after.get(key))} |")
+    moved = class_changes(per_class, min_points)
+    if moved:
+        rows.append("")
+        rows.append(f"PQ by class (moved by {min_points:g}+ points): " + ", ".join(
+            f"{name} {_fmt(b)} → {_fmt(a)}" for name, b, a in moved[:12]))
+    return "\n".join(rows)
+
+
+def not_better_reason(result: dict[str, Any] | None) -> str:
+    """Why a run's model is not recommended, in words (with its numbers)."""
+    if result is None:
+        return "not validated: the run ended without a result"
+    if not result.get("before"):
+        return "not measured: too few corrected images to hold any out (4 or more are needed)"
+    return f"not better on the held-out images ({headline_text(result)})"
+
+
+def headline_text(result: dict[str, Any]) -> str:
+    """``PQ 30.1 → 31.4`` (the first headline metric the run measured)."""
+    before, after = result.get("before") or {}, result.get("after") or {}
+    for key in ("PQ", "AP", "mIoU"):
+        if before.get(key) is not None and after.get(key) is not None:
+            return f"held-out {key} {before[key]:.1f} → {after[key]:.1f}"
+    return "not measured"
+
+
+def gain_markdown(result: dict[str, Any]) -> str:
+    """The run's measured gain for the panel: the table, and adopt or a clear warning."""
+    if not result.get("before"):
+        return f"⚠️ {not_better_reason(result)}: adopting it is a blind bet (tick *Adopt anyway*)"
+    held = len(result.get("held_out") or [])
+    table = comparison_markdown(result.get("before") or {}, result.get("after") or {},
+                                result.get("per_class_PQ") or {}, f"{held} held-out image(s)")
+    if result.get("improved"):
+        verdict = f"✅ better on the held-out images (best at iteration {result.get('best_iteration')}): adopt it"
+    else:
+        verdict = f"⚠️ **{not_better_reason(result)}**: keep the current model, or tick *Adopt anyway*"
+    return f"{table}\n\n{verdict}"
+
+
+def export_image_names(export_dir: Path | None) -> list[str]:
+    """The image file names of a corrections export (its ``panoptic.json``); [] when unreadable."""
+    data = read_json(export_dir / "panoptic.json") if export_dir is not None else None
+    return [Path(str(im.get("file_name", ""))).name for im in (data or {}).get("images", []) if isinstance(im, dict)]
+
+
+def _headline(result: dict[str, Any]) -> dict[str, float | None]:
+    from training.finetune import headline
+
+    return headline(result)
+
+
+def _per_class(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    from training.finetune import per_class_pq
+
+    b, a = per_class_pq(before), per_class_pq(after)
+    return {name: {"before": b.get(name), "after": a.get(name)} for name in sorted(set(b) | set(a))}

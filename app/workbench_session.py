@@ -3,7 +3,8 @@
 Why a module of its own: these plain dataclasses are shared by ``Workbench`` and its action
 mixins (``app.workbench_edits``, ``app.workbench_loop``) and by the Gradio and FiftyOne layers,
 which only read them; keeping them apart from the actions avoids import cycles. ``unique_name``
-(a free file or run name) and ``_ms`` (timings) are the small helpers those modules share.
+(a free file or run name), ``short_label`` (weights for the status line) and ``_ms`` (timings) are the
+small helpers those modules share.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .state import WorkspaceState
 if TYPE_CHECKING:
     from m2f_core.structures import Candidate
 
-__all__ = ["EditorSession", "Screen", "unique_name"]
+__all__ = ["EditorSession", "Screen", "short_label", "unique_name"]
 
 
 @dataclass
@@ -37,7 +38,6 @@ class Screen:
     ground_truth: np.ndarray | None
     position: str
     export_file: str | None = None
-    compare: list[tuple[np.ndarray, str]] = field(default_factory=list)  # before / after a reload
 
 
 @dataclass
@@ -69,6 +69,12 @@ def unique_name(stem: str, suffix: str, taken: set[str]) -> str:
         if name not in taken:
             return name
     raise AssertionError("unreachable")
+
+
+def short_label(label: str) -> str:
+    """A weights label for the status line: a path as its last three parts (``runs/ft/model``)."""
+    parts = Path(label).parts
+    return str(Path(*parts[-3:])) if "/" in label and len(parts) > 3 else label
 
 
 def _ms(seconds: float) -> float:

@@ -449,6 +449,26 @@ def test_workspace_keeps_edits_across_tasks_and_images():
     assert len(other) == 0 and other.current is None  # nothing shared between workspaces
 
 
+def test_workspace_records_which_weights_predicted_what():
+    """A prediction keeps its weights label; an edited image predicted again by other weights keeps its
+    edits but not the old model's query numbers (the relabel menu would read them against the new output)."""
+    ws = WorkspaceState()
+    a = ws.add_image("a.png")
+    ws.set_prediction(a, synthetic_prediction(), weights="old")
+    item = ws.item(a)
+    assert ws.predicted_by(a) == "old" and item.weights == "old" and ws.session().model_queries
+    ws.session().delete(ws.session().segments[0].id)
+    ws.set_prediction(a, synthetic_prediction(), weights="old")  # the same weights: queries still valid
+    assert ws.session().model_queries
+    ws.set_prediction(a, synthetic_prediction(), weights="new")
+    assert ws.predicted_by(a) == "new" and item.weights == "old" and ws.session().has_edits
+    assert ws.session().model_queries == {}
+    ws.reset_session()  # starting again from the cached prediction: the annotation is the new model's
+    assert item.weights == "new" and ws.session().model_queries and not ws.session().has_edits
+    ws.discard(a)
+    assert ws.session() is None and ws.prediction() is None and ws.predicted_by() is None and item.weights == ""
+
+
 # --------------------------------------------------------------------------------------------
 # export
 

@@ -56,6 +56,11 @@ def expected(assets):
 @pytest.fixture(scope="session")
 def server(assets, tmp_path_factory):
     """``launch.py`` in a subprocess: yields (url, corrections dir, log file)."""
+    yield from _serve(assets, tmp_path_factory)
+
+
+def _serve(assets, tmp_path_factory, *extra: str):
+    """Run ``launch.py`` with the crafted weights until the generator is closed (a fixture's body)."""
     port = _free_port()
     corrections = tmp_path_factory.mktemp("corrections")
     log = tmp_path_factory.mktemp("server") / "server.log"
@@ -63,7 +68,7 @@ def server(assets, tmp_path_factory):
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "--weights", str(assets["weights"]),
                                  "--device", "cpu", "--port", str(port), "--no-browser",
-                                 "--corrections-dir", str(corrections)],
+                                 "--corrections-dir", str(corrections), *extra],
                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180
@@ -372,3 +377,61 @@ def test_example_and_free_hand_brush(page, server):
     page.click("#undo")
     st = wait_status(page, "undid new segment")
     assert segment_count(st) == n0
+
+
+# ------------------------------------------------------------------------------------------ fine-tune, adopt
+
+
+@pytest.fixture
+def loop_server(assets, tmp_path_factory):
+    """An app of its own (adopting swaps its model), with a fast trainer recipe (batch 1, no replay)."""
+    recipe = tmp_path_factory.mktemp("recipe") / "recipe.json"
+    recipe.write_text(json.dumps({"batch_size": 1, "replay": "none", "min_iterations": 1}))
+    runs = tmp_path_factory.mktemp("runs")
+    yield from _serve(assets, tmp_path_factory, "--runs-dir", str(runs), "--finetune-recipe", str(recipe))
+
+
+@pytest.mark.slow
+def test_adopt_repredicts_untouched_and_keeps_edited(page, loop_server, assets, expected):
+    """Export an edit, fine-tune one iteration, adopt: the untouched image is predicted again by the new
+    weights ("predicted by" changes), the edited one keeps its edits until Re-predict."""
+    pan = expected.panoptic()
+    target = max(pan.segments, key=lambda s: s.area)
+    open_app(page, loop_server)
+    st = upload(page, assets["scene"])
+    n0 = segment_count(st)
+    assert "predicted by: " in st and "app_assets/weights" in st
+    click_pixel(page, *inner_point(pan.segment_map == target.id))
+    wait_status(page, f"selected #{target.id}")
+    page.click("#delete")
+    wait_status(page, f"deleted #{target.id}")
+    page.fill("#export-name textarea, #export-name input", "adopt-ui")
+    page.click("#export")
+    wait_status(page, "exported 1 image")
+
+    page.get_by_text("Fine-tune on the export, adopt the new model").click()
+    page.fill("#finetune-max-iter input", "1")
+    page.click("#finetune")
+    wait_status(page, "fine-tuning started")
+    page.wait_for_function("() => (document.querySelector('#finetune-log textarea') || {}).value"
+                           "?.includes('finished')", timeout=540_000)
+    assert "not measured" in page.inner_text("#finetune-result")  # one image: nothing held out
+
+    page.locator("#examples .thumbnail-item").first.click()  # a second image, untouched
+    st = wait_status(page, "opened example scene_00.png")
+    assert "model runs: 2" in st and "app_assets/weights" in st
+    page.click("#adopt")
+    wait_status(page, "Adopt anyway")  # not validated: refused without the tick
+    page.get_by_label("Adopt anyway (not better on held-out images)").check()
+    page.click("#adopt")
+    st = wait_status(page, "adopted")
+    assert "predicted by: " in st and "adopt-ui/model" in st.split("predicted by: ")[1], st
+    assert "model runs: 3" in st  # the untouched current image, predicted again
+    assert "adopt-ui/model" in page.inner_text("#header")
+
+    page.click("#prev")
+    st = wait_status(page, "an earlier model")
+    assert segment_count(st) == n0 - 1 and "app_assets/weights" in st  # the edited image: edits kept
+    page.click("#repredict")
+    st = wait_status(page, "predicted again")
+    assert "adopt-ui/model" in st.split("predicted by: ")[1] and "model runs: 4" in st

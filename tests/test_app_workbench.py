@@ -271,7 +271,7 @@ def test_sessions_are_independent(wb, assets):
     assert not s1.upload_dir.exists()
 
 
-# ------------------------------------------------------------------------------------------ brush layer, fine-tune
+# ------------------------------------------------------------------------------------------ brush layer
 
 
 def test_stroke_mask_from_editor_value():
@@ -290,60 +290,244 @@ def test_stroke_mask_from_editor_value():
     assert stroke_mask({"background": canvas, "layers": [], "composite": comp}).sum() == 1
 
 
-def test_finetune_job_with_a_stand_in_trainer(tmp_path):
-    import sys
-
-    from app.finetune import FineTuneJob, finetune_command, latest_checkpoint, read_metrics
-
-    cmd = finetune_command("builtin", tmp_path / "exp", tmp_path / "runs" / "a", max_iter=8, device="cpu")
-    assert cmd[1:3] == ["-m", "training.train"] and "corrections:" + str(tmp_path / "exp") in cmd
-    assert cmd[cmd.index("--max-iter") + 1] == "8" and cmd[cmd.index("--device") + 1] == "cpu"
-    run = tmp_path / "runs" / "a"
-    script = (  # writes two metric lines, a half line and a checkpoint, like the trainer
-        "import json, pathlib, sys; r = pathlib.Path(sys.argv[1]);"
-        "(r / 'checkpoints/iter_0000002').mkdir(parents=True);"
-        "(r / 'checkpoints/iter_0000002/model.safetensors').write_bytes(b'x');"
-        "(r / 'checkpoints/last').write_text('iter_0000002');"
-        "f = open(r / 'metrics.jsonl', 'w');"
-        "[f.write(json.dumps({'iter': i, 'loss': 1.0 / i}) + '\\n') for i in (1, 2)];"
-        "f.write('{\"iter\": 3, \"lo'); print('done')")
-    job = FineTuneJob.start([sys.executable, "-c", script, str(run)], run)
-    job.process.wait(timeout=60)
-    st = job.status()
-    assert not st.running and st.returncode == 0 and [m["iter"] for m in st.metrics] == [1, 2]
-    assert "finished" in st.summary() and "iter 2: loss 0.5" in st.summary()
-    assert latest_checkpoint(run) == run / "checkpoints" / "iter_0000002"
-    assert read_metrics(tmp_path / "nothing") == [] and latest_checkpoint(tmp_path / "nothing") is None
-    with pytest.raises(ValueError, match="already exists"):
-        FineTuneJob.start([sys.executable, "-c", "pass"], run)
-    failing = FineTuneJob.start([sys.executable, "-c", "import sys; print('bad data'); sys.exit(3)"], tmp_path / "b")
-    failing.process.wait(timeout=60)
-    assert "failed (exit 3)" in failing.status().summary() and "bad data" in failing.status().summary()
-    slow = FineTuneJob.start([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "c")
-    assert slow.running
-    slow.stop()
-    assert not slow.running
+# ------------------------------------------------------------------------------------------ fine-tune, adopt
 
 
-@pytest.mark.slow
-def test_finetune_and_reload_for_real(predictor, assets, tmp_path):
-    """Two trainer iterations on an export, then the new weights swapped in (before / after shown)."""
+def _edit_largest(wb, s):
+    """Delete the current image's largest segment (an edit of any scene the crafted weights give)."""
+    session = s.workspace.session()
+    largest = max(session.segments, key=lambda seg: seg.area)
+    wb.select_segment(s, largest.id)
+    assert "deleted" in wb.delete(s).status
+    return largest.id
+
+
+def _other_weights(assets, folder):
+    """The crafted weights with their classes rotated: the same masks, other classes and top-k."""
+    import torch
+
+    from m2f_core.checkpoint import load_model, save_model
+
+    model = load_model(assets["weights"])
+    head = model.sem_seg_head.predictor.class_embed
+    with torch.no_grad():
+        k = head.out_features - 1  # keep no-object last
+        order = list(range(1, k)) + [0, k]
+        head.weight.copy_(head.weight[order])
+        head.bias.copy_(head.bias[order])
+    save_model(model, folder)
+    return folder
+
+
+@pytest.fixture
+def browse_wb(predictor, assets, tmp_path):
+    """A workbench over three scenes, started from the crafted weights."""
+    paths = [make_test_scene(tmp_path / "imgs" / f"s{i}.png", seed=seed) for i, seed in enumerate((13, 5, 7))]
+    return Workbench(predictor, tmp_path / "corrections", images=paths, work_dir=tmp_path / "w", min_side=0,
+                     runs_dir=tmp_path / "runs", weights_source=str(assets["weights"]), weights_label="crafted")
+
+
+def test_adopt_repredicts_untouched_and_keeps_edits(browse_wb, assets, tmp_path):
+    """Adopt swaps the model everywhere: images without edits follow it (in every session), edited or
+    reviewed ones keep their annotation and the prediction it was made on (the relabel menu never mixes
+    the two models), until Re-predict."""
+    import json
+
+    wb = browse_wb
+    s, other = wb.new_session(), wb.new_session()
+    wb.start(other)  # another browser: its first image, untouched
+    wb.start(s)
+    ws = s.workspace
+    a, b, c = ws.keys
+    removed = _edit_largest(wb, s)  # a: edited
+    wb.step(s, 2)
+    wb.mark_reviewed(s)  # c: reviewed, no edits
+    wb.step(s, -1)  # b: untouched, current
+    old_b = ws.prediction(b)
+    assert "predicted by: crafted" in wb.screen(s).status
+    run = tmp_path / "runs" / "by-hand"
+    _other_weights(assets, run / "model")
+    (run / "result.json").write_text(json.dumps({"before": {"PQ": 40.0}, "after": {"PQ": 39.0}, "improved": False,
+                                                 "held_out": ["x.png"], "per_class_PQ": {}}))
+    screen = wb.adopt(s, run_dir=run)
+    assert "⚠️ not better on the held-out images (held-out PQ 40.0 → 39.0)" in screen.status
+    assert "Adopt anyway" in screen.status and wb.weights_label == "crafted"
+    screen = wb.adopt(s, anyway=True, run_dir=run)
+    label = str(run / "model")
+    assert wb.model_label == label and "adopted runs/by-hand/model" in screen.status
+    assert "2 edited or reviewed image(s) keep their annotation" in screen.status
+    # the current image (no edits) is predicted again by the new model, its menu reads the new output
+    new_b = ws.prediction(b)
+    assert new_b is not old_b and ws.predicted_by(b) == label and ws.item(b).weights == label
+    assert "predicted by: runs/by-hand/model" in screen.status
+    fresh = wb.predictor.predict(str(ws.item(b).path))  # the adopted weights, run again
+    session = ws.session(b)
+    np.testing.assert_array_equal(session.segment_map, fresh.panoptic().segment_map)
+    sid = max(session.segments, key=lambda seg: seg.area).id
+    screen = wb.select_segment(s, sid)
+    assert screen.relabel == relabel_choices(session, fresh, sid) != relabel_choices(session, old_b, sid)
+    # another session's untouched image follows the new model when it is opened again
+    assert "(an earlier model: ⟳ Re-predict to use the current one)" in wb.screen(other).status
+    wb.step(other, 1)
+    wb.step(other, -1)
+    assert other.workspace.predicted_by(a) == label and not other.workspace.session(a).has_edits
+    # the reviewed image keeps its annotation and the earlier prediction
+    screen = wb.step(s, 1)
+    assert ws.predicted_by(c) == "crafted" and ws.item(c).reviewed and "an earlier model" in screen.status
+    # the edited image keeps its edits, its old prediction, and a menu from that prediction
+    screen = wb.step(s, -2)
+    assert ws.current == a and removed not in ws.session(a) and ws.predicted_by(a) == "crafted"
+    assert "predicted by: crafted (an earlier model, kept for your edits" in screen.status
+    sid = ws.session(a).segments[0].id
+    assert wb.select_segment(s, sid).relabel == relabel_choices(ws.session(a), ws.prediction(a), sid)
+    # if that prediction leaves the cache, the new model's takes its place without a model ranking
+    ws.max_predictions = 1
+    ws.set_prediction(b, ws.prediction(b), weights=label)  # evicts a's prediction
+    wb.step(s, 1)
+    screen = wb.step(s, -1)
+    assert ws.predicted_by(a) == label and removed not in ws.session(a) and ws.session(a).model_queries == {}
+    assert "no model ranking" in screen.status
+    assert "·" not in wb.select_segment(s, sid).relabel[0][0]
+    # Re-predict discards the edits and follows the new model
+    screen = wb.repredict(s)
+    assert "predicted again" in screen.status and not ws.session(a).has_edits
+    assert ws.item(a).weights == label and ws.session(a).model_queries
+    assert "predicted by: runs/by-hand/model" in screen.status and "earlier" not in screen.status
+
+
+def test_finetune_panel_texts():
+    from app.workbench_loop import class_changes, gain_markdown
+
+    per_class = {"disc": {"before": 10.0, "after": 12.5}, "box": {"before": 30.0, "after": 30.4},
+                 "sky": {"before": None, "after": 0.0}, "none": {"before": None, "after": None}}
+    assert [c[0] for c in class_changes(per_class)] == ["disc", "sky"]
+    good = {"before": {"PQ": 20.0, "mIoU": 50.0}, "after": {"PQ": 25.0, "mIoU": 51.0}, "improved": True,
+            "best_iteration": 40, "held_out": ["a.png", "b.png"], "per_class_PQ": per_class}
+    text = gain_markdown(good)
+    assert "| PQ | 20.0 | 25.0 |" in text and "2 held-out image(s)" in text and "disc 10.0 → 12.5" in text
+    assert "box" not in text and "✅" in text
+    bad = gain_markdown({**good, "after": {"PQ": 19.0}, "improved": False})
+    assert "⚠️ **not better on the held-out images (held-out PQ 20.0 → 19.0)**" in bad and "Adopt anyway" in bad
+    assert "not measured" in gain_markdown({"before": {}, "after": {}, "improved": False})
+
+
+def _four_edited_export(wb, name: str):
+    """Open and edit every image of ``wb`` (four scenes), export them."""
+    s = wb.new_session()
+    wb.start(s)
+    for i in range(len(s.workspace)):
+        if i:
+            wb.step(s, 1)
+        _edit_largest(wb, s)
+    assert "exported 4 image" in wb.export(s, name).status
+    return s
+
+
+@pytest.fixture
+def ft_wb(predictor, assets, tmp_path):
+    """Four scenes and a fast trainer recipe (batch 2, no replay): a run of two iterations takes ~5 s on an
+    idle 2-core machine (minutes when it is busy)."""
+    import json
+
+    paths = [make_test_scene(tmp_path / "imgs" / f"s{i}.png", seed=seed) for i, seed in enumerate((13, 5, 7, 11))]
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"batch_size": 2, "replay": "none", "min_iterations": 1}))
+    return Workbench(predictor, tmp_path / "corrections", images=paths, work_dir=tmp_path / "w", min_side=0,
+                     runs_dir=tmp_path / "runs", weights_source=str(assets["weights"]), weights_label="crafted",
+                     finetune_max_iter=2, finetune_args=["--recipe", str(recipe), "--device", "cpu"])
+
+
+def _wait(wb, until, timeout: float = 300.0):
     import time
 
-    wb = Workbench(predictor, tmp_path / "corrections", work_dir=tmp_path / "w", runs_dir=tmp_path / "runs",
-                   weights_source=str(assets["weights"]), finetune_iters=2, finetune_batch=1)
-    s, _ = opened(wb, assets)
-    assert "press Export first" in wb.start_finetune(s, "ft").status
-    wb.export(s, "ft")
-    assert "fine-tuning started" in wb.start_finetune(s, "ft").status
+    deadline = time.monotonic() + timeout
+    while True:
+        view = wb.finetune_view()
+        if until(view):
+            return view
+        assert time.monotonic() < deadline, view.progress
+        time.sleep(0.5)
+
+
+def test_finetune_follow_finish_and_adopt(ft_wb):
+    """A real run of two iterations: n / N while it runs, before / after on held-out images when it ends,
+    then Adopt (refused without 'anyway' when it did not improve)."""
+    wb = ft_wb
+    assert "no fine-tuning run yet" in wb.finetune_view().progress
+    s = _four_edited_export(wb, "ft")
+    assert "press Export first" in wb.start_finetune(s, "nothing").status
+    assert "fine-tuning started" in wb.start_finetune(s, "ft", max_minutes=5).status
     assert "already" in wb.start_finetune(s, "ft").status
-    deadline = time.monotonic() + 600
-    while wb.finetune_status()[1]:
-        assert time.monotonic() < deadline
-        time.sleep(1)
-    text, _ = wb.finetune_status()
-    assert "finished" in text and "iter 2" in text, text
+    assert "still going" in wb.adopt(s).status
+    view = _wait(wb, lambda v: "training" in v.progress or not v.running)
+    assert "/ 2" in view.progress, view.progress
+    view = _wait(wb, lambda v: not v.running)
+    assert "finished after 2 iterations" in view.progress and view.adoptable, view.progress
+    assert "held-out PQ by iteration: 0:" in view.progress
+    assert "1 held-out image(s)" in view.result and "| PQ |" in view.result
+    result = wb.finetune_run.status().result
+    assert result["iterations"] == 2 and len(result["held_out"]) == 1
+    if not result["improved"]:
+        assert "⚠️" in view.result and "Adopt anyway" in wb.adopt(s).status
     old = wb.predictor
-    screen = wb.reload(s)
-    assert "reloaded weights" in screen.status and wb.predictor is not old
-    assert [cap.split()[-1] for _, cap in screen.compare] == ["before", "after"]
+    screen = wb.adopt(s, anyway=True)
+    assert "adopted" in screen.status and wb.predictor is not old
+    assert wb.model_label == str(wb.finetune_run.run_dir / "model")
+    assert "model: " + wb.model_label in wb.describe()
+    # every image was edited: each keeps its edits and the prediction they were made on
+    assert "predicted by: crafted (an earlier model, kept for your edits" in wb.screen(s).status
+    assert all(s.workspace.item(k).weights == "crafted" for k in s.workspace.keys)
+
+
+def test_finetune_cancel_leaves_adoptable_weights(ft_wb):
+    from m2f_core.checkpoint import load_model
+
+    wb = ft_wb
+    wb.finetune_max_iter = 500
+    s = _four_edited_export(wb, "cancel")
+    assert wb.cancel_finetune() == "no fine-tuning run is going on"
+    wb.start_finetune(s, "cancel")
+    _wait(wb, lambda v: wb.finetune_run.status().progress.get("iteration", 0) >= 1 or not v.running)
+    assert "cancelled" in wb.cancel_finetune()
+    view = wb.finetune_view()
+    assert not view.running and view.adoptable and "cancelled at iteration" in view.progress, view.progress
+    from app.finetune import recommended_weights
+
+    load_model(recommended_weights(wb.finetune_run.run_dir))
+    assert "adopted" in wb.adopt(s, anyway=True).status
+
+
+def test_evaluate_on_the_dataset_side_by_side(predictor, assets, tmp_path):
+    """With --dataset: the current model and the run's model on dataset images the run never trained on."""
+    import json
+    import subprocess
+
+    from app.finetune import FineTuneRun
+
+    paths = [make_test_scene(tmp_path / "imgs" / f"s{i}.png", seed=seed) for i, seed in enumerate((13, 5, 7))]
+    maker = Workbench(predictor, tmp_path / "gt", images=paths, work_dir=tmp_path / "w0", min_side=0)
+    s = maker.new_session()
+    maker.start(s)
+    for _ in paths[1:]:
+        maker.step(s, 1)
+    assert "exported 3 image" in maker.export(s, "gt", include_untouched=True).status
+    dataset = open_dataset(f"corrections:{tmp_path / 'gt' / 'gt'}")
+    wb = Workbench(predictor, tmp_path / "corrections", dataset=dataset, work_dir=tmp_path / "w", min_side=0,
+                   weights_label="crafted")
+    assert "fine-tune first" in wb.evaluate_on_dataset()
+    run = tmp_path / "runs" / "by-hand"
+    _other_weights(assets, run / "model")
+    (run / "result.json").write_text(json.dumps({"held_out": ["s1.png"], "init": str(assets["weights"])}))
+    (run / "exit_code").write_text("0\n")
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    wb.finetune_run = FineTuneRun(run, pid=ended.pid)  # a finished run, as the page finds it after a restart
+    wb.finetune_export = tmp_path / "export"
+    wb.finetune_export.mkdir()
+    (wb.finetune_export / "panoptic.json").write_text(json.dumps({"images": [{"file_name": "s0.png"},
+                                                                             {"file_name": "s1.png"}]}))
+    text = wb.evaluate_on_dataset(limit=5)
+    # s0 was trained on; s1 was held out and s2 never exported: both are unseen
+    assert "on 2 dataset image(s) the run never trained on | current (crafted) | fine-tuned (runs/by-hand/model) |" \
+        in text, text
+    assert "| PQ | 100.0 |" in text  # the crafted weights against their own output

@@ -19,7 +19,7 @@ from m2f_core.checkpoint import load_model
 from m2f_core.data.synthetic import generate_dataset, generate_scene, scene_rng
 from training.finetune import holdout_split, image_status, main, read_manifest
 
-FAST = {"batch_size": 1, "eval_period": 2, "replay_images": 4, "min_iterations": 1}
+FAST = {"batch_size": 1, "eval_period": 2, "replay_images": 4, "retain_images": 4, "min_iterations": 1}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def _recipe(tmp_path: Path, **changes) -> str:
 
 
 def _run(capsys, argv: list[str]) -> tuple[int, dict]:
-    code = main(argv)
+    code = main([*argv, "--max-minutes", "60"])  # a busy machine must not turn a test into a time-limited run
     out = capsys.readouterr().out.strip().splitlines()
     return code, json.loads(out[-1]) if out else {}
 
@@ -82,6 +82,8 @@ def test_finetune_run_writes_model_result_and_progress(shifted, tmp_path, capsys
     assert untouched not in result["held_out"]
     assert [c["iter"] for c in result["curve"]] == [0, 2, 4]
     assert result["replay"].startswith("synthetic")  # the built-in model replays its own kind of data
+    # what the start handled (original scenes) is validated too, before and at each validation
+    assert result["retained"]["before"]["PQ"] is not None and all("retained" in c for c in result["curve"])
     progress = json.loads((out / "progress.json").read_text())
     assert progress["phase"] == "done" and progress["iteration"] == progress["total"] == 4
     model = load_model(out / "model")

@@ -38,11 +38,14 @@ TRAIN_SEED, SHIFTED_TEST_SEED, ORIGINAL_TEST_SEED = 101, 202, 303
 # Recipes compared (keys of training.finetune.FinetuneRecipe); "default" is whatever the code ships.
 RECIPES: dict[str, dict] = {
     "default": {},
-    "naive": {"replay": "none", "backbone_multiplier": 0.1, "schedule": "step", "patience": 1000},
+    # what the app did before: no replay, backbone lr x0.1, step schedule, the last weights (no selection)
+    "naive": {"replay": "none", "backbone_multiplier": 0.1, "schedule": "step", "patience": 100000,
+              "min_delta": -1e9},
     "no_replay": {"replay": "none"},
+    "replay70": {"replay_fraction": 0.7},
+    "anchor": {"anchor_weight": 0.01},
     "frozen_backbone": {"backbone_multiplier": 0.0},
-    "anchor": {"replay": "none", "anchor_weight": 0.05},
-    "replay_anchor": {"anchor_weight": 0.05},
+    "guard": {"retain_tolerance": 2.0},
     "lr3e-4": {"lr": 3e-4},
 }
 

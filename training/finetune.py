@@ -63,7 +63,7 @@ class FinetuneRecipe:
     replay_fraction: float = 0.5  # share of each batch drawn from the replay data
     replay_images: int = 200  # synthetic scenes generated for replay
     anchor_weight: float = 0.0  # L2-SP: weight of sum((w - w_start)^2) added to the loss
-    retain_images: int = 32  # images the starting model handled (original scenes / untouched), validated too
+    retain_images: int = 24  # images the starting model handled (original scenes / untouched), validated too
     retain_tolerance: float | None = None  # largest drop there (metric points) a recommended model may have
     holdout_fraction: float = 0.2
     min_images_for_holdout: int = 4  # fewer corrected images: no hold-out (and no validation)
@@ -588,22 +588,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from m2f_core.checkpoint import CheckpointError
-    from m2f_core.data import DatasetError, ImageError
+    # stop requests are honoured from the start: a cancel while loading still ends with every output written
+    with Cancel() as cancel:
+        from m2f_core.checkpoint import CheckpointError
+        from m2f_core.data import DatasetError, ImageError
 
-    try:
-        if args.max_minutes <= 0 or not math.isfinite(args.max_minutes):
-            raise ValueError(f"--max-minutes must be > 0, got {args.max_minutes}")
-        if args.max_iter is not None and args.max_iter < 1:
-            raise ValueError(f"--max-iter must be >= 1, got {args.max_iter}")
-        recipe = FinetuneRecipe.from_json(args.recipe) if args.recipe else FinetuneRecipe()
-        if args.seed is not None:
-            recipe = dataclasses.replace(recipe, seed=args.seed)
-        with Cancel() as cancel:
+        try:
+            if args.max_minutes <= 0 or not math.isfinite(args.max_minutes):
+                raise ValueError(f"--max-minutes must be > 0, got {args.max_minutes}")
+            if args.max_iter is not None and args.max_iter < 1:
+                raise ValueError(f"--max-iter must be >= 1, got {args.max_iter}")
+            recipe = FinetuneRecipe.from_json(args.recipe) if args.recipe else FinetuneRecipe()
+            if args.seed is not None:
+                recipe = dataclasses.replace(recipe, seed=args.seed)
             result = run_finetune(args, recipe, cancel)
-    except (ValueError, CheckpointError, DatasetError, ImageError, FileNotFoundError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+        except (ValueError, CheckpointError, DatasetError, ImageError, FileNotFoundError) as e:
+            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+            return 2
     line = {k: result[k] for k in ("before", "after", "iterations", "seconds", "best_iteration", "stopped",
                                    "recommendation", "model")}
     print(json.dumps(line), flush=True)
