@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FineTuneRun", "RunStatus", "finetune_command", "read_json", "read_metrics", "recommended_weights"]
+__all__ = ["FineTuneRun", "RunStatus", "finetune_command", "read_json", "read_metrics", "recommended_weights",
+           "result_text", "retained_text"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOG_NAME, EXIT_NAME = "train.log", "exit_code"
@@ -162,11 +163,26 @@ def result_text(result: dict[str, Any]) -> str:
             parts.append(f"{key} {before[key]:.1f} -> {after[key]:.1f}")
     where = result.get("validation") or "held-out images"
     text = f"on {where} ({len(result.get('held_out') or []) or 'all'} images): " + ", ".join(parts)
-    if result.get("improved"):
+    kept = retained_text(result)
+    if kept:
+        text += f"\n{kept}"
+    if result.get("recommendation") == "adopt":
         text += f"\nrecommended: adopt (best at iteration {result.get('best_iteration')})"
+    elif result.get("improved"):
+        text += "\n⚠️ better on the held-out images but worse where the model was good: keep the current model"
     else:
         text += "\n⚠️ no improvement on held-out images: keep the current model"
     return text
+
+
+def retained_text(result: dict[str, Any]) -> str:
+    """``on 24 original synthetic scenes (what the model already handled): PQ 71.0 -> 70.2``, or ''."""
+    kept = result.get("retained") or {}
+    before, after = kept.get("before") or {}, kept.get("after") or {}
+    for key in ("PQ", "AP", "mIoU"):
+        if before.get(key) is not None and after.get(key) is not None:
+            return f"on {kept.get('on')} (what the model already handled): {key} {before[key]:.1f} -> {after[key]:.1f}"
+    return ""
 
 
 class FineTuneRun:

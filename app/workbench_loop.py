@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .export import ExportItem, export_corrections, sanitize_name, zip_export
-from .finetune import FineTuneRun, finetune_command, read_json, recommended_weights
+from .finetune import FineTuneRun, finetune_command, read_json, recommended_weights, retained_text
 from .workbench_session import EditorSession, Screen, short_label, unique_name
 
 __all__ = ["FinetuneView", "LoopActions", "class_changes", "comparison_markdown", "gain_markdown"]
@@ -163,7 +163,7 @@ class LoopActions:
             if weights is None:
                 raise ValueError(f"{folder}: no weights to adopt")
             result = read_json(folder / "result.json")
-            if not anyway and not (result or {}).get("improved"):
+            if not anyway and (result or {}).get("recommendation") != "adopt":
                 raise ValueError(f"{not_better_reason(result)}: tick 'Adopt anyway' to use it all the same")
             backend = getattr(self.predictor, "backend", "torch")
             new = Predictor(str(weights), device=self.predictor.device, backend=backend)
@@ -290,6 +290,9 @@ def not_better_reason(result: dict[str, Any] | None) -> str:
         return "not validated: the run ended without a result"
     if not result.get("before"):
         return "not measured: too few corrected images to hold any out (4 or more are needed)"
+    if result.get("improved"):
+        return f"better on the held-out images ({headline_text(result)}) but worse where the model was good " \
+               f"({retained_text(result)})"
     return f"not better on the held-out images ({headline_text(result)})"
 
 
@@ -309,7 +312,10 @@ def gain_markdown(result: dict[str, Any]) -> str:
     held = len(result.get("held_out") or [])
     table = comparison_markdown(result.get("before") or {}, result.get("after") or {},
                                 result.get("per_class_PQ") or {}, f"{held} held-out image(s)")
-    if result.get("improved"):
+    kept = retained_text(result)
+    if kept:
+        table += f"\n\n{kept[0].upper()}{kept[1:]}"
+    if result.get("recommendation") == "adopt":
         verdict = f"✅ better on the held-out images (best at iteration {result.get('best_iteration')}): adopt it"
     else:
         verdict = f"⚠️ **{not_better_reason(result)}**: keep the current model, or tick *Adopt anyway*"

@@ -402,13 +402,18 @@ def test_finetune_panel_texts():
                  "sky": {"before": None, "after": 0.0}, "none": {"before": None, "after": None}}
     assert [c[0] for c in class_changes(per_class)] == ["disc", "sky"]
     good = {"before": {"PQ": 20.0, "mIoU": 50.0}, "after": {"PQ": 25.0, "mIoU": 51.0}, "improved": True,
-            "best_iteration": 40, "held_out": ["a.png", "b.png"], "per_class_PQ": per_class}
+            "recommendation": "adopt", "best_iteration": 40, "held_out": ["a.png", "b.png"], "per_class_PQ": per_class}
     text = gain_markdown(good)
     assert "| PQ | 20.0 | 25.0 |" in text and "2 held-out image(s)" in text and "disc 10.0 → 12.5" in text
     assert "box" not in text and "✅" in text
     bad = gain_markdown({**good, "after": {"PQ": 19.0}, "improved": False})
     assert "⚠️ **not better on the held-out images (held-out PQ 20.0 → 19.0)**" in bad and "Adopt anyway" in bad
     assert "not measured" in gain_markdown({"before": {}, "after": {}, "improved": False})
+    # better on the held-out images, but it forgot what it handled before: not recommended, and said why
+    forgot = gain_markdown({**good, "recommendation": "keep the current model (it forgot what it knew)",
+                            "retained": {"on": "24 original synthetic scenes", "before": {"PQ": 70.0},
+                                         "after": {"PQ": 60.0}}})
+    assert "worse where the model was good" in forgot and "PQ 70.0 -> 60.0" in forgot and "✅" not in forgot
 
 
 def _four_edited_export(wb, name: str):
@@ -467,7 +472,7 @@ def test_finetune_follow_finish_and_adopt(ft_wb):
     assert "1 held-out image(s)" in view.result and "| PQ |" in view.result
     result = wb.finetune_run.status().result
     assert result["iterations"] == 2 and len(result["held_out"]) == 1
-    if not result["improved"]:
+    if result["recommendation"] != "adopt":
         assert "⚠️" in view.result and "Adopt anyway" in wb.adopt(s).status
     old = wb.predictor
     screen = wb.adopt(s, anyway=True)

@@ -42,7 +42,10 @@ def _recipe(tmp_path: Path, **changes) -> str:
 
 def _run(capsys, argv: list[str]) -> tuple[int, dict]:
     code = main([*argv, "--max-minutes", "60"])  # a busy machine must not turn a test into a time-limited run
-    out = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    out = captured.out.strip().splitlines()
+    if "--no-progress" not in argv:  # the progress lines on stderr: start, before, each validation
+        assert "fine-tune:" in captured.err and "before: PQ" in captured.err and "iter 2/" in captured.err
     return code, json.loads(out[-1]) if out else {}
 
 
@@ -71,7 +74,7 @@ def test_manifest_statuses(shifted):
 def test_finetune_run_writes_model_result_and_progress(shifted, tmp_path, capsys):
     out = tmp_path / "run"
     code, line = _run(capsys, ["--train", f"corrections:{shifted}", "--out", str(out), "--max-iter", "4",
-                               "--recipe", _recipe(tmp_path), "--no-progress"])
+                               "--recipe", _recipe(tmp_path)])
     assert code == 0
     assert set(line) >= {"before", "after", "iterations", "seconds"}
     assert line["iterations"] == 4 and line["stopped"] == "max_iter"

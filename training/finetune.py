@@ -64,7 +64,8 @@ class FinetuneRecipe:
     replay_images: int = 200  # synthetic scenes generated for replay
     anchor_weight: float = 0.0  # L2-SP: weight of sum((w - w_start)^2) added to the loss
     retain_images: int = 24  # images the starting model handled (original scenes / untouched), validated too
-    retain_tolerance: float | None = None  # largest drop there (metric points) a recommended model may have
+    retain_tolerance: float | None = None  # largest drop there (metric points) a selected model may have
+    retain_warning: float = 2.0  # a larger drop there and the run does not recommend its model
     holdout_fraction: float = 0.2
     min_images_for_holdout: int = 4  # fewer corrected images: no hold-out (and no validation)
     eval_period: int = 0  # iterations between validations (0: about ten over the run)
@@ -511,6 +512,16 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     after = best["metrics"] if val_set is not None else {}
     seconds = round(time.monotonic() - t_start, 1)
     improved = bool(before and after and best["iteration"] > 0)
+    kept_before, kept_after = primary_value(retained_before or {}), primary_value(best["retained"] or {})
+    forgot = round(kept_before - kept_after, 3) if kept_before is not None and kept_after is not None else None
+    if not before:
+        recommendation = "not validated"
+    elif not improved:
+        recommendation = "keep the current model"
+    elif forgot is not None and forgot > recipe.retain_warning:
+        recommendation = "keep the current model (it forgot what it knew)"
+    else:
+        recommendation = "adopt"
     per_class = {}
     if before_result is not None:
         pc_before, pc_after = per_class_pq(before_result), per_class_pq(best.get("result"))
@@ -519,7 +530,7 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     result = {
         "before": before, "after": after, "iterations": it, "best_iteration": best["iteration"],
         "seconds": seconds, "stopped": stopped, "improved": improved,
-        "recommendation": ("adopt" if improved else "keep the current model") if before else "not validated",
+        "recommendation": recommendation, "forgetting": forgot,
         "model": str(run_dir / MODEL_NAME), "init": str(args.init or "builtin"),
         "train_images": len(train_idx), "held_out": [str(Path(train_data[i].file_name).name) for i in held_idx],
         "validation": args.val or ("held-out corrections" if held_idx else None), "replay": replay_what,
@@ -548,8 +559,8 @@ def _best_view(best: dict[str, Any]) -> dict[str, Any]:
     return {"iter": best["iteration"], "value": best["value"]}
 
 
-def _fmt(m: dict[str, float | None]) -> str:
-    return ", ".join(f"{k} {v:.1f}" for k, v in m.items() if v is not None)
+def _fmt(m: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in m.items() if isinstance(v, (int, float)) and k != "iter")
 
 
 class _Say:
