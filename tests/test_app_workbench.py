@@ -406,7 +406,7 @@ def test_finetune_panel_texts():
     text = gain_markdown(good)
     assert "| PQ | 20.0 | 25.0 |" in text and "2 held-out image(s)" in text and "disc 10.0 → 12.5" in text
     assert "box" not in text and "✅" in text
-    bad = gain_markdown({**good, "after": {"PQ": 19.0}, "improved": False})
+    bad = gain_markdown({**good, "after": {"PQ": 19.0}, "improved": False, "recommendation": "keep the current model"})
     assert "⚠️ **not better on the held-out images (held-out PQ 20.0 → 19.0)**" in bad and "Adopt anyway" in bad
     assert "not measured" in gain_markdown({"before": {}, "after": {}, "improved": False})
     # better on the held-out images, but it forgot what it handled before: not recommended, and said why
