@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m2f_core.metrics.model_eval import HEADLINE, headline, per_class_pq
+
 from .export import ExportItem, export_corrections, sanitize_name, zip_export
 from .finetune import FineTuneRun, finetune_command, read_json, recommended_weights, retained_text
 from .workbench_session import EditorSession, Screen, short_label, unique_name
 
 __all__ = ["FinetuneView", "LoopActions", "class_changes", "comparison_markdown", "gain_markdown"]
 
-HEADLINE = ("PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU", "AP")
 
 log = logging.getLogger("app")
 
@@ -235,7 +236,7 @@ class LoopActions:
             after = evaluate_model(run_model, subset, progress=False)
         except (ValueError, OSError) as e:
             return f"⚠️ evaluation failed: {' '.join(str(e).split())}"
-        return comparison_markdown(_headline(before), _headline(after), _per_class(before, after),
+        return comparison_markdown(headline(before), headline(after), _per_class(before, after),
                                    f"{len(subset)} dataset image(s) the run never trained on",
                                    (base_label, f"fine-tuned ({short_label(str(st.weights))})"))
 
@@ -328,14 +329,6 @@ def export_image_names(export_dir: Path | None) -> list[str]:
     return [Path(str(im.get("file_name", ""))).name for im in (data or {}).get("images", []) if isinstance(im, dict)]
 
 
-def _headline(result: dict[str, Any]) -> dict[str, float | None]:
-    from training.finetune import headline
-
-    return headline(result)
-
-
 def _per_class(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    from training.finetune import per_class_pq
-
     b, a = per_class_pq(before), per_class_pq(after)
     return {name: {"before": b.get(name), "after": a.get(name)} for name in sorted(set(b) | set(a))}

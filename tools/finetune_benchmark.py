@@ -101,8 +101,7 @@ def imperfect_export(train: Path, out: Path, manifest: bool) -> Path:
 def evaluate(weights: str | None, data: Path) -> dict:
     from m2f_core import Predictor
     from m2f_core.data import open_dataset
-    from m2f_core.metrics.model_eval import evaluate_model
-    from training.finetune import headline
+    from m2f_core.metrics.model_eval import evaluate_model, headline
 
     return headline(evaluate_model(Predictor(weights, device="cpu"), open_dataset(f"corrections:{data}"),
                                    progress=False))

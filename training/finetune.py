@@ -40,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from m2f_core.metrics.model_eval import headline, per_class_pq, primary_value
+
 __all__ = ["Cancel", "FinetuneRecipe", "build_parser", "holdout_split", "main", "run_finetune"]
 
-HEADLINE = ("PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU", "AP")
 PROGRESS_NAME, RESULT_NAME, MODEL_NAME, MANIFEST_NAME = "progress.json", "result.json", "model", "manifest.json"
 
 
@@ -197,33 +198,6 @@ class Cancel:
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
-
-
-def headline(result: dict[str, Any] | None) -> dict[str, float | None]:
-    """PQ / PQ_th / PQ_st / SQ / RQ / mIoU / AP of an ``evaluate_model`` result (None where not measured)."""
-    if not result:
-        return {}
-    pan, sem, ins = result.get("panoptic", {}), result.get("semantic", {}), result.get("instance", {})
-    out = {k: pan.get(k) for k in ("PQ", "PQ_th", "PQ_st", "SQ", "RQ") if k in pan}
-    if "mIoU" in sem:
-        out["mIoU"] = sem["mIoU"]
-    if "AP" in ins:
-        out["AP"] = ins["AP"]
-    return {k: (round(float(v), 3) if v is not None else None) for k, v in out.items()}
-
-
-def per_class_pq(result: dict[str, Any] | None) -> dict[str, float | None]:
-    if not result or "panoptic" not in result:
-        return {}
-    return {str(c["name"]): (round(float(c["PQ"]), 2) if c["PQ"] is not None else None)
-            for c in result["panoptic"]["per_class"].values()}
-
-
-def primary_value(metrics: dict[str, float | None]) -> float | None:
-    for key in ("PQ", "AP", "mIoU"):
-        if metrics.get(key) is not None:
-            return float(metrics[key])
-    return None
 
 
 class Progress:

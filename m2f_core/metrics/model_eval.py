@@ -94,3 +94,38 @@ def evaluate_model(predictor, dataset, limit: int | None = None, progress: bool 
         out["instance"] = mask_ap_compute(gt, [r for r in results if r["category_id"] in thing_ids])
     out["semantic"] = confusion.compute(class_names=[c["name"] for c in cats])
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries of a result (what a fine-tune run, the app and the benchmarks compare)
+
+HEADLINE = ("PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU", "AP")
+
+
+def headline(result: dict[str, Any] | None) -> dict[str, float | None]:
+    """PQ / PQ_th / PQ_st / SQ / RQ / mIoU / AP of an ``evaluate_model`` result (None where not measured)."""
+    if not result:
+        return {}
+    pan, sem, ins = result.get("panoptic", {}), result.get("semantic", {}), result.get("instance", {})
+    out = {k: pan.get(k) for k in ("PQ", "PQ_th", "PQ_st", "SQ", "RQ") if k in pan}
+    if "mIoU" in sem:
+        out["mIoU"] = sem["mIoU"]
+    if "AP" in ins:
+        out["AP"] = ins["AP"]
+    return {k: (round(float(v), 3) if v is not None else None) for k, v in out.items()}
+
+
+def per_class_pq(result: dict[str, Any] | None) -> dict[str, float | None]:
+    """PQ by class name of an ``evaluate_model`` result ({} without panoptic ground truth)."""
+    if not result or "panoptic" not in result:
+        return {}
+    return {str(c["name"]): (round(float(c["PQ"]), 2) if c["PQ"] is not None else None)
+            for c in result["panoptic"]["per_class"].values()}
+
+
+def primary_value(metrics: dict[str, float | None]) -> float | None:
+    """The metric a run is selected on: PQ, else mask AP, else mIoU (None when none was measured)."""
+    for key in ("PQ", "AP", "mIoU"):
+        if metrics.get(key) is not None:
+            return float(metrics[key])
+    return None
