@@ -45,7 +45,7 @@ RECIPES: dict[str, dict] = {
     "replay70": {"replay_fraction": 0.7},
     "anchor": {"anchor_weight": 0.01},
     "frozen_backbone": {"backbone_multiplier": 0.0},
-    "guard": {"retain_tolerance": 2.0},
+    "guard": {"retain_images": 48, "retain_tolerance": 1.0},
     "lr3e-4": {"lr": 3e-4},
 }
 
