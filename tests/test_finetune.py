@@ -152,3 +152,40 @@ def test_original_domain_unchanged_and_shifted_differs():
     assert not np.array_equal(image, a[0])
     with pytest.raises(ValueError, match="unknown synthetic domain"):
         generate_scene(scene_rng(3, "train", 0), 96, 96, domain="night")
+
+
+def test_selection_bounds_what_the_model_forgets(tmp_path):
+    """The best weights: the best held-out score among validations that kept the retained score within
+    ``retain_tolerance`` of the start; without a tolerance, the best held-out score. Scores are scripted
+    (the selection rule, not the model, is under test); each validation's weights are told apart."""
+    from training.finetune import FinetuneRecipe, Validator
+
+    # iteration: (held-out PQ, retained PQ)
+    script = {0: (20.0, 70.0), 10: (30.0, 69.5), 20: (45.0, 66.0), 30: (40.0, 69.2), 40: (40.05, 69.9)}
+    model = torch.nn.Linear(1, 1)
+
+    def run(tolerance):
+        state = {"it": 0, "calls": 0}
+
+        def evaluate(m, dataset, device):
+            held, kept = script[state["it"]]
+            value = held if dataset == "val" else kept
+            return {"panoptic": {"PQ": value, "PQ_th": value, "PQ_st": value, "SQ": 80.0, "RQ": 50.0, "per_class": {}}}
+
+        recipe = FinetuneRecipe(retain_tolerance=tolerance, patience=10)
+        with open(tmp_path / "m.jsonl", "w") as f:
+            v = Validator(model, "val", "retain", "cpu", recipe, f, evaluate=evaluate)
+            for it in script:
+                state["it"] = it
+                with torch.no_grad():
+                    model.weight.fill_(it)  # the weights of this validation
+                v.validate(it)
+        return v
+
+    free = run(None)
+    assert free.best["iteration"] == 20 and free.best_state["weight"].item() == 20  # the best held-out score
+    bounded = run(1.0)
+    # 20 lost 4 points of retained PQ; 30 is within 1 point but 40 is no better than 30 by min_delta (0.1)
+    assert bounded.best["iteration"] == 30 and bounded.best_state["weight"].item() == 30
+    assert bounded.best["retained"]["PQ"] == 69.2 and [c["iter"] for c in bounded.curve] == list(script)
+    assert bounded.bad_evals == 1

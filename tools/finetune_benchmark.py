@@ -46,6 +46,7 @@ RECIPES: dict[str, dict] = {
     "anchor": {"anchor_weight": 0.01},
     "frozen_backbone": {"backbone_multiplier": 0.0},
     "guard": {"retain_images": 48, "retain_tolerance": 1.0},
+    "replay70_guard": {"replay_fraction": 0.7, "retain_images": 48, "retain_tolerance": 1.0},
     "lr3e-4": {"lr": 3e-4},
 }
 

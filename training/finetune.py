@@ -34,6 +34,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ import numpy as np
 
 from m2f_core.metrics.model_eval import headline, per_class_pq, primary_value
 
-__all__ = ["Cancel", "FinetuneRecipe", "build_parser", "holdout_split", "main", "run_finetune"]
+__all__ = ["Cancel", "FinetuneRecipe", "Validator", "build_parser", "holdout_split", "main", "run_finetune"]
 
 PROGRESS_NAME, RESULT_NAME, MODEL_NAME, MANIFEST_NAME = "progress.json", "result.json", "model", "manifest.json"
 
@@ -283,8 +284,10 @@ class Validator:
     count) among those whose score on the retained images fell by at most ``retain_tolerance``.
     """
 
-    def __init__(self, model, val_set, retain_set, device: str, recipe: FinetuneRecipe, metrics_file) -> None:
+    def __init__(self, model, val_set, retain_set, device: str, recipe: FinetuneRecipe, metrics_file,
+                 evaluate: Callable[[Any, Any, str], dict[str, Any]] | None = None) -> None:
         self.model, self.val_set, self.retain_set, self.device = model, val_set, retain_set, device
+        self.evaluate = evaluate or _evaluate  # (model, dataset, device) -> evaluate_model's result
         self.recipe, self.metrics_file = recipe, metrics_file
         self.curve: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"iteration": 0, "value": None, "metrics": {}, "retained": {}, "result": None}
@@ -304,9 +307,10 @@ class Validator:
         if self.val_set is None:
             return None
         t0 = time.monotonic()
-        result = _evaluate(self.model, self.val_set, self.device)
+        result = self.evaluate(self.model, self.val_set, self.device)
         m = headline(result)
-        kept = headline(_evaluate(self.model, self.retain_set, self.device)) if self.retain_set is not None else {}
+        kept = headline(self.evaluate(self.model, self.retain_set, self.device)) if self.retain_set is not None \
+            else {}
         kept_value = primary_value(kept)
         if it == 0:
             self.retain_start = kept_value
