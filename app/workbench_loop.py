@@ -60,6 +60,10 @@ class LoopActions:
         def action():
             clean = sanitize_name(name)
             ws = s.workspace
+            if include_untouched:  # untouched images predicted by earlier weights: the current model's output
+                for key in [k for k in ws.keys if self._outdated(s, k)]:
+                    ws.discard(key)
+                    self._predict(s, key)
             chosen = ws.export_items(include_untouched=include_untouched)
             if not chosen:
                 if not ws.export_items(include_untouched=True):

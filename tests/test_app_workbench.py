@@ -368,6 +368,10 @@ def test_adopt_repredicts_untouched_and_keeps_edits(browse_wb, assets, tmp_path)
     assert screen.relabel == relabel_choices(session, fresh, sid) != relabel_choices(session, old_b, sid)
     # another session's untouched image follows the new model when it is opened again
     assert "(an earlier model: ⟳ Re-predict to use the current one)" in wb.screen(other).status
+    # an export that includes untouched images holds the current model's output, never an earlier one's
+    assert "exported 1 image" in wb.export(other, "after-adopt", include_untouched=True).status
+    manifest = json.loads((wb.corrections_dir / "after-adopt" / "manifest.json").read_text())
+    assert [(im["status"], im["weights"]) for im in manifest["images"]] == [("untouched", label)]
     wb.step(other, 1)
     wb.step(other, -1)
     assert other.workspace.predicted_by(a) == label and not other.workspace.session(a).has_edits
