@@ -47,6 +47,8 @@ RECIPES: dict[str, dict] = {
     "frozen_backbone": {"backbone_multiplier": 0.0},
     "guard": {"retain_images": 48, "retain_tolerance": 1.0},
     "replay70_guard": {"replay_fraction": 0.7, "retain_images": 48, "retain_tolerance": 1.0},
+    "replay70_anchor_guard": {"replay_fraction": 0.7, "anchor_weight": 0.01, "retain_images": 48,
+                              "retain_tolerance": 1.0},
     "lr3e-4": {"lr": 3e-4},
 }
 

@@ -46,6 +46,7 @@ from m2f_core.metrics.model_eval import headline, per_class_pq, primary_value
 __all__ = ["Cancel", "FinetuneRecipe", "Validator", "build_parser", "holdout_split", "main", "run_finetune"]
 
 PROGRESS_NAME, RESULT_NAME, MODEL_NAME, MANIFEST_NAME = "progress.json", "result.json", "model", "manifest.json"
+SAVE_SECONDS = 15.0  # kept from the time budget for the checkpoint, the weights and the process start
 
 
 @dataclass
@@ -433,7 +434,7 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     before, retained_before = validator.best["metrics"], validator.best["retained"]
     if before:
         say(f"before: {_fmt(before)}" + (f"; on {retain_what}: {_fmt(retained_before)}" if retained_before else ""))
-    deadline = t_start + 60.0 * args.max_minutes
+    deadline = t_start + 60.0 * args.max_minutes - SAVE_SECONDS  # the outputs are written inside the budget
     stopped, it = "max_iter", 0
     step_time = None
     progress.update(phase="training", val=validator.curve, best=validator.best_view())
