@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -46,6 +47,8 @@ from m2f_core.metrics.model_eval import headline, per_class_pq, primary_value
 __all__ = ["Cancel", "FinetuneRecipe", "Validator", "build_parser", "holdout_split", "main", "run_finetune"]
 
 PROGRESS_NAME, RESULT_NAME, MODEL_NAME, MANIFEST_NAME = "progress.json", "result.json", "model", "manifest.json"
+# the targets a dataset format can give (formats without panoptic annotations)
+_TASKS = {"coco_instances": "instance", "ade20k": "semantic", "cityscapes": "semantic", "semantic": "semantic"}
 SAVE_SECONDS = 15.0  # kept from the time budget for the checkpoint, the weights and the process start
 
 
@@ -210,7 +213,6 @@ class Progress:
         self.state: dict[str, Any] = {"phase": "starting", "iteration": 0, "total": total, "elapsed_s": 0.0,
                                       "eta_s": None, "val": [], "best": None, "loss": None, "pid": None}
         self.started = started
-        self.step_times: list[float] = []
 
     def update(self, **changes: Any) -> None:
         from m2f_core.data.atomic import atomic_write_json
@@ -361,7 +363,7 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
         raise ValueError(f"{run_dir} holds a finished run already: choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(run_dir, 0, t_start)
-    progress.update(phase="loading", pid=_pid())
+    progress.update(phase="loading", pid=os.getpid())
 
     fmt, train_path = parse_dataset_spec(args.train)
     train_data = open_dataset(args.train, split=args.train_split)
@@ -390,8 +392,8 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     train_cfg = TrainConfig(max_iter=max_iter, batch_size=recipe.batch_size, lr=recipe.lr,
                             backbone_multiplier=recipe.backbone_multiplier, schedule=recipe.schedule,
                             warmup_iters=recipe.warmup_iters, warmup_factor=0.01, clip_norm=recipe.clip_norm,
-                            augmentation=recipe.augmentation, task="panoptic" if fmt in ("corrections",
-                            "coco_panoptic") else _task_of(fmt), num_workers=0, seed=recipe.seed,
+                            augmentation=recipe.augmentation, task=_TASKS.get(fmt, "panoptic"), num_workers=0,
+                            seed=recipe.seed,
                             checkpoint_period=max_iter, eval_period=eval_period, log_period=1, keep_checkpoints=1)
     primary = TrainingDataset(Subset(train_data, train_idx, name="train"), model_cfg, task=train_cfg.task,
                               augmentation=recipe.augmentation, seed=recipe.seed)
@@ -399,7 +401,6 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
                              seed=recipe.seed, class_map="by_name") if replay_data is not None else None
     mixed = MixedTrainingSet(primary, replay, recipe.replay_fraction, recipe.seed)
 
-    regularizer = None
     trainer = Trainer(model_cfg, train_cfg, mixed, run_dir, device=device, init_model=init_model, progress=False)
     if recipe.anchor_weight > 0:
         start = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
@@ -519,23 +520,8 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     }
     atomic_write_json(run_dir / RESULT_NAME, result)
     progress.update(phase="cancelled" if stopped == "cancelled" else "done", iteration=it, eta_s=0.0, val=curve,
-                    best=_best_view(best))
+                    best=validator.best_view())
     return result
-
-
-def _task_of(fmt: str) -> str:
-    return {"coco_instances": "instance", "ade20k": "semantic", "cityscapes": "semantic",
-            "semantic": "semantic"}.get(fmt, "panoptic")
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
-
-
-def _best_view(best: dict[str, Any]) -> dict[str, Any]:
-    return {"iter": best["iteration"], "value": best["value"]}
 
 
 def _fmt(m: dict[str, Any]) -> str:
