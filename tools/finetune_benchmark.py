@@ -49,6 +49,9 @@ RECIPES: dict[str, dict] = {
     "replay70_guard": {"replay_fraction": 0.7, "retain_images": 48, "retain_tolerance": 1.0},
     "replay70_anchor_guard": {"replay_fraction": 0.7, "anchor_weight": 0.01, "retain_images": 48,
                               "retain_tolerance": 1.0},
+    "replay75_anchor05_guard15": {"replay_fraction": 0.75, "anchor_weight": 0.05, "retain_images": 48,
+                                  "retain_tolerance": 1.5},
+    "frozen_backbone_replay70": {"backbone_multiplier": 0.0, "replay_fraction": 0.7},
     "lr3e-4": {"lr": 3e-4},
 }
 
