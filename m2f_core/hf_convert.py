@@ -66,7 +66,9 @@ def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
                 files = [folder / name]
                 break
     if not files:
-        raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
+        held = sorted(p.name for p in folder.iterdir())
+        raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin (the folder has: "
+                              f"{', '.join(held[:20]) or 'nothing'}{', ...' if len(held) > 20 else ''})")
     state: dict[str, torch.Tensor] = {}
     for f in files:
         try:
@@ -337,27 +339,71 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor], config: Mask2FormerCon
 # --------------------------------------------------------------------------------------------
 # hub
 
+# What ``_read_hf_weights`` reads, in order of preference: the files that mark a kind of weights in a
+# repository and the patterns that download it (shards included). Nothing else is fetched.
+_HUB_CONFIG_FILES = ["config.json", "preprocessor_config.json"]
+_HUB_WEIGHTS = (
+    (("model.safetensors", "model.safetensors.index.json"), ["*.safetensors", "*.safetensors.index.json"]),
+    (("pytorch_model.bin", "pytorch_model.bin.index.json"), ["pytorch_model*.bin", "pytorch_model.bin.index.json"]),
+)
+
+
+def hub_download_patterns(repo_id: str, repo_files: list[str]) -> list[str]:
+    """``allow_patterns`` for the weights a repository has: safetensors when it has them, else
+    ``pytorch_model.bin`` (read with ``torch.load(weights_only=True)``); a one-line error naming
+    what the repository holds when it has neither."""
+    from .checkpoint import CheckpointError
+
+    names = set(repo_files)
+    for markers, patterns in _HUB_WEIGHTS:
+        if names.intersection(markers):
+            return _HUB_CONFIG_FILES + patterns
+    listed = sorted(repo_files)
+    shown = ", ".join(listed[:20]) + (f", ... ({len(listed) - 20} more)" if len(listed) > 20 else "")
+    raise CheckpointError(
+        f"{repo_id!r} on the Hugging Face hub has no weights to load (model.safetensors or pytorch_model.bin, "
+        f"or a sharded index of either); the repository has: {shown or 'no files'}"
+    )
+
+
+def _has_hf_weights(folder: Path) -> bool:
+    return any((folder / name).exists() for markers, _ in _HUB_WEIGHTS for name in markers)
+
+
 def download_hub_model(repo_id: str, cache_dir: str | Path | None = None) -> Path:
-    """Local folder of a hub model: the cache when it has it, else a download; one-line error offline."""
+    """Local folder of a hub model: the cache when it has it, else a download of the weights the
+    repository has (safetensors preferred, else ``pytorch_model.bin``); one-line errors offline and
+    for a repository without weights."""
     from .checkpoint import CheckpointError, first_line
 
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import list_repo_files, snapshot_download
     except ImportError:  # pragma: no cover - a core dependency
         raise CheckpointError("loading a hub id needs huggingface_hub (pip install huggingface_hub)") from None
-    patterns = ["config.json", "preprocessor_config.json", "*.safetensors", "*.safetensors.index.json"]
-    kwargs = dict(repo_id=repo_id, allow_patterns=patterns, cache_dir=str(cache_dir) if cache_dir else None)
-    try:
-        return Path(snapshot_download(local_files_only=True, **kwargs))
-    except Exception:
-        pass
+    kwargs = dict(repo_id=repo_id, cache_dir=str(cache_dir) if cache_dir else None)
+    # The cache first, one kind of weights at a time: a snapshot counts as complete for the patterns
+    # it was downloaded with, and it is used only when it holds weights.
+    for _, patterns in _HUB_WEIGHTS:
+        try:
+            folder = Path(snapshot_download(local_files_only=True, allow_patterns=_HUB_CONFIG_FILES + patterns,
+                                            **kwargs))
+        except Exception:
+            continue
+        if _has_hf_weights(folder):
+            return folder
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         reason = "HF_HUB_OFFLINE is set"
     else:
         try:
-            return Path(snapshot_download(**kwargs))
+            repo_files = list_repo_files(repo_id)
         except Exception as e:
             reason = f"{type(e).__name__}: {first_line(e)}"
+        else:
+            patterns = hub_download_patterns(repo_id, repo_files)
+            try:
+                return Path(snapshot_download(allow_patterns=patterns, **kwargs))
+            except Exception as e:
+                reason = f"{type(e).__name__}: {first_line(e)}"
     raise CheckpointError(
         f"cannot download {repo_id!r} from the Hugging Face hub ({reason}); on a machine with internet run "
         f"`hf download {repo_id} --local-dir DIR`, copy DIR here and pass load_model('DIR')"

@@ -223,6 +223,109 @@ def test_hub_id_loads_from_the_local_cache(tmp_path, small_hf, reference):
     _same_outputs(loaded, x, out)
 
 
+def _fake_hub(monkeypatch, repos: dict[str, Path], cache: Path) -> list[tuple[str, tuple[str, ...], bool]]:
+    """huggingface_hub without a network: each repository is a local folder; a download copies the
+    files its ``allow_patterns`` match (fnmatch, as the hub does) into ``cache``; ``local_files_only``
+    returns the cached folder when there is one. Returns the log of snapshot_download calls."""
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    calls: list[tuple[str, tuple[str, ...], bool]] = []
+
+    def list_repo_files(repo_id, **_):
+        return sorted(p.name for p in repos[repo_id].iterdir())
+
+    def snapshot_download(repo_id, allow_patterns=None, local_files_only=False, cache_dir=None, **_):
+        calls.append((repo_id, tuple(allow_patterns or ()), local_files_only))
+        dest = cache / repo_id.replace("/", "--")
+        if local_files_only:
+            if not dest.is_dir():
+                raise OSError(f"{repo_id} is not cached")
+            return str(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in repos[repo_id].iterdir():
+            if allow_patterns is None or any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
+                shutil.copy(f, dest / f.name)
+        return str(dest)
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return calls
+
+
+def _hub_repo(folder: Path, small_hf: Path, weights: tuple[str, ...]) -> Path:
+    """A repository like the hub's: config, a README and the given kinds of weights of ``small_hf``."""
+    from safetensors.torch import load_file
+
+    folder.mkdir()
+    (folder / "config.json").write_bytes((small_hf / "config.json").read_bytes())
+    (folder / "README.md").write_text("model card")
+    if "safetensors" in weights:
+        (folder / "model.safetensors").write_bytes((small_hf / "model.safetensors").read_bytes())
+    if "bin" in weights:
+        torch.save(load_file(str(small_hf / "model.safetensors")), folder / "pytorch_model.bin")
+    return folder
+
+
+def test_hub_repo_with_only_pytorch_model_bin_loads(tmp_path, small_hf, reference, monkeypatch):
+    """A repository without safetensors is fetched as pytorch_model.bin (read with weights_only) and
+    loads to the same outputs; the second load comes from the cache with the hub unreachable."""
+    model, x, out = reference
+    repo = _hub_repo(tmp_path / "remote", small_hf, ("bin",))
+    cache = tmp_path / "cache"
+    calls = _fake_hub(monkeypatch, {"org/bin-only": repo}, cache)
+    _same_outputs(load_model("org/bin-only", cache_dir=tmp_path), x, out)
+    assert sorted(os.listdir(cache / "org--bin-only")) == ["config.json", "pytorch_model.bin"]
+    downloads = [patterns for _, patterns, local in calls if not local]
+    assert len(downloads) == 1 and "pytorch_model*.bin" in downloads[0]
+    assert not any("safetensors" in p for p in downloads[0])
+
+    import huggingface_hub
+
+    def unreachable(*_, **__):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", unreachable)
+    n = len(calls)
+    _same_outputs(load_model("org/bin-only", cache_dir=tmp_path), x, out)
+    assert all(local for _, _, local in calls[n:])
+
+
+def test_hub_repo_with_both_formats_fetches_only_safetensors(tmp_path, small_hf, reference, monkeypatch):
+    model, x, out = reference
+    repo = _hub_repo(tmp_path / "remote", small_hf, ("safetensors", "bin"))
+    cache = tmp_path / "cache"
+    _fake_hub(monkeypatch, {"org/both": repo}, cache)
+    _same_outputs(load_model("org/both", cache_dir=tmp_path), x, out)
+    assert sorted(os.listdir(cache / "org--both")) == ["config.json", "model.safetensors"]
+
+
+def test_hub_repo_without_weights_says_what_it_has(tmp_path, small_hf, monkeypatch):
+    repo = _hub_repo(tmp_path / "remote", small_hf, ())
+    (repo / "tf_model.h5").write_bytes(b"\0")
+    calls = _fake_hub(monkeypatch, {"org/no-weights": repo}, tmp_path / "cache")
+    with pytest.raises(CheckpointError) as err:
+        load_model("org/no-weights", cache_dir=tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "'org/no-weights'" in msg and "no weights" in msg
+    assert msg.endswith("the repository has: README.md, config.json, tf_model.h5")
+    assert not any(not local for _, _, local in calls)  # nothing was downloaded
+
+
+def test_hub_pytorch_model_bin_with_a_pickle_payload_never_runs(tmp_path, small_hf, monkeypatch):
+    marker = tmp_path / "marker"
+    repo = _hub_repo(tmp_path / "remote", small_hf, ())
+    torch.save({"x": torch.zeros(1), "extra": _Payload(f"touch {marker}")}, repo / "pytorch_model.bin")
+    _fake_hub(monkeypatch, {"org/evil": repo}, tmp_path / "cache")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin"):
+        load_model("org/evil", cache_dir=tmp_path)
+    assert not marker.exists()
+
+
 def test_convert_cli(tmp_path, small_hf, reference):
     import subprocess
     import sys
