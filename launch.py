@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-minutes", type=_minutes, default=10.0, metavar="M",
                    help="default time budget of a fine-tuning run, validation included (default 10)")
     p.add_argument("--finetune-recipe", type=Path, default=None, metavar="FILE",
-                   help="a FinetuneRecipe JSON for the trainer (keys of training/finetune.py)")
+                   help="a FinetuneRecipe JSON for the trainer (keys of training/finetune_recipe.py)")
     p.add_argument("--max-upload", default="50mb", help="largest upload accepted (default 50mb)")
     p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS,
                    help=f"largest image accepted, in pixels (default {DEFAULT_MAX_PIXELS:,})")

@@ -20,7 +20,7 @@ from app.workbench import Workbench
 from m2f_core.data.corrections import CorrectionsDataset
 from m2f_core.data.synthetic import generate_dataset, synthetic_dataset
 from m2f_core.evaluate import main as evaluate_main
-from training.finetune import image_status, read_manifest
+from training.finetune_data import image_status, read_manifest
 
 NAMES = ["000000.jpg", "000001.jpg", "000002.jpg"]
 

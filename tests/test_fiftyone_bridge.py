@@ -598,7 +598,7 @@ def fewshot(fo_env, tmp_path_factory):
     tagged ``fix`` (what a user corrected), the sixth is never exported."""
     from app.fiftyone_bridge.core import import_dataset
     from m2f_core.data.synthetic import generate_dataset
-    from training.finetune import FinetuneRecipe
+    from training.finetune_recipe import FinetuneRecipe
 
     root = tmp_path_factory.mktemp("fewshot")
     generate_dataset(root, 6, seed=5, split="train", domain="shifted", size=(128, 128))

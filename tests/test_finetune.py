@@ -17,7 +17,8 @@ import torch
 from app.finetune import FineTuneRun, finetune_command, recommended_weights
 from m2f_core.checkpoint import load_model
 from m2f_core.data.synthetic import generate_dataset, generate_scene, scene_rng
-from training.finetune import holdout_split, image_status, main, read_manifest
+from training.finetune import main
+from training.finetune_data import holdout_split, image_status, read_manifest
 
 FAST = {"batch_size": 1, "eval_period": 2, "replay_images": 4, "retain_images": 4, "min_iterations": 1}
 
@@ -158,7 +159,8 @@ def test_selection_bounds_what_the_model_forgets(tmp_path):
     """The best weights: the best held-out score among validations that kept the retained score within
     ``retain_tolerance`` of the start; without a tolerance, the best held-out score. Scores are scripted
     (the selection rule, not the model, is under test); each validation's weights are told apart."""
-    from training.finetune import FinetuneRecipe, Validator
+    from training.finetune_recipe import FinetuneRecipe
+    from training.finetune_validation import Validator
 
     # iteration: (held-out PQ, retained PQ)
     script = {0: (20.0, 70.0), 10: (30.0, 69.5), 20: (45.0, 66.0), 30: (40.0, 69.2), 40: (40.05, 69.9)}

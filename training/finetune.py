@@ -35,144 +35,19 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from m2f_core.metrics.model_eval import per_class_pq, primary_value
 
-from m2f_core.metrics.model_eval import headline, per_class_pq, primary_value
+from .finetune_data import MixedTrainingSet, holdout_split, image_status, read_manifest, replay_source, retain_source
+from .finetune_recipe import FinetuneRecipe
+from .finetune_validation import Validator
 
-__all__ = ["Cancel", "FinetuneRecipe", "Validator", "build_parser", "holdout_split", "main", "run_finetune"]
-
-PROGRESS_NAME, RESULT_NAME, MODEL_NAME, MANIFEST_NAME = "progress.json", "result.json", "model", "manifest.json"
+PROGRESS_NAME, RESULT_NAME, MODEL_NAME = "progress.json", "result.json", "model"
 # the targets a dataset format can give (formats without panoptic annotations)
 _TASKS = {"coco_instances": "instance", "ade20k": "semantic", "cityscapes": "semantic", "semantic": "semantic"}
 SAVE_SECONDS = 15.0  # kept from the time budget for the checkpoint, the weights and the process start
-
-
-@dataclass
-class FinetuneRecipe:
-    """Hyper-parameters of the few-shot mode; the defaults are the recipe chosen by measurement
-    (``docs/finetuning.md``: compared on held-out shifted and original scenes)."""
-
-    lr: float = 1e-4
-    backbone_multiplier: float = 1.0  # 0 freezes the backbone
-    batch_size: int = 4
-    schedule: str = "poly"
-    warmup_iters: int = 10
-    iterations_per_image: int = 20  # max_iter = clamp(n_train * this, min_iterations, max_iterations)
-    min_iterations: int = 100
-    max_iterations: int = 1000
-    replay: str = "auto"  # "auto", "none", "synthetic", "untouched" or FORMAT:PATH
-    replay_fraction: float = 0.5  # share of each batch drawn from the replay data
-    replay_images: int = 200  # synthetic scenes generated for replay
-    anchor_weight: float = 0.0  # L2-SP: weight of sum((w - w_start)^2) added to the loss
-    retain_images: int = 24  # images the starting model handled (original scenes / untouched), validated too
-    retain_tolerance: float | None = None  # largest drop there (metric points) a selected model may have
-    retain_warning: float = 2.0  # a larger drop there and the run does not recommend its model
-    holdout_fraction: float = 0.2
-    min_images_for_holdout: int = 4  # fewer corrected images: no hold-out (and no validation)
-    eval_period: int = 0  # iterations between validations (0: about ten over the run)
-    patience: int = 4  # validations without improvement before stopping
-    min_delta: float = 0.1  # improvement (metric points) that counts
-    augmentation: str = "lsj"
-    clip_norm: float = 0.01
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.replay_fraction < 1.0:
-            raise ValueError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
-        if not 0.0 < self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        if self.lr <= 0 or self.batch_size < 1 or self.min_iterations < 1 or self.max_iterations < self.min_iterations:
-            raise ValueError("lr > 0, batch_size >= 1 and 1 <= min_iterations <= max_iterations are required")
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> FinetuneRecipe:
-        data = json.loads(Path(path).read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown recipe keys: {', '.join(unknown)}")
-        return cls(**data)
-
-    def iterations(self, n_train: int) -> int:
-        return int(min(self.max_iterations, max(self.min_iterations, n_train * self.iterations_per_image)))
-
-
-# ------------------------------------------------------------------------------------------------
-# Which images train, which validate, which replay
-
-
-def read_manifest(root: Path) -> dict[str, Any] | None:
-    """The export manifest of a corrections folder (``manifest.json``), or None."""
-    path = root / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def image_status(dataset, manifest: dict[str, Any] | None) -> list[str]:
-    """Per item: "edited", "reviewed" or "untouched" (the manifest's word; "edited" without a manifest)."""
-    if not manifest:
-        return ["edited"] * len(dataset)
-    by_name = {Path(str(im.get("file_name", ""))).name: str(im.get("status", "edited"))
-               for im in manifest.get("images", []) if isinstance(im, dict)}
-    out = []
-    for i in range(len(dataset)):
-        out.append(by_name.get(Path(str(dataset[i].file_name)).name, "edited"))
-    return out
-
-
-def holdout_split(status: list[str], fraction: float, min_images: int, seed: int) -> tuple[list[int], list[int],
-                                                                                              list[int]]:
-    """(train, held-out, untouched) indices. Held-out images come from the corrected ones only
-    (edited or reviewed), a ``fraction`` of them (at least one) when there are ``min_images`` or more."""
-    corrected = [i for i, s in enumerate(status) if s != "untouched"]
-    untouched = [i for i, s in enumerate(status) if s == "untouched"]
-    if len(corrected) < max(2, min_images):
-        return corrected, [], untouched
-    n_val = max(1, int(round(fraction * len(corrected))))
-    order = np.random.default_rng([seed, 7919]).permutation(len(corrected))
-    held = sorted(corrected[k] for k in order[:n_val])
-    train = [i for i in corrected if i not in set(held)]
-    return train, held, untouched
-
-
-class MixedTrainingSet:
-    """Training examples of the corrections, with replay examples mixed in at a fixed share.
-
-    Index space of one epoch: the corrections repeated ``repeats`` times, then the replay items; the
-    trainer's per-epoch permutation of it gives each batch about ``replay_fraction`` replay examples.
-    Each example's augmentation is seeded by (seed, epoch, index in this space).
-    """
-
-    def __init__(self, primary, replay=None, replay_fraction: float = 0.0, seed: int = 0) -> None:
-        self.primary, self.replay, self.seed = primary, replay, int(seed)
-        n_p = len(primary.dataset)
-        n_r = len(replay.dataset) if replay is not None and replay_fraction > 0 else 0
-        self.replay = replay if n_r else None
-        # primary share (1 - f) of the epoch: n_p * repeats = n_r * (1 - f) / f
-        self.repeats = max(1, round(n_r * (1 - replay_fraction) / (replay_fraction * n_p))) if n_r else 1
-        self.n_primary, self.n_replay = n_p * self.repeats, n_r
-
-    def __len__(self) -> int:
-        return self.n_primary + self.n_replay
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        epoch, index = int(key[0]), int(key[1])
-        rng = np.random.default_rng([self.seed, epoch, index])
-        if index < self.n_primary:
-            src, j = self.primary, index % len(self.primary.dataset)
-        else:
-            src, j = self.replay, index - self.n_primary
-        return src.make_example(src.dataset[j], rng)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,122 +97,6 @@ class Progress:
         atomic_write_json(self.path, self.state)
 
 
-def _evaluate(model, val_set, device: str) -> dict[str, Any]:
-    from m2f_core.metrics.model_eval import evaluate_model
-    from m2f_core.predictor import Predictor
-
-    was_training = model.training
-    model.eval()
-    try:
-        return evaluate_model(Predictor(model, device=device), val_set, progress=False)
-    finally:
-        model.train(was_training)
-
-
-def _replay_source(recipe: FinetuneRecipe, args: argparse.Namespace, model_cfg, train_data, untouched: list[int],
-                   run_dir: Path) -> tuple[Any, str]:
-    """(the replay dataset or None, what it is)."""
-    from m2f_core.data import open_dataset
-    from m2f_core.data.records import Subset
-    from m2f_core.data.synthetic import CATEGORIES as SYNTHETIC
-    from m2f_core.data.synthetic import generate_dataset, synthetic_dataset
-
-    choice = args.replay or recipe.replay
-    if choice == "none" or recipe.replay_fraction <= 0:
-        return None, "none"
-    knows_synthetic = [c["name"] for c in SYNTHETIC] == list(model_cfg.class_names)
-    if choice == "auto":
-        choice = "synthetic" if knows_synthetic else ("untouched" if untouched else "none")
-    if choice == "none":
-        return None, "none"
-    if choice == "synthetic":
-        if not knows_synthetic:
-            raise ValueError("replay 'synthetic' needs a model with the synthetic classes (the built-in model)")
-        generate_dataset(run_dir / "replay", recipe.replay_images, seed=recipe.seed + 1000, split="scenes")
-        return synthetic_dataset(run_dir / "replay", "scenes"), f"synthetic ({recipe.replay_images} scenes)"
-    if choice == "untouched":
-        if not untouched:
-            return None, "none (no untouched image in the export)"
-        return Subset(train_data, untouched, name="untouched"), f"untouched ({len(untouched)} images)"
-    return open_dataset(choice), choice
-
-
-def _retain_source(recipe: FinetuneRecipe, replay_what: str, train_data, untouched: list[int],
-                   run_dir: Path) -> tuple[Any, str]:
-    """(images the starting model already handled, what they are): measured at every validation so that a
-    run shows, and the selection can bound, what fine-tuning costs where the model was good."""
-    from m2f_core.data.records import Subset
-    from m2f_core.data.synthetic import generate_dataset, synthetic_dataset
-
-    if recipe.retain_images <= 0:
-        return None, "none"
-    if replay_what.startswith("synthetic"):
-        generate_dataset(run_dir / "replay", recipe.retain_images, seed=recipe.seed + 2000, split="retain")
-        return synthetic_dataset(run_dir / "replay", "retain"), f"{recipe.retain_images} original synthetic scenes"
-    if untouched:
-        keep = untouched[:recipe.retain_images]
-        return Subset(train_data, keep, name="untouched"), f"{len(keep)} untouched images (the model's own output)"
-    return None, "none"
-
-
-class Validator:
-    """Validation of the weights during a run: the held-out metrics, the retained ones, the best weights.
-
-    The best weights have the best held-out score (by more than ``min_delta``; the starting weights
-    count) among those whose score on the retained images fell by at most ``retain_tolerance``.
-    """
-
-    def __init__(self, model, val_set, retain_set, device: str, recipe: FinetuneRecipe, metrics_file,
-                 evaluate: Callable[[Any, Any, str], dict[str, Any]] | None = None) -> None:
-        self.model, self.val_set, self.retain_set, self.device = model, val_set, retain_set, device
-        self.evaluate = evaluate or _evaluate  # (model, dataset, device) -> evaluate_model's result
-        self.recipe, self.metrics_file = recipe, metrics_file
-        self.curve: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"iteration": 0, "value": None, "metrics": {}, "retained": {}, "result": None}
-        self.best_state = self._state()
-        self.retain_start: float | None = None
-        self.bad_evals = 0
-        self.seconds: float | None = None
-
-    def _state(self) -> dict[str, Any]:
-        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-
-    def best_view(self) -> dict[str, Any]:
-        return {"iter": self.best["iteration"], "value": self.best["value"]}
-
-    def validate(self, it: int) -> dict[str, Any] | None:
-        """Evaluate the current weights (held-out, then retained); update the best. Returns the held-out result."""
-        if self.val_set is None:
-            return None
-        t0 = time.monotonic()
-        result = self.evaluate(self.model, self.val_set, self.device)
-        m = headline(result)
-        kept = headline(self.evaluate(self.model, self.retain_set, self.device)) if self.retain_set is not None \
-            else {}
-        kept_value = primary_value(kept)
-        if it == 0:
-            self.retain_start = kept_value
-        point = {"iter": it, **m}
-        if kept:
-            point["retained"] = kept
-        self.curve.append(point)
-        self.metrics_file.write(json.dumps({"iter": it, "eval": m, **({"retained": kept} if kept else {})}) + "\n")
-        self.metrics_file.flush()
-        value = primary_value(m)
-        tolerance = self.recipe.retain_tolerance
-        retained_ok = (tolerance is None or kept_value is None or self.retain_start is None
-                       or kept_value >= self.retain_start - tolerance)
-        if value is not None and retained_ok and (self.best["value"] is None
-                                                  or value > self.best["value"] + self.recipe.min_delta):
-            self.best = {"iteration": it, "value": value, "metrics": m, "retained": kept, "result": result}
-            self.best_state = self._state()
-            self.bad_evals = 0
-        elif it > 0:
-            self.bad_evals += 1
-        self.seconds = time.monotonic() - t0
-        return result
-
-
 def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cancel | None = None) -> dict[str, Any]:
     """The whole run; returns the result written to ``RUN/result.json``. ``cancel.requested`` (set by
     SIGTERM / SIGINT under ``main``) stops it after the current step, with every output written."""
@@ -384,8 +143,8 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
 
     init_model = load_model(args.init)
     model_cfg = _classes_from_dataset(init_model.config, train_data)
-    replay_data, replay_what = _replay_source(recipe, args, model_cfg, train_data, untouched, run_dir)
-    retain_set, retain_what = _retain_source(recipe, replay_what, train_data, untouched, run_dir)
+    replay_data, replay_what = replay_source(recipe, args.replay, model_cfg, train_data, untouched, run_dir)
+    retain_set, retain_what = retain_source(recipe, replay_what, train_data, untouched, run_dir)
 
     max_iter = args.max_iter or recipe.iterations(len(train_idx))
     eval_period = recipe.eval_period or max(10, max_iter // 10)
@@ -555,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=10.0, help="time budget, validation included (default 10)")
     p.add_argument("--max-iter", type=int, default=None, help="iterations (default: from the number of images)")
     p.add_argument("--replay", default=None, help="auto, none, synthetic, untouched or FORMAT:PATH (default: recipe)")
-    p.add_argument("--recipe", type=Path, default=None, help="FinetuneRecipe JSON (keys of training/finetune.py)")
+    p.add_argument("--recipe", type=Path, default=None, help="FinetuneRecipe JSON (keys of training/finetune_recipe.py)")
     p.add_argument("--seed", type=int, default=None, help="seed of the split, data order and augmentation")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")

@@ -61,7 +61,8 @@ def training_plan(n: int, val: str | None = None) -> tuple[str, str | None]:
     Uses the runner's own split rule (``training.finetune.holdout_split`` with the default recipe), so
     the numbers said here are those of the run.
     """
-    from training.finetune import FinetuneRecipe, holdout_split
+    from training.finetune_data import holdout_split
+    from training.finetune_recipe import FinetuneRecipe
 
     if n < 1:
         return "nothing to train on: the view is empty", "the view is empty"
