@@ -276,10 +276,30 @@ def test_views_work_outside_the_inference_mode_the_prediction_was_made_in():
     from m2f_core.benchmark import trained_like_outputs
 
     out = trained_like_outputs(40, 4, (64, 80), seed=3, things=4, stuff=2)
+    # one query the panoptic result must drop (class 1 at p = e/(e + e^0.5) = 0.622 < 0.8) whose mask
+    # covers the top-left corner, so that candidates_at has something to find there
+    dropped = int(out["pred_logits"][:, -1].argmax())
+    out["pred_logits"][dropped] = torch.tensor([-20.0, 1.0, -20.0, -20.0, 0.5])
+    out["pred_masks"][dropped, :4, :5] = 6.0
     with torch.inference_mode():
         pred = Prediction(np.zeros((60, 75, 3), np.uint8), out["pred_logits"], out["pred_masks"], (64, 80),
                           (60, 75), small_config(num_queries=40)).prepare()
     full = reference_logits(pred)
     assert np.array_equal(pred.semantic().label_map, semantic_inference(pred.pred_logits, full).argmax(0).numpy())
-    assert len(pred.instance(thing_only=False)) > 0
-    assert pred.candidates_at(x=3, y=3, k=3) is not None
+    ins = pred.instance(topk=50, thing_only=False)
+    ref_ins = instance_inference(pred.pred_logits, full, topk=50)
+    assert len(ins) == len(ref_ins) == 50 and np.allclose(np.sort(ins.scores), np.sort(ref_ins.scores), atol=1e-5)
+    assert sorted(m.tobytes() for m in ins.masks) == sorted(m.tobytes() for m in ref_ins.masks)
+    cands = pred.candidates_at(x=3, y=3, k=3)
+    used = {q for qs in pred.segment_queries().values() for q in qs}
+    # the oracle: queries whose full-size logit at (3, 3) is positive and that no segment used, best class first
+    best = pred.class_probs[:, :-1].max(-1)
+    covering = [q for q in (full[:, 3, 3] > 0).nonzero().flatten().tolist() if q not in used]
+    expected = sorted(covering, key=lambda q: -float(best.values[q]))[:3]
+    assert dropped in expected and [c.query for c in cands] == expected
+    for c in cands:
+        assert c.category_id == int(best.indices[c.query]) and c.mask[3, 3]
+        assert np.array_equal(c.mask, (full[c.query] > 0).numpy())
+    mine = next(c for c in cands if c.query == dropped)
+    assert mine.category_id == 1 and mine.score == pytest.approx(np.e / (np.e + np.exp(0.5)), abs=1e-5)
+    assert mine.mask[:14, :18].all() and not mine.mask[30:].any()
