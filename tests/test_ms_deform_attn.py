@@ -215,12 +215,21 @@ def test_fast_dispatch(monkeypatch):
     with torch.no_grad():
         msda.ms_deform_attn_fast(value, SHAPES, loc, attn)
     msda.ms_deform_attn_fast(value.requires_grad_(True), SHAPES, loc, attn).sum().backward()
-    assert calls == ["native", "native"] and value.grad is not None
+    ref_value = value.detach().clone().requires_grad_(True)
+    ms_deform_attn_core(ref_value, SHAPES, loc, attn).sum().backward()
+    assert calls == ["native", "native"] and torch.allclose(value.grad, ref_value.grad, atol=1e-5, rtol=0)
     msda.ms_deform_attn_fast(value.detach().double(), SHAPES, loc.double(), attn.double())
     assert len(calls) == 2
     traced = torch.jit.trace(lambda v, lo, a: msda.ms_deform_attn_fast(v, SHAPES, lo, a), (value.detach(), loc, attn),
                              check_trace=False)
-    assert len(calls) == 2 and traced is not None
+    assert len(calls) == 2
+    # the traced graph computes the eager reference, on its example and on inputs it never saw
+    # (nothing of the example was baked in as a constant), without calling the kernel
+    v2, lo2, a2 = (t.flip(0) * (1.5 if i == 0 else 1.0) for i, t in enumerate((value.detach(), loc, attn)))
+    for args in ((value.detach(), loc, attn), (v2, lo2, a2)):
+        with torch.no_grad():
+            assert torch.allclose(traced(*args), ms_deform_attn_core(args[0], SHAPES, *args[1:]), atol=1e-5, rtol=0)
+    assert len(calls) == 2
 
 
 @native_only
