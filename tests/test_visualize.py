@@ -249,11 +249,41 @@ def test_tiny_and_thin_images(shape):
     for kw in ({}, {"highlight": 1}, {"labels": False}):
         out = _render(img, res, **kw)
         assert out.shape == img.shape and out.dtype == np.uint8
-    sem = draw_semantic(img, m.astype(np.int64) - 1, NAMES, COLORS, ignore_value=-1)
-    assert sem.shape == img.shape
-    assert draw_uncertainty(img, np.random.default_rng(0).random(shape)).shape == img.shape
+
+    def check_fill(out, colour_of, m=m):
+        """Void untouched; a segment pixel with an in-image 4-neighbour of another id is its colour
+        (the outline), any other segment pixel the 50 % blend of the image and its colour."""
+        border = _true_borders(m)
+        for y, x in np.ndindex(*shape):
+            if m[y, x] == 0:
+                assert np.array_equal(out[y, x], img[y, x])
+            elif border[y, x]:
+                assert tuple(out[y, x]) == colour_of[m[y, x]]
+            else:
+                assert np.abs(out[y, x] - _blend(img[y, x], colour_of[m[y, x]], 0.5)).max() <= 1
+
+    # segment 1 is a thing (its colour jittered by its id), segment 2 stuff (the class colour)
+    pan_colours = {1: segment_color(COLORS[0], 1, True), 2: tuple(COLORS[2])}
+    plain = _render(img, res, labels=False)
+    check_fill(plain, pan_colours)
+    lit = _render(img, res, labels=False, highlight=1)
+    outside = m != 1  # dimmed to 40 %; the selected segment keeps its pixels or gets the white outline
+    assert np.all(np.abs(lit[outside].astype(float) - plain[outside] * 0.4) <= 0.5 + 1e-9)
+    assert all(tuple(lit[y, x]) in {tuple(plain[y, x]), (255, 255, 255)} for y, x in zip(*np.nonzero(m == 1)))
+    sem = draw_semantic(img, m.astype(np.int64) - 1, NAMES, COLORS, ignore_value=-1, labels=False)
+    check_fill(sem, {1: tuple(COLORS[0]), 2: tuple(COLORS[1])})  # class c = id - 1, no jitter
+    u = np.random.default_rng(0).random(shape)
+    heat = draw_uncertainty(img, u)
+    # inferno: the lowest value is (0, 0, 4), the highest (252, 255, 164); a 1x1 map is constant, so 0
+    lo, hi = np.unravel_index(np.argmin(u), shape), np.unravel_index(np.argmax(u), shape)
+    assert np.abs(heat[lo] - _blend(img[lo], (0, 0, 4), 0.5)).max() <= 1
+    if m.size > 1:
+        assert np.abs(heat[hi] - _blend(img[hi], (252, 255, 164), 0.5)).max() <= 1
     inst = InstanceResult(m[None] == 1, [[0, 0, 1, 1]], [0.9], [1])
     assert draw_instances(img, inst, NAMES, COLORS).shape == img.shape
+    bare = draw_instances(img, inst, NAMES, COLORS, boxes=False, labels=False)
+    check_fill(bare, {1: segment_color(COLORS[1], 1, True)}, (m == 1).astype(np.int32))  # colour of instance i:
+    # segment_color(its class colour, i + 1); the pixel of segment 2 is not in the mask and stays the image
 
 
 def test_grayscale_and_other_input_forms():
@@ -362,10 +392,19 @@ def test_uncertainty_heat_map():
     u[:, 48:] = 1.0
     out = draw_uncertainty(img, u, alpha=0.5)
     assert out.shape == img.shape and out.dtype == np.uint8
-    assert not np.array_equal(out[:, :48], out[:, 48:])
+    # inferno's ends, by hand: 0 -> (0, 0, 4), 1 -> (252, 255, 164), blended half and half with the image
+    assert np.abs(out[:, :48] - _blend(img[:, :48], (0, 0, 4), 0.5)).max() <= 1
+    assert np.abs(out[:, 48:] - _blend(img[:, 48:], (252, 255, 164), 0.5)).max() <= 1
     assert np.array_equal(draw_uncertainty(img, u, alpha=0.0), img)
+    # NaN counts as 0: an all-NaN map is the coldest colour everywhere, and NaN beside real values is their minimum
     const = draw_uncertainty(img, np.full((64, 96), np.nan, np.float32))
-    assert const.shape == img.shape
+    assert np.abs(const - _blend(img, (0, 0, 4), 0.5)).max() <= 1
+    holes = u.copy()
+    holes[:, 90:] = np.nan
+    holes[0, 0] = 0.5
+    mixed = draw_uncertainty(img, holes)
+    assert np.abs(mixed[:, 90:] - _blend(img[:, 90:], (0, 0, 4), 0.5)).max() <= 1
+    assert np.array_equal(mixed[:, 48:90], out[:, 48:90])
 
 
 def test_legend_and_append_legend():
