@@ -9,6 +9,7 @@ on ``load`` plus selectors / status text, never ``networkidle`` (Gradio keeps a 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import socket
@@ -129,6 +130,31 @@ def canvas_src(page) -> str:
 
 def canvas_bytes(page) -> bytes:
     return page.request.get(canvas_src(page)).body()
+
+
+def wait_editor_shows_view(page, timeout_s: float = 60) -> None:
+    """Wait until the brush editor's canvas shows the current view: the editor draws its background
+    some time after its value arrives, and a stroke drawn before that is lost. The canvas is WebGL,
+    so it is read from screenshots: shown means that the view's four most common colours cover at
+    least a quarter of as much of the canvas as they cover of the view (the editor scales the view
+    and may letterbox it)."""
+    from PIL import Image
+
+    view = np.asarray(Image.open(io.BytesIO(canvas_bytes(page))).convert("RGB")).reshape(-1, 3)
+    colours, counts = np.unique(view, axis=0, return_counts=True)
+    top = np.argsort(counts)[-4:]
+    dominant, share = colours[top].astype(int), counts[top].sum() / len(view)
+    canvas = page.locator("#brush-editor canvas").first
+    deadline = time.monotonic() + timeout_s
+    while True:
+        shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).reshape(-1, 3).astype(int)
+        covered = (np.abs(shot[:, None] - dominant[None]).max(-1) <= 3).any(1).mean()
+        if covered >= 0.25 * share:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the brush editor did not show the view within {timeout_s} s "
+                                 f"(its colours cover {covered:.0%} of the canvas, {share:.0%} of the view)")
+        page.wait_for_timeout(100)  # the poll interval, not a guess at how long drawing takes
 
 
 def click_pixel(page, x: float, y: float) -> None:
@@ -359,7 +385,7 @@ def test_example_and_free_hand_brush(page, server):
     page.get_by_text("Free-hand brush").click()
     canvas = page.locator("#brush-editor canvas").first
     canvas.wait_for()
-    page.wait_for_timeout(500)  # the editor draws its background
+    wait_editor_shows_view(page)
     page.locator("#brush-editor button[aria-label='Brush']").click()
     box = canvas.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
