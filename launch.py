@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.finetune_recipe}: no such recipe file")
         dataset = spec = None
         if args.dataset is not None:
-            from m2f_core.data.records import open_dataset, parse_dataset_spec
+            from m2f_core.data.specs import open_dataset, parse_dataset_spec
 
             dataset = open_dataset(args.dataset, split=args.split)
             if len(dataset) == 0:

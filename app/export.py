@@ -35,18 +35,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from m2f_core.atomic import atomic_write, atomic_write_json, make_temp_dir, remove_stale_temporaries, replace_dir
+from m2f_core.data.categories import categories_from_config, normalize_categories
 from m2f_core.data.corrections import write_corrections
-from m2f_core.data.records import (
-    Sample,
-    atomic_write,
-    atomic_write_json,
-    categories_from_config,
-    image_size,
-    make_temp_dir,
-    normalize_categories,
-    remove_stale_temporaries,
-    replace_dir,
-)
+from m2f_core.data.fileio import image_size
+from m2f_core.data.records import Sample
 
 from .editing import EditSession
 from .state import STATUSES

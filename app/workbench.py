@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from m2f_core.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
-from m2f_core.data.records import remove_stale_temporaries
+from m2f_core.atomic import remove_stale_temporaries
+from m2f_core.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 
 from .editing import TASKS
 from .finetune import FineTuneRun

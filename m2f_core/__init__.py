@@ -1,8 +1,9 @@
 """m2f_core: Mask2Former (Cheng et al., CVPR 2022) in plain PyTorch.
 
 Public API: ``load_model``, ``save_model``, ``build_model``, ``Predictor`` / ``Prediction``,
-``Mask2FormerConfig``, ``list_presets``, ``get_preset`` and the result types. Names are imported on
-first use, so command-line tools that need no network (metrics, data) start without importing torch.
+``prepare_for_inference`` (the explicit conversion for fast inference), ``Mask2FormerConfig``,
+``list_presets``, ``get_preset`` and the result types. Names are imported on first use, so
+command-line tools that need no network (metrics, data) start without importing torch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ _EXPORTS = {
     "Mask2Former": ".model",
     "build_model": ".model",
     "Predictor": ".predictor",
-    "Prediction": ".predictor",
+    "prepare_for_inference": ".accelerate",
+    "Prediction": ".prediction",
     "PanopticResult": ".structures",
     "InstanceResult": ".structures",
     "SemanticResult": ".structures",

@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{machine}, {args.threads} threads\n")
     print(format_table(rows))
     if args.json:
-        from .data.records import atomic_write_json
+        from .atomic import atomic_write_json
 
         atomic_write_json(args.json, {"machine": machine, "threads": args.threads, "rows": rows})
     return 0

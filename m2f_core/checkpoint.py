@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_write
 from .config import Mask2FormerConfig, dataset_classes, get_preset, list_presets, resolve_config
-from .data.records import atomic_write
+from .errors import CheckpointError, first_line
 from .model import Mask2Former, build_model
 
 logger = logging.getLogger(__name__)
@@ -38,16 +39,6 @@ FORMAT_TAG = "m2f_core"
 _DERIVED_BUFFERS = re.compile(r"\.relative_position_index$")
 # keys an official checkpoint carries besides the network (loss weights, normalisation)
 _NON_NETWORK_KEYS = ("criterion.empty_weight", "pixel_mean", "pixel_std")
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception message (or its type), for one-line errors."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message says why and what to do."""
 
 
 class UnsafePickleError(CheckpointError):
@@ -381,7 +372,6 @@ def _build_and_load(cfg: Mask2FormerConfig, state: dict[str, torch.Tensor], orig
 
 
 __all__ = [
-    "CheckpointError",
     "UnsafePickleError",
     "infer_config",
     "load_model",

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_model, save_model
+from .checkpoint import load_model, save_model
+from .errors import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:

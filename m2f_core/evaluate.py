@@ -48,8 +48,10 @@ def run_instance(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_model(args: argparse.Namespace) -> dict[str, Any]:
     """Run a model on a dataset and report PQ, mask AP and mIoU from one forward pass per image."""
-    from m2f_core.checkpoint import CheckpointError
-    from m2f_core.data import DatasetError, ImageError, open_dataset
+    from m2f_core.data.errors import DatasetError
+    from m2f_core.data.specs import open_dataset
+    from m2f_core.errors import CheckpointError
+    from m2f_core.images import ImageError
     from m2f_core.metrics.model_eval import evaluate_model
     from m2f_core.predictor import Predictor
 

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from .config import BackboneConfig, Mask2FormerConfig, dataset_classes, list_datasets
+from .errors import CheckpointError, first_line
 
 
 def is_hf_folder(folder: Path) -> bool:
@@ -31,8 +32,6 @@ def is_hf_folder(folder: Path) -> bool:
 
 def load_hf_folder(folder: str | Path) -> tuple[Mask2FormerConfig, dict[str, torch.Tensor]]:
     """(config, official-name state dict) from a ``save_pretrained`` folder."""
-    from .checkpoint import CheckpointError
-
     folder = Path(folder)
     try:
         hf_cfg = json.loads((folder / "config.json").read_text())
@@ -51,8 +50,6 @@ def load_hf_folder(folder: str | Path) -> tuple[Mask2FormerConfig, dict[str, tor
 
 
 def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from .checkpoint import CheckpointError, first_line
-
     files: list[Path] = []
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
@@ -86,8 +83,6 @@ def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def config_from_hf(hf: dict[str, Any], preprocessor: dict[str, Any] | None = None) -> Mask2FormerConfig:
     """Our config from a transformers ``Mask2FormerConfig`` dict (labels included)."""
-    from .checkpoint import CheckpointError
-
     if hf.get("activation_function", "relu") != "relu":
         raise CheckpointError(f"activation {hf['activation_function']!r} is not supported (Mask2Former uses relu)")
     bb = hf.get("backbone_config") or {}
@@ -140,8 +135,6 @@ def config_from_hf(hf: dict[str, Any], preprocessor: dict[str, Any] | None = Non
 
 
 def _backbone_from_hf(bb: dict[str, Any]) -> BackboneConfig:
-    from .checkpoint import CheckpointError
-
     kind = bb.get("model_type", "swin")
     stages = bb.get("out_features") or ["stage1", "stage2", "stage3", "stage4"]
     if list(stages) != ["stage1", "stage2", "stage3", "stage4"]:
@@ -329,8 +322,6 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor], config: Mask2FormerCon
         out[new if new is not None else k] = v
     for (name, _), parts in fused.items():
         if set(parts) != {"q", "k", "v"}:
-            from .checkpoint import CheckpointError
-
             raise CheckpointError(f"{name}: the checkpoint has only the {'/'.join(sorted(parts))} part(s) of q/k/v")
         out[name] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out
@@ -352,8 +343,6 @@ def hub_download_patterns(repo_id: str, repo_files: list[str]) -> list[str]:
     """``allow_patterns`` for the weights a repository has: safetensors when it has them, else
     ``pytorch_model.bin`` (read with ``torch.load(weights_only=True)``); a one-line error naming
     what the repository holds when it has neither."""
-    from .checkpoint import CheckpointError
-
     names = set(repo_files)
     for markers, patterns in _HUB_WEIGHTS:
         if names.intersection(markers):
@@ -374,8 +363,6 @@ def download_hub_model(repo_id: str, cache_dir: str | Path | None = None) -> Pat
     """Local folder of a hub model: the cache when it has it, else a download of the weights the
     repository has (safetensors preferred, else ``pytorch_model.bin``); one-line errors offline and
     for a repository without weights."""
-    from .checkpoint import CheckpointError, first_line
-
     try:
         from huggingface_hub import list_repo_files, snapshot_download
     except ImportError:  # pragma: no cover - a core dependency

@@ -42,6 +42,7 @@ from torch import nn
 
 from .cli import Parser, parse_size
 from .config import Mask2FormerConfig
+from .errors import first_line
 
 FORMAT = "m2f_core.onnx/1"  # bump when the graph's inputs, outputs or metadata change
 META_FORMAT = "m2f_format"
@@ -57,11 +58,6 @@ _NETWORK_FILES = ("model.py", "layers.py", "pixel_decoder.py", "transformer_deco
 
 class OnnxBackendError(ValueError):
     """A model that cannot be exported or an ONNX file that cannot be used; the message says why."""
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _import_onnxruntime():
@@ -125,7 +121,7 @@ def export_onnx(model: nn.Module, path: str | Path, example_size: tuple[int, int
     never sees half of it) and carries the config as JSON in its metadata.
     """
     onnx = _import_onnx()
-    from .data.records import atomic_write
+    from .atomic import atomic_write
 
     config: Mask2FormerConfig | None = getattr(model, "config", None)
     if config is None:
@@ -170,7 +166,7 @@ def export_onnx(model: nn.Module, path: str | Path, example_size: tuple[int, int
     except OnnxBackendError:
         raise
     except Exception as e:  # the exporter raises many types; one line with the cause is what helps
-        raise OnnxBackendError(f"ONNX export failed: {type(e).__name__}: {_first_line(e)}") from e
+        raise OnnxBackendError(f"ONNX export failed: {type(e).__name__}: {first_line(e)}") from e
     finally:
         model.train(was_training)
     return path
@@ -200,7 +196,7 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime's InvalidProtobuf, Fail, ...: all mean "not a usable model"
-            raise OnnxBackendError(f"{self.path}: not a readable ONNX model ({_first_line(e)})") from None
+            raise OnnxBackendError(f"{self.path}: not a readable ONNX model ({first_line(e)})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get(META_FORMAT) != FORMAT or META_CONFIG not in meta:
             found = meta.get(META_FORMAT)
@@ -211,7 +207,7 @@ class OnnxModel:
         try:
             self.config = Mask2FormerConfig.from_dict(json.loads(meta[META_CONFIG]))
         except (ValueError, TypeError) as e:
-            raise OnnxBackendError(f"{self.path}: unreadable config in the metadata ({_first_line(e)})") from None
+            raise OnnxBackendError(f"{self.path}: unreadable config in the metadata ({first_line(e)})") from None
         self.metadata = dict(meta)
         self.input_shape = list(self.session.get_inputs()[0].shape)  # ints where the export fixed them
 
@@ -406,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run_export(args)
     except ValueError as e:  # OnnxBackendError, CheckpointError and config errors are all ValueErrors
-        message = _first_line(e).replace("\r", " ")
+        message = first_line(e).replace("\r", " ")
         print(f"error: {message}", file=sys.stderr)
         return 2
 

@@ -56,14 +56,18 @@ def image_id_for(name: str) -> int | str:
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
-    from .data.records import atomic_write_bytes, encode_png
+    from .atomic import atomic_write_bytes
+    from .data.fileio import encode_png
 
     atomic_write_bytes(path, encode_png(array))
 
 
 def run(weights: str | None, out: Path, images: list[str], tasks: tuple[str, ...], config: str | None = None,
         device: str | None = None, overlays: bool = True, compile: bool = False) -> int:
-    from .data import Sample, categories_from_config, write_coco_instance_results, write_coco_panoptic
+    from .data.categories import categories_from_config
+    from .data.coco_instances import write_coco_instance_results
+    from .data.coco_panoptic import write_coco_panoptic
+    from .data.records import Sample
     from .data.semantic import write_semantic_png
     from .predictor import Predictor
     from .visualize import draw_instances, draw_panoptic, draw_semantic

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import Mask2FormerConfig
-from .data.images import load_image
+from .images import load_image
 from .model import Mask2Former
 from .prediction import Prediction
 

@@ -222,8 +222,9 @@ def _instances_json() -> dict:
 
 def build_datasets(root: Path) -> dict[str, DatasetCase]:
     """One valid dataset per format under ``root``."""
+    from m2f_core.data.categories import normalize_categories
     from m2f_core.data.corrections import write_corrections
-    from m2f_core.data.records import GTSegment, Sample, normalize_categories
+    from m2f_core.data.records import GTSegment, Sample
     from m2f_core.structures import PanopticResult
 
     pan = _panoptic()

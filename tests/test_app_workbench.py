@@ -21,7 +21,7 @@ from app.render import (
 )
 from app.workbench import Workbench, unique_name
 from m2f_core.data.corrections import CorrectionsDataset
-from m2f_core.data.records import open_dataset
+from m2f_core.data.specs import open_dataset
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,8 @@ from corpus_helpers import (
 )
 
 from m2f_core.data.errors import DatasetError
-from m2f_core.data.images import ImageError, load_image
-from m2f_core.data.records import open_dataset
+from m2f_core.data.specs import open_dataset
+from m2f_core.images import ImageError, load_image
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin"),  # PIL on damaged TIFFs
               pytest.mark.usefixtures("one_torch_thread")]

@@ -17,7 +17,8 @@ import torch
 from hf_reference import save_random_hf_model
 
 from m2f_core import load_model, save_model
-from m2f_core.checkpoint import CheckpointError, UnsafePickleError, infer_config
+from m2f_core.checkpoint import UnsafePickleError, infer_config
+from m2f_core.errors import CheckpointError
 
 SMALL = dict(num_queries=12, hidden_dim=64, feature_size=64, mask_feature_size=64, encoder_layers=1,
              decoder_layers=3, num_attention_heads=8, dim_feedforward=64, encoder_feedforward_dim=64)

@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from app.export import ExportError, export_corrections, zip_export
-from m2f_core.checkpoint import CheckpointError
+from m2f_core.atomic import remove_stale_temporaries, temp_prefix
 from m2f_core.data.corrections import CorrectionsDataset
-from m2f_core.data.records import remove_stale_temporaries, temp_prefix
+from m2f_core.errors import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 CATEGORIES = [{"id": 1, "name": "disc", "isthing": 1}, {"id": 10, "name": "sky", "isthing": 0}]  # as in the child
@@ -36,7 +36,8 @@ import numpy as np
 from PIL import Image
 from app.editing import EditSession
 from app.export import export_corrections
-from m2f_core.data import corrections, records
+from m2f_core import atomic
+from m2f_core.data import corrections
 from m2f_core.structures import PanopticResult, Segment
 
 out, ready, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
@@ -64,7 +65,7 @@ if mode == "mid-write":  # stall half-way through writing the second semantic PN
     def write_semantic_png(path, label_map, num_classes=None):
         calls.append(path)
         if len(calls) == 2:
-            records.atomic_write(path, lambda tmp: (Path(tmp).write_bytes(b"\x89PNG\r\n half"), stall()))
+            atomic.atomic_write(path, lambda tmp: (Path(tmp).write_bytes(b"\x89PNG\r\n half"), stall()))
         return real(path, label_map, num_classes=num_classes)
     corrections.write_semantic_png = write_semantic_png
 else:  # "swap": stall right after the old export was moved aside, before the new one is renamed in

@@ -17,29 +17,16 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from m2f_core.data import (
-    ADE20KSemantic,
-    CityscapesDataset,
-    CocoInstances,
-    CocoPanoptic,
-    DatasetError,
-    GTSegment,
-    InstanceAnnotation,
-    Sample,
-    SemanticFolder,
-    atomic_write_bytes,
-    id2rgb,
-    open_dataset,
-    panoptic_to_semantic,
-    parse_dataset_spec,
-    read_semantic_png,
-    rgb2id,
-    shipped_categories,
-    write_coco_instance_results,
-    write_coco_instances,
-    write_coco_panoptic,
-    write_semantic_png,
-)
+from m2f_core.atomic import atomic_write_bytes
+from m2f_core.data.ade20k import ADE20KSemantic
+from m2f_core.data.categories import shipped_categories
+from m2f_core.data.cityscapes import CityscapesDataset
+from m2f_core.data.coco_instances import CocoInstances, write_coco_instance_results, write_coco_instances
+from m2f_core.data.coco_panoptic import CocoPanoptic, id2rgb, rgb2id, write_coco_panoptic
+from m2f_core.data.errors import DatasetError
+from m2f_core.data.records import GTSegment, InstanceAnnotation, Sample, panoptic_to_semantic
+from m2f_core.data.semantic import SemanticFolder, read_semantic_png, write_semantic_png
+from m2f_core.data.specs import open_dataset, parse_dataset_spec
 from m2f_core.structures import InstanceResult, PanopticResult, Segment
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"

@@ -103,8 +103,9 @@ def synthetic(fo_env, tmp_path_factory):
     """Three synthetic scenes (the built-in model's classes) as a corrections folder, imported as ``synthetic``."""
     from app.fiftyone_bridge.core import import_dataset
     from m2f_core.checkpoint import load_model
+    from m2f_core.data.categories import categories_from_config
     from m2f_core.data.corrections import write_corrections
-    from m2f_core.data.records import Sample, categories_from_config
+    from m2f_core.data.records import Sample
     from m2f_core.data.synthetic import generate_scene
     from m2f_core.structures import PanopticResult
 
@@ -169,7 +170,7 @@ def test_labels_round_trip_without_loss(fo_env, coco_sample):
         segmentation_to_semantic,
         semantic_to_segmentation,
     )
-    from m2f_core.data import open_dataset
+    from m2f_core.data.specs import open_dataset
 
     ds = open_dataset(f"corrections:{coco_sample}")
     record = ds[0]
@@ -222,7 +223,7 @@ def test_labels_edited_in_fiftyone_are_read_back(fo_env):
 def test_import_predict_evaluate_real_coco(coco, monkeypatch):
     from app.fiftyone_bridge.core import predict_view
     from app.fiftyone_bridge.evaluate import evaluate_view
-    from m2f_core.data import open_dataset
+    from m2f_core.data.specs import open_dataset
     from m2f_core.predictor import Predictor
 
     ds = coco.ds
@@ -313,7 +314,9 @@ def test_perturbed_predictions_equal_m2f_evaluate_on_files(coco, fo_env, tmp_pat
     )
     from app.fiftyone_bridge.core import categories, sample_record
     from app.fiftyone_bridge.evaluate import evaluate_view
-    from m2f_core.data import Sample, write_coco_instance_results, write_coco_instances, write_coco_panoptic
+    from m2f_core.data.coco_instances import write_coco_instance_results, write_coco_instances
+    from m2f_core.data.coco_panoptic import write_coco_panoptic
+    from m2f_core.data.records import Sample
     from m2f_core.data.semantic import write_semantic_png
     from m2f_core.evaluate import main as evaluate_main
     from m2f_core.structures import InstanceResult
@@ -374,7 +377,7 @@ def test_perturbed_predictions_equal_m2f_evaluate_on_files(coco, fo_env, tmp_pat
 def test_import_other_formats(fo_env, coco_sample):
     from app.fiftyone_bridge.convert import ClassIndex
     from app.fiftyone_bridge.core import import_dataset, sample_record
-    from m2f_core.data import open_dataset
+    from m2f_core.data.specs import open_dataset
 
     cases = [("ade20k", ADE, "", {"panoptic": False, "instances": False, "semantic": True}, 150),
              ("cityscapes", CITY, "", {"panoptic": True, "instances": True, "semantic": True}, 19),
@@ -437,7 +440,7 @@ def test_bad_import_input_one_line_error_no_traceback(fo_env, coco_sample, tmp_p
 @pytest.mark.slow  # ~60 s on a busy 2-core machine
 def test_cli_import_predict_evaluate_export(fo_env, coco_sample, tmp_path, capsys):
     """The CLI end to end: import in its own process (same database), then predict, evaluate, export."""
-    from m2f_core.data import open_dataset
+    from m2f_core.data.specs import open_dataset
 
     proc = subprocess.run([sys.executable, "-m", "app.fiftyone_bridge", "import", "--format", "corrections",
                            "--path", str(coco_sample), "--name", "cli"], cwd=REPO, capture_output=True, text=True,
@@ -544,7 +547,7 @@ def test_open_in_editor_link_loads_image_and_labels(synthetic, fo_env, coco_samp
     from app.fiftyone_bridge.core import install_plugin
     from app.ui import build_app
     from app.workbench import Workbench
-    from m2f_core.data import open_dataset
+    from m2f_core.data.specs import open_dataset
     from m2f_core.predictor import Predictor
 
     install_plugin()

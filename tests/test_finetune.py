@@ -64,7 +64,7 @@ def test_holdout_split_uses_corrected_images_only():
 
 
 def test_manifest_statuses(shifted):
-    from m2f_core.data import open_dataset
+    from m2f_core.data.specs import open_dataset
 
     data = open_dataset(f"corrections:{shifted}")
     status = image_status(data, read_manifest(shifted))

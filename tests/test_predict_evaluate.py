@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from m2f_core import build_model, get_preset, save_model
-from m2f_core.data import CocoPanoptic
+from m2f_core.data.coco_panoptic import CocoPanoptic
 from m2f_core.metrics.model_eval import class_mapping, evaluate_model
 from m2f_core.structures import InstanceResult, SemanticResult
 

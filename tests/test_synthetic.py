@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from m2f_core.data import CocoPanoptic, read_panoptic_png
+from m2f_core.data.coco_panoptic import CocoPanoptic, read_panoptic_png
 from m2f_core.data.synthetic import (
     CATEGORIES,
     MIN_AREA,

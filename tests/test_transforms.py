@@ -16,18 +16,13 @@ import torch
 from PIL import Image
 
 from m2f_core.config import Mask2FormerConfig, get_preset
-from m2f_core.data import (
-    CocoPanoptic,
-    CorrectionsDataset,
-    DatasetError,
-    GTSegment,
-    Sample,
-    open_dataset,
-    write_coco_instances,
-    write_coco_panoptic,
-    write_corrections,
-    write_semantic_png,
-)
+from m2f_core.data.coco_instances import write_coco_instances
+from m2f_core.data.coco_panoptic import CocoPanoptic, write_coco_panoptic
+from m2f_core.data.corrections import CorrectionsDataset, write_corrections
+from m2f_core.data.errors import DatasetError
+from m2f_core.data.records import GTSegment, Sample
+from m2f_core.data.semantic import write_semantic_png
+from m2f_core.data.specs import open_dataset
 from m2f_core.data.targets import instance_targets, panoptic_targets, semantic_targets
 from m2f_core.data.train_dataset import TrainingDataset, build_class_map, collate, short_edge_choices
 from m2f_core.data.transforms import (

@@ -78,9 +78,9 @@ def write_manifest(folder: Path, statuses: dict[str, str]) -> None:
 def imperfect_export(train: Path, out: Path, manifest: bool) -> Path:
     """Half the images with their ground truth, the other half with the built-in model's prediction."""
     from m2f_core import Predictor
-    from m2f_core.data import open_dataset
     from m2f_core.data.corrections import write_corrections
     from m2f_core.data.records import Sample
+    from m2f_core.data.specs import open_dataset
     from m2f_core.data.synthetic import CATEGORIES
 
     if (out / "panoptic.json").is_file():
@@ -106,7 +106,7 @@ def imperfect_export(train: Path, out: Path, manifest: bool) -> Path:
 
 def evaluate(weights: str | None, data: Path) -> dict:
     from m2f_core import Predictor
-    from m2f_core.data import open_dataset
+    from m2f_core.data.specs import open_dataset
     from m2f_core.metrics.model_eval import evaluate_model, headline
 
     return headline(evaluate_model(Predictor(weights, device="cpu"), open_dataset(f"corrections:{data}"),

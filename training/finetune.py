@@ -90,7 +90,7 @@ class Progress:
         self.started = started
 
     def update(self, **changes: Any) -> None:
-        from m2f_core.data.atomic import atomic_write_json
+        from m2f_core.atomic import atomic_write_json
 
         self.state.update(changes)
         self.state["elapsed_s"] = round(time.monotonic() - self.started, 1)
@@ -102,10 +102,10 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     SIGTERM / SIGINT under ``main``) stops it after the current step, with every output written."""
     import torch
 
+    from m2f_core.atomic import atomic_write_json
     from m2f_core.checkpoint import load_model, save_model
-    from m2f_core.data import open_dataset, parse_dataset_spec
-    from m2f_core.data.atomic import atomic_write_json
     from m2f_core.data.records import Subset
+    from m2f_core.data.specs import open_dataset, parse_dataset_spec
     from m2f_core.data.train_dataset import TrainingDataset
     from m2f_core.runtime import tune_malloc
 
@@ -325,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # stop requests are honoured from the start: a cancel while loading still ends with every output written
     with Cancel() as cancel:
-        from m2f_core.checkpoint import CheckpointError
-        from m2f_core.data import DatasetError, ImageError
+        from m2f_core.data.errors import DatasetError
+        from m2f_core.errors import CheckpointError
+        from m2f_core.images import ImageError
 
         try:
             if args.max_minutes <= 0 or not math.isfinite(args.max_minutes):

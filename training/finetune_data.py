@@ -90,8 +90,8 @@ class MixedTrainingSet:
 def replay_source(recipe: FinetuneRecipe, choice: str | None, model_cfg, train_data, untouched: list[int],
                    run_dir: Path) -> tuple[Any, str]:
     """(the replay dataset or None, what it is)."""
-    from m2f_core.data import open_dataset
     from m2f_core.data.records import Subset
+    from m2f_core.data.specs import open_dataset
     from m2f_core.data.synthetic import CATEGORIES as SYNTHETIC
     from m2f_core.data.synthetic import generate_dataset, synthetic_dataset
 

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from m2f_core.checkpoint import CheckpointError, first_line, load_model, save_model
-from m2f_core.data.records import atomic_write, make_temp_dir, remove_stale_temporaries, replace_dir
+from m2f_core.atomic import atomic_write, make_temp_dir, remove_stale_temporaries, replace_dir
+from m2f_core.checkpoint import load_model, save_model
+from m2f_core.errors import CheckpointError, first_line
 
 from .config import TrainConfig
 

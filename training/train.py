@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from m2f_core.checkpoint import load_model
-    from m2f_core.data import open_dataset, parse_dataset_spec
+    from m2f_core.data.specs import open_dataset, parse_dataset_spec
     from m2f_core.data.train_dataset import TrainingDataset
 
     from .distributed import cleanup, init_distributed
@@ -131,8 +131,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from m2f_core.checkpoint import CheckpointError
-    from m2f_core.data import DatasetError, ImageError
+    from m2f_core.data.errors import DatasetError
+    from m2f_core.errors import CheckpointError
+    from m2f_core.images import ImageError
     from m2f_core.runtime import tune_malloc
 
     tune_malloc()  # every step allocates the same activations again: keep them in the heap

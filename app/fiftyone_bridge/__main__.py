@@ -279,7 +279,7 @@ def _one_line(e: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0; 1 when some samples failed; 2 on a bad input)."""
     args = build_parser().parse_args(argv)
-    from m2f_core.checkpoint import CheckpointError
+    from m2f_core.errors import CheckpointError
     from m2f_core.metrics import MetricInputError
 
     try:

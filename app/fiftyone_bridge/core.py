@@ -18,7 +18,8 @@ from typing import Any
 import fiftyone as fo
 import numpy as np
 
-from m2f_core.data.records import IGNORE_LABEL, Sample, SegmentationDataset, image_size
+from m2f_core.data.fileio import image_size
+from m2f_core.data.records import IGNORE_LABEL, Sample, SegmentationDataset
 
 from . import GT, PRED, BridgeError, fields
 from .convert import (
@@ -245,7 +246,7 @@ def predict_view(view: fo.Dataset | fo.DatasetView, weights: str | None = None, 
     """
     from tqdm import tqdm
 
-    from m2f_core.data.images import ImageError
+    from m2f_core.images import ImageError
     from m2f_core.metrics.model_eval import class_mapping
     from m2f_core.predictor import Predictor
 

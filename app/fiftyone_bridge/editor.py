@@ -96,7 +96,7 @@ def _labels_session(wb: Workbench, image: Path, labels: Path):
 
     from app.editing import EditSession
     from m2f_core.data.corrections import CorrectionsDataset
-    from m2f_core.data.images import load_image
+    from m2f_core.images import load_image
     from m2f_core.metrics.model_eval import class_mapping
     from m2f_core.structures import PanopticResult
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from m2f_core.data.records import SegmentationDataset, open_dataset
+from m2f_core.data.records import SegmentationDataset
+from m2f_core.data.specs import open_dataset
 
 from . import BridgeError
 

@@ -16,17 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ..structures import PanopticResult
+from .categories import resolve_categories
 from .errors import DatasetError
-from .records import (
-    IGNORE_LABEL,
-    GTSegment,
-    Sample,
-    SegmentationDataset,
-    image_size,
-    panoptic_to_instances,
-    read_png,
-    resolve_categories,
-)
+from .fileio import image_size, read_png
+from .records import IGNORE_LABEL, GTSegment, Sample, SegmentationDataset, panoptic_to_instances
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 

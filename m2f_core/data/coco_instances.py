@@ -16,9 +16,9 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..atomic import atomic_write_json
 from ..structures import InstanceResult
-from .atomic import atomic_write_json
-from .coco_json import _categories_for_json, _flag, _image_id, _json_categories, _read_images
+from .coco_json import categories_for_json, json_categories, read_images, require_flag, require_image_id
 from .errors import DatasetError
 from .fileio import read_json, require
 from .records import InstanceAnnotation, Sample, SegmentationDataset
@@ -43,27 +43,27 @@ class CocoInstances(SegmentationDataset):
         data = read_json(src)
         if not isinstance(data, dict):
             raise DatasetError(src, f"top level must be an object with 'images', got {type(data).__name__}")
-        super().__init__(_json_categories(data, categories, src, isthing=True), src.stem)
+        super().__init__(json_categories(data, categories, src, isthing=True), src.stem)
         if image_dir is None:
             image_dir = src.parent
             if src.parent.name == "annotations" and src.stem.startswith("instances_"):
                 image_dir = src.parent.parent / src.stem[len("instances_"):]
         self.image_dir = Path(image_dir)
-        images = _read_images(data, src, required=True)
+        images = read_images(data, src, required=True)
         assert images is not None
         self.images = images
-        self._image_ids = list(images)
+        self.image_ids = list(images)  # item order
         self._anns: dict[int | str, list[tuple[int, dict]]] = {iid: [] for iid in images}
         ann_ids: set[int | str] = set()
         for i, ann in enumerate(require(data, "annotations", "list", "top level", src, default=[])):
             where = f"annotations[{i}]"
             if not isinstance(ann, dict):
                 raise DatasetError(src, f"{where} must be an object, got {type(ann).__name__}")
-            image_id = _image_id(ann, "image_id", where, src)
+            image_id = require_image_id(ann, "image_id", where, src)
             if image_id not in images:
                 raise DatasetError(src, f"{where}: image {image_id!r} is not in 'images'")
             if "id" in ann:
-                aid = _image_id(ann, "id", where, src)
+                aid = require_image_id(ann, "id", where, src)
                 if aid in ann_ids:
                     raise DatasetError(src, f"duplicate annotation id {aid!r}")
                 ann_ids.add(aid)
@@ -77,10 +77,10 @@ class CocoInstances(SegmentationDataset):
             self._anns[image_id].append((i, ann))
 
     def __len__(self) -> int:
-        return len(self._image_ids)
+        return len(self.image_ids)
 
     def _load(self, index: int) -> Sample:
-        image_id = self._image_ids[index]
+        image_id = self.image_ids[index]
         file_name, h, w = self.images[image_id]
         instances = []
         for i, ann in self._anns[image_id]:
@@ -104,7 +104,7 @@ class CocoInstances(SegmentationDataset):
             bbox = tuple(float(v) for v in bbox)
         aid = ann.get("id")
         return InstanceAnnotation(category_id=self.dataset_id_to_contiguous[ann["category_id"]], segmentation=seg,
-                                  height=h, width=w, iscrowd=_flag(ann, "iscrowd", where, src), bbox=bbox,
+                                  height=h, width=w, iscrowd=require_flag(ann, "iscrowd", where, src), bbox=bbox,
                                   id=aid if isinstance(aid, int) else None)
 
 
@@ -226,5 +226,5 @@ def write_coco_instances(json_file: str | Path, samples: Iterable[Sample], categ
                 "category_id": int(categories[a.category_id]["id"]),
                 "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
                 "area": area, "bbox": [float(v) for v in mask_util.toBbox(rle)], "iscrowd": int(a.iscrowd)})
-    data = {"images": images, "annotations": annotations, "categories": _categories_for_json(categories)}
+    data = {"images": images, "annotations": annotations, "categories": categories_for_json(categories)}
     return atomic_write_json(json_file, data)

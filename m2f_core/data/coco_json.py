@@ -10,19 +10,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..images import DEFAULT_MAX_PIXELS
 from .categories import normalize_categories, resolve_categories
 from .errors import DatasetError
 from .fileio import require
-from .images import DEFAULT_MAX_PIXELS
 
 
-def _fmt_ids(ids: Iterable[int], limit: int = 6) -> str:
+def format_ids(ids: Iterable[int], limit: int = 6) -> str:
     ids = sorted(ids)
     head = ", ".join(str(i) for i in ids[:limit])
     return head + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
 
 
-def _json_categories(data: dict, categories: list[dict] | str | None, source: Path, isthing: bool) -> list[dict]:
+def json_categories(data: dict, categories: list[dict] | str | None, source: Path, isthing: bool) -> list[dict]:
     """Explicit categories, else the JSON's sorted by dataset id (Detectron2's contiguous order)."""
     cats = resolve_categories(categories, source)
     if cats is not None:
@@ -33,7 +33,7 @@ def _json_categories(data: dict, categories: list[dict] | str | None, source: Pa
     return sorted(cats, key=lambda c: c["id"])
 
 
-def _image_id(obj: dict, key: str, where: str, source: Path) -> int | str:
+def require_image_id(obj: dict, key: str, where: str, source: Path) -> int | str:
     value = obj.get(key)
     if key not in obj:
         raise DatasetError(source, f"{where} has no {key!r}")
@@ -42,7 +42,7 @@ def _image_id(obj: dict, key: str, where: str, source: Path) -> int | str:
     return value
 
 
-def _read_images(data: dict, source: Path, required: bool) -> dict[int | str, tuple[str, int, int]] | None:
+def read_images(data: dict, source: Path, required: bool) -> dict[int | str, tuple[str, int, int]] | None:
     """image id -> (file_name, height, width) of the JSON's ``images``."""
     if "images" not in data and not required:
         return None
@@ -52,7 +52,7 @@ def _read_images(data: dict, source: Path, required: bool) -> dict[int | str, tu
         where = f"images[{i}]"
         if not isinstance(img, dict):
             raise DatasetError(source, f"{where} must be an object, got {type(img).__name__}")
-        iid = _image_id(img, "id", where, source)
+        iid = require_image_id(img, "id", where, source)
         if iid in out:
             raise DatasetError(source, f"duplicate image id {iid!r}")
         h = require(img, "height", "int", where, source)
@@ -65,14 +65,14 @@ def _read_images(data: dict, source: Path, required: bool) -> dict[int | str, tu
     return out
 
 
-def _flag(obj: dict, key: str, where: str, source: Path) -> bool:
+def require_flag(obj: dict, key: str, where: str, source: Path) -> bool:
     value = obj.get(key, 0)
     if isinstance(value, bool) or value in (0, 1):
         return bool(value)
     raise DatasetError(source, f"{where}.{key} must be 0 or 1, got {value!r}")
 
 
-def _categories_for_json(categories: list[dict]) -> list[dict]:
+def categories_for_json(categories: list[dict]) -> list[dict]:
     out = []
     for c in categories:
         d = {k: v for k, v in c.items() if k not in ("id", "name", "isthing", "color")}

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes, atomic_write_json
 from ..structures import PanopticResult, mask_bbox
-from .atomic import atomic_write_bytes, atomic_write_json
-from .coco_json import _categories_for_json, _flag, _fmt_ids, _image_id, _json_categories, _read_images
+from .coco_json import categories_for_json, format_ids, json_categories, read_images, require_flag, require_image_id
 from .errors import DatasetError
 from .fileio import encode_png, read_json, read_png, require
 from .records import GTSegment, Sample, SegmentationDataset
@@ -107,20 +107,21 @@ class CocoPanoptic(SegmentationDataset):
         data = read_json(src)
         if not isinstance(data, dict):
             raise DatasetError(src, f"top level must be an object with 'annotations', got {type(data).__name__}")
-        super().__init__(_json_categories(data, categories, src, isthing=False), src.stem)
+        super().__init__(json_categories(data, categories, src, isthing=False), src.stem)
         d_png, d_img = default_panoptic_dirs(src)
         self.png_dir = Path(png_dir) if png_dir is not None else d_png
         self.image_dir = Path(image_dir) if image_dir is not None else d_img
         if not self.png_dir.is_dir():
             raise DatasetError(self.png_dir, f"no such folder (the PNGs of {src.name}; pass png_dir=)")
-        self.images = _read_images(data, src, required=False)
+        self.images = read_images(data, src, required=False)
         self._items: list[tuple[int | str, str, list[tuple[int, int, bool]]]] = []
+        self.image_ids: list[int | str] = []  # item order
         seen: set[int | str] = set()
         for i, ann in enumerate(require(data, "annotations", "list", "top level", src)):
             where = f"annotations[{i}]"
             if not isinstance(ann, dict):
                 raise DatasetError(src, f"{where} must be an object, got {type(ann).__name__}")
-            image_id = _image_id(ann, "image_id", where, src)
+            image_id = require_image_id(ann, "image_id", where, src)
             if image_id in seen:
                 raise DatasetError(src, f"{where}: a second annotation for image {image_id!r}")
             seen.add(image_id)
@@ -141,11 +142,16 @@ class CocoPanoptic(SegmentationDataset):
                 cat = require(seg, "category_id", "int", w, src)
                 if cat not in self.dataset_id_to_contiguous:
                     raise DatasetError(src, f"{w}: unknown category id {cat}")
-                segments.append((sid, self.dataset_id_to_contiguous[cat], _flag(seg, "iscrowd", w, src)))
+                segments.append((sid, self.dataset_id_to_contiguous[cat], require_flag(seg, "iscrowd", w, src)))
             self._items.append((image_id, png_name, segments))
+            self.image_ids.append(image_id)
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def png_name(self, index: int) -> str:
+        """File name of item ``index``'s panoptic PNG, from the JSON (no file read)."""
+        return self._items[index][1]
 
     def _load(self, index: int) -> Sample:
         image_id, png_name, segs = self._items[index]
@@ -161,10 +167,10 @@ class CocoPanoptic(SegmentationDataset):
         present = set(np.unique(ids).tolist()) - {0}
         declared = {sid for sid, _, _ in segs}
         if declared - present:
-            raise DatasetError(png, f"segment ids {_fmt_ids(declared - present)} of segments_info are absent "
+            raise DatasetError(png, f"segment ids {format_ids(declared - present)} of segments_info are absent "
                                     "from the PNG")
         if present - declared:
-            raise DatasetError(png, f"PNG has segment ids {_fmt_ids(present - declared)} that are not in "
+            raise DatasetError(png, f"PNG has segment ids {format_ids(present - declared)} that are not in "
                                     f"segments_info of {self.json_file.name}")
         segments = [GTSegment(id=sid, category_id=cat, isthing=self.categories[cat]["isthing"], iscrowd=crowd)
                     for sid, cat, crowd in segs]
@@ -192,7 +198,7 @@ def coco_panoptic_segments_info(panoptic: PanopticResult, categories: list[dict]
             raise DatasetError(source, f"segment id {s.id} outside 1..{MAX_SEGMENT_ID}")
     orphans = set(area) - declared - {0}
     if orphans:
-        raise DatasetError(source, f"the map has segment ids {_fmt_ids(orphans)} with no segment")
+        raise DatasetError(source, f"the map has segment ids {format_ids(orphans)} with no segment")
     out = []
     for s in panoptic.segments:
         if not area.get(s.id, 0):
@@ -234,5 +240,5 @@ def write_coco_panoptic(json_file: str | Path, samples: Iterable[Sample], catego
         write_panoptic_png(png_dir / png_name, s.panoptic.segment_map)
         images.append({"id": s.image_id, "file_name": Path(s.file_name).name, "height": s.height, "width": s.width})
         annotations.append({"image_id": s.image_id, "file_name": png_name, "segments_info": segments_info})
-    data = {"images": images, "annotations": annotations, "categories": _categories_for_json(categories)}
+    data = {"images": images, "annotations": annotations, "categories": categories_for_json(categories)}
     return atomic_write_json(json_file, data)

@@ -19,16 +19,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from .coco import CocoInstances, CocoPanoptic, write_coco_instances, write_coco_panoptic
+from ..atomic import atomic_write_bytes
+from .categories import normalize_categories, resolve_categories
+from .coco_instances import CocoInstances, write_coco_instances
+from .coco_panoptic import CocoPanoptic, write_coco_panoptic
 from .errors import DatasetError
-from .records import (
-    Sample,
-    SegmentationDataset,
-    atomic_write_bytes,
-    normalize_categories,
-    read_json,
-    resolve_categories,
-)
+from .fileio import read_json
+from .records import Sample, SegmentationDataset
 from .semantic import IMAGE_EXTENSIONS, SemanticFolder, read_semantic_png, write_semantic_png
 
 LAYOUT = "images/ + panoptic.json with panoptic/, instances.json or semantic/"
@@ -86,9 +83,9 @@ class CorrectionsDataset(SegmentationDataset):
 
         self._instance_index: dict[int | str, int] = {}
         if self.instances is not None:
-            self._instance_index = {iid: i for i, iid in enumerate(self.instances._image_ids)}
+            self._instance_index = {iid: i for i, iid in enumerate(self.instances.image_ids)}
         if self.panoptic is not None and self.instances is not None:
-            pan_ids = {item[0] for item in self.panoptic._items}
+            pan_ids = set(self.panoptic.image_ids)
             missing = pan_ids - set(self._instance_index)
             if missing:
                 raise DatasetError(ins_json, f"images {sorted(map(str, missing))[:5]} of panoptic.json are missing")
@@ -102,12 +99,12 @@ class CorrectionsDataset(SegmentationDataset):
     def _primary_name(self, index: int) -> str:
         """File name of item ``index``'s image, from the JSON (no annotation file read)."""
         if self.panoptic is not None:
-            image_id, png_name, _ = self.panoptic._items[index]
+            image_id, png_name = self.panoptic.image_ids[index], self.panoptic.png_name(index)
             if self.panoptic.images is not None:
                 return self.panoptic.images[image_id][0]
             return Path(png_name).with_suffix(".jpg").name
         assert self.instances is not None
-        return self.instances.images[self.instances._image_ids[index]][0]
+        return self.instances.images[self.instances.image_ids[index]][0]
 
     def __len__(self) -> int:
         if self.panoptic is not None:

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..images import DEFAULT_MAX_PIXELS
 from .errors import DatasetError
-from .images import DEFAULT_MAX_PIXELS
 
 __all__ = ["encode_png", "image_size", "read_json", "read_png", "require"]
 

@@ -11,12 +11,11 @@ ids) appear only in files and in ``categories[i]["id"]``.
 Readers are ``SegmentationDataset`` sequences: ``len(ds)``, ``ds[i] -> Sample``. They read the
 annotation files of an item when it is asked for and never load images (``load_image`` does).
 
-``open_dataset("FORMAT:PATH", split=...)`` opens any of the supported formats; see its docstring.
+``specs.open_dataset("FORMAT:PATH", split=...)`` opens any of the supported formats; see its docstring.
 
 Split by responsibility: this module holds the records and the reader base class; category lists
-are in ``categories``, checked JSON / PNG access in ``fileio``, crash-safe writes in ``atomic`` and
-``FORMAT:PATH`` specs in ``specs``. Their names are re-exported here, where the readers, writers,
-the app and the trainer have always imported them.
+are in ``categories``, checked JSON / PNG access in ``fileio``, ``FORMAT:PATH`` specs in ``specs``
+and crash-safe writes in ``m2f_core.atomic``. Import each name from the module that defines it.
 """
 
 from __future__ import annotations
@@ -29,30 +28,11 @@ from typing import Any, overload
 import numpy as np
 
 from ..structures import PanopticResult, Segment
-from .atomic import (
-    atomic_write,
-    atomic_write_bytes,
-    atomic_write_json,
-    make_temp_dir,
-    remove_stale_temporaries,
-    replace_dir,
-    temp_prefix,
-)
-from .categories import categories_from_config, normalize_categories, resolve_categories, shipped_categories
 from .errors import DatasetError
-from .fileio import encode_png, image_size, read_json, read_png, require
-from .specs import FORMATS, open_dataset, parse_dataset_spec
 
 __all__ = [
-    # records and the reader base class (defined here)
     "IGNORE_LABEL", "GTSegment", "InstanceAnnotation", "Sample", "SegmentationDataset", "Subset",
     "instances_to_semantic", "panoptic_to_instances", "panoptic_to_semantic",
-    # re-exported from categories, fileio, atomic and specs
-    "categories_from_config", "normalize_categories", "resolve_categories", "shipped_categories",
-    "encode_png", "image_size", "read_json", "read_png", "require",
-    "atomic_write", "atomic_write_bytes", "atomic_write_json", "make_temp_dir", "remove_stale_temporaries",
-    "replace_dir", "temp_prefix",
-    "FORMATS", "open_dataset", "parse_dataset_spec",
 ]
 
 IGNORE_LABEL = 255

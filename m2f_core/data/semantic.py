@@ -11,17 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes
+from .categories import resolve_categories
 from .errors import DatasetError
-from .records import (
-    IGNORE_LABEL,
-    Sample,
-    SegmentationDataset,
-    atomic_write_bytes,
-    encode_png,
-    image_size,
-    read_png,
-    resolve_categories,
-)
+from .fileio import encode_png, image_size, read_png
+from .records import IGNORE_LABEL, Sample, SegmentationDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -52,7 +52,7 @@ def open_dataset(spec: str, split: str | None = None, **kwargs: Any) -> Segmenta
     """
     fmt, path = parse_dataset_spec(spec)
     if fmt == "coco_panoptic":
-        from .coco import CocoPanoptic
+        from .coco_panoptic import CocoPanoptic
 
         if path.is_dir():
             split = split or "val2017"
@@ -61,7 +61,7 @@ def open_dataset(spec: str, split: str | None = None, **kwargs: Any) -> Segmenta
             path = path / "annotations" / f"panoptic_{split}.json"
         return CocoPanoptic(path, **kwargs)
     if fmt == "coco_instances":
-        from .coco import CocoInstances
+        from .coco_instances import CocoInstances
 
         if path.is_dir():
             split = split or "val2017"

@@ -29,8 +29,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import Mask2FormerConfig
+from ..images import load_image
 from .errors import DatasetError
-from .images import load_image
 from .records import Sample
 from .targets import instance_targets, panoptic_targets, semantic_targets
 from .transforms import (

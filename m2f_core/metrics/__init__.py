@@ -10,15 +10,10 @@ Bad inputs raise ``MetricInputError`` (a ``ValueError``) with a one-line message
 
 from __future__ import annotations
 
-
-class MetricInputError(ValueError):
-    """An input to a metric (file, JSON, array) is missing or inconsistent; the message is one line."""
-
-
-# the submodules import MetricInputError from here, so it is defined before them
-from .instance import mask_ap_compute  # noqa: E402
-from .panoptic import PQStat, PQStatCat, id_to_rgb, pq_compute, pq_compute_single, pq_results, rgb_to_id  # noqa: E402
-from .semantic import SemSegConfusion, sem_seg_compute  # noqa: E402
+from .errors import MetricInputError
+from .instance import mask_ap_compute
+from .panoptic import PQStat, PQStatCat, id_to_rgb, pq_compute, pq_compute_single, pq_results, rgb_to_id
+from .semantic import SemSegConfusion, sem_seg_compute
 
 __all__ = [
     "MetricInputError",

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import MetricInputError
+from .errors import MetricInputError
 from .panoptic import load_json
 
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")

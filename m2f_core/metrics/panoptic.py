@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from . import MetricInputError
+from .errors import MetricInputError
 
 OFFSET = 256 * 256 * 256
 VOID = 0

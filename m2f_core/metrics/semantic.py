@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from . import MetricInputError
+from .errors import MetricInputError
 
 
 class SemSegConfusion:

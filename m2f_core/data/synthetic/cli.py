@@ -15,7 +15,7 @@ import cv2
 
 from ...cli import Parser, parse_size
 from ..errors import DatasetError
-from .constants import _MAX_SIDE, _MIN_SIDE, DEFAULT_SIZE, JPEG_QUALITY
+from .constants import DEFAULT_SIZE, JPEG_QUALITY, MAX_SIDE, MIN_SIDE
 from .dataset import generate_dataset
 from .domain import DOMAINS
 
@@ -26,8 +26,8 @@ PROG = "python -m m2f_core.data.synthetic"
 
 def _size(text: str) -> tuple[int, int]:
     h, w = parse_size(text, multiple=1)
-    if not (_MIN_SIDE <= h <= _MAX_SIDE and _MIN_SIDE <= w <= _MAX_SIDE):
-        raise argparse.ArgumentTypeError(f"size {h}x{w}: each side must be in {_MIN_SIDE}..{_MAX_SIDE}")
+    if not (MIN_SIDE <= h <= MAX_SIDE and MIN_SIDE <= w <= MAX_SIDE):
+        raise argparse.ArgumentTypeError(f"size {h}x{w}: each side must be in {MIN_SIDE}..{MAX_SIDE}")
     return h, w
 
 

@@ -24,7 +24,7 @@ CATEGORIES: list[dict] = [
     {"id": 10, "name": "brick wall", "isthing": False, "color": [170, 85, 55]},
     {"id": 11, "name": "road", "isthing": False, "color": [115, 115, 115]},
 ]
-_CLASS = {c["name"]: i for i, c in enumerate(CATEGORIES)}  # name -> contiguous index
+CLASS_INDEX = {c["name"]: i for i, c in enumerate(CATEGORIES)}  # name -> contiguous index
 
 MIN_AREA = 16  # every segment has at least this many pixels
 STUFF_MIN_AREA = 64  # a stuff class shows at least this many pixels or is given to its neighbours
@@ -36,6 +36,6 @@ THING_HUE_BAND = 0.04  # +- hue around the class's (gaps of 0.087 between classe
 SMALL_FRACTION = 0.12  # share of things drawn 10-20 px wide (at 256 px); the others 36 px to half the scene
 DEFAULT_SIZE = (256, 256)
 JPEG_QUALITY = 92
-_MIN_SIDE, _MAX_SIDE = 32, 4096
-_SHAPE_MIN_SIZE = {"disc": 8.0, "box": 8.0, "triangle": 10.0, "star": 14.0, "ring": 12.0, "bar": 14.0}
-_SUB = 16  # cv2 drawing with 4 fractional bits
+MIN_SIDE, MAX_SIDE = 32, 4096
+SHAPE_MIN_SIZE = {"disc": 8.0, "box": 8.0, "triangle": 10.0, "star": 14.0, "ring": 12.0, "bar": 14.0}
+DRAW_SUBPIXELS = 16  # cv2 drawing with 4 fractional bits

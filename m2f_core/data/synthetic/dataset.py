@@ -19,11 +19,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ...atomic import atomic_write_bytes
 from ...structures import PanopticResult
-from ..atomic import atomic_write_bytes
 from ..coco_panoptic import CocoPanoptic, write_coco_panoptic
 from ..records import GTSegment, Sample
-from .constants import _MAX_SIDE, _MIN_SIDE, CATEGORIES, DEFAULT_SIZE, JPEG_QUALITY
+from .constants import CATEGORIES, DEFAULT_SIZE, JPEG_QUALITY, MAX_SIDE, MIN_SIDE
 from .domain import get_domain
 from .scene import generate_scene
 
@@ -74,8 +74,8 @@ def generate_dataset(out_dir: str | Path, num_images: int, seed: int = 0, split:
     """
     domain = get_domain(domain).name
     h, w = (int(v) for v in size)
-    if h < _MIN_SIDE or w < _MIN_SIDE or h > _MAX_SIDE or w > _MAX_SIDE:
-        raise ValueError(f"image size {h}x{w} outside {_MIN_SIDE}..{_MAX_SIDE} per side")
+    if h < MIN_SIDE or w < MIN_SIDE or h > MAX_SIDE or w > MAX_SIDE:
+        raise ValueError(f"image size {h}x{w} outside {MIN_SIDE}..{MAX_SIDE} per side")
     if num_images < 0:
         raise ValueError(f"number of images must be >= 0, got {num_images}")
     if seed < 0:

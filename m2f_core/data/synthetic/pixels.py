@@ -26,7 +26,7 @@ def _noise_bank() -> np.ndarray:
     return np.tile(tile, (2, 2))
 
 
-def _white(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def white_noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """(h, w) float32 N(0, 1) pixel noise: a random window of the fixed tile (a view; read only)."""
     oy, ox = int(rng.integers(_BANK)), int(rng.integers(_BANK))
     bank = _noise_bank()
@@ -35,7 +35,7 @@ def _white(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return bank[oy:oy + h, ox:ox + w]
 
 
-def _fractal(rng: np.random.Generator, h: int, w: int, cells: float, octaves: int = 3) -> np.ndarray:
+def fractal_noise(rng: np.random.Generator, h: int, w: int, cells: float, octaves: int = 3) -> np.ndarray:
     """(h, w) float32 smooth noise of about unit scale: ``octaves`` bicubic-upsampled random grids, each
     twice as fine and half as strong as the one before (``cells`` grid cells along the longer side first).
 
@@ -55,7 +55,7 @@ def _fractal(rng: np.random.Generator, h: int, w: int, cells: float, octaves: in
     return cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def _hsv(h: float, s: float, v: float) -> np.ndarray:
+def hsv_color(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), np.float32)
 
 
@@ -63,18 +63,18 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 # several times slower.
 
 
-def _tint(shade: np.ndarray, color: np.ndarray) -> np.ndarray:
+def tint(shade: np.ndarray, color: np.ndarray) -> np.ndarray:
     """(h, w, 3) float32 = (h, w) shade times an RGB colour."""
     return cv2.merge([shade * np.float32(c) for c in color])
 
 
-def _mix(t: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
+def mix(t: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
     """(h, w, 3) float32 blend ``c0 (1 - t) + c1 t`` of two RGB colours by an (h, w) weight (or bool mask)."""
     t = t.astype(np.float32, copy=False)
     return cv2.merge([np.float32(a) + np.float32(b - a) * t for a, b in zip(c0, c1)])
 
 
-def _paste(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> None:
+def paste(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> None:
     """``dst[mask] = src[mask]`` in place for (h, w, 3) float32 arrays and an (h, w) bool mask (dst may be a view)."""
     out = cv2.copyTo(src, np.ascontiguousarray(mask).view(np.uint8), dst)
     if out is not dst:  # cv2 could not write in place

@@ -13,11 +13,11 @@ from scipy import ndimage
 
 from ...structures import PanopticResult
 from ..records import GTSegment
-from .constants import _CLASS, _MIN_SIDE, DEFAULT_SIZE, MIN_AREA, MIN_VISIBLE_FRACTION, STUFF_MIN_AREA, STUFF_NAMES
+from .constants import CLASS_INDEX, DEFAULT_SIZE, MIN_AREA, MIN_SIDE, MIN_VISIBLE_FRACTION, STUFF_MIN_AREA, STUFF_NAMES
 from .domain import Domain, get_domain
-from .pixels import _paste, _white
-from .stuff import _STUFF_TEXTURES, _stuff_layout
-from .things import _place_things, _shape_mask, _Thing, _thing_texture
+from .pixels import paste, white_noise
+from .stuff import STUFF_TEXTURES, stuff_layout
+from .things import Thing, place_things, shape_mask, thing_texture
 
 __all__ = ["generate_scene"]
 
@@ -35,7 +35,7 @@ def _crop_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, h), max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, w)
 
 
-def _compose(layout: np.ndarray, things: list[_Thing], n_stuff: int) -> np.ndarray:
+def _compose(layout: np.ndarray, things: list[Thing], n_stuff: int) -> np.ndarray:
     """Segment map: stuff k -> id k + 1, thing i (back to front, later on top) -> id n_stuff + 1 + i."""
     seg = layout + 1
     for i, t in enumerate(things):
@@ -65,7 +65,7 @@ def _photometric(rng: np.random.Generator, img: np.ndarray, domain: Domain) -> n
     if rng.random() < 0.4:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.0))
     if rng.random() < 0.6:
-        img += cv2.cvtColor(np.float32(255 * rng.uniform(*domain.noise)) * _white(rng, *img.shape[:2]),
+        img += cv2.cvtColor(np.float32(255 * rng.uniform(*domain.noise)) * white_noise(rng, *img.shape[:2]),
                             cv2.COLOR_GRAY2RGB)
     np.clip(img, 0, 255, out=img)
     img += 0.5
@@ -84,17 +84,17 @@ def generate_scene(rng: np.random.Generator, height: int = DEFAULT_SIZE[0], widt
     """
     domain = get_domain(domain)
     h, w = int(height), int(width)
-    if h < _MIN_SIDE or w < _MIN_SIDE:
-        raise ValueError(f"scene size {h}x{w} is below the minimum {_MIN_SIDE}x{_MIN_SIDE}")
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise ValueError(f"scene size {h}x{w} is below the minimum {MIN_SIDE}x{MIN_SIDE}")
     n_stuff = int(rng.integers(2, 5))
     stuff = [STUFF_NAMES[i] for i in rng.choice(len(STUFF_NAMES), n_stuff, replace=False)]
     if "sky" in stuff:  # sky on top of the band layout
         stuff.remove("sky")
         stuff.insert(0, "sky")
-    layout = _stuff_layout(rng, h, w, stuff)
+    layout = stuff_layout(rng, h, w, stuff)
     things = []
-    for t in _place_things(rng, h, w, domain):
-        full = _shape_mask(t, h, w)
+    for t in place_things(rng, h, w, domain):
+        full = shape_mask(t, h, w)
         box = _crop_box(full)
         if box is None:
             continue
@@ -128,21 +128,21 @@ def generate_scene(rng: np.random.Generator, height: int = DEFAULT_SIZE[0], widt
         if not area[k + 1]:
             continue
         region = seg == k + 1
-        _paste(img, domain.recolor_stuff(_STUFF_TEXTURES[name](rng, h, w, region)), region)
-        segments.append(GTSegment(id=len(segments) + 1, category_id=_CLASS[name], isthing=False))
+        paste(img, domain.recolor_stuff(STUFF_TEXTURES[name](rng, h, w, region)), region)
+        segments.append(GTSegment(id=len(segments) + 1, category_id=CLASS_INDEX[name], isthing=False))
         lut[k + 1] = len(segments)
     for i, t in enumerate(things):
         y0, y1, x0, x1 = t.box
         visible = seg[y0:y1, x0:x1] == n_stuff + 1 + i
-        tex = _thing_texture(rng, t.mask.shape, y0, x0, t, domain)
+        tex = thing_texture(rng, t.mask.shape, y0, x0, t, domain)
         # an outline along the shape's own border (not along the image border)
         if rng.random() < domain.outline_probability:
             width_px = 1 + int(rng.random() < 0.4 and t.size > 24)
             inner = cv2.erode(t.mask.view(np.uint8), np.ones((3, 3), np.uint8), iterations=width_px)
             edge = t.mask & ~inner.view(bool)
             tex[edge] = tex[edge] * 0.35 if rng.random() < 0.75 else tex[edge] * 0.4 + 0.6
-        _paste(img[y0:y1, x0:x1], tex, visible)
-        segments.append(GTSegment(id=len(segments) + 1, category_id=_CLASS[t.kind], isthing=True))
+        paste(img[y0:y1, x0:x1], tex, visible)
+        segments.append(GTSegment(id=len(segments) + 1, category_id=CLASS_INDEX[t.kind], isthing=True))
         lut[n_stuff + 1 + i] = len(segments)
     image = _photometric(rng, img, domain)
     result = PanopticResult(lut[seg], segments).update_stats()

@@ -13,16 +13,16 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .constants import _SHAPE_MIN_SIZE, _SUB, SMALL_FRACTION, THING_HUE_BAND, THING_HUES, THING_NAMES
+from .constants import DRAW_SUBPIXELS, SHAPE_MIN_SIZE, SMALL_FRACTION, THING_HUE_BAND, THING_HUES, THING_NAMES
 from .domain import Domain
-from .pixels import _hsv, _mix, _tint
+from .pixels import hsv_color, mix, tint
 
 # --------------------------------------------------------------------------------------------
 # Things: shapes and textures
 
 
 @dataclass
-class _Thing:
+class Thing:
     kind: str
     cy: float
     cx: float
@@ -35,7 +35,7 @@ class _Thing:
     area: int = 0  # pixels of ``mask``
 
 
-def _polygon(t: _Thing) -> np.ndarray:
+def _polygon(t: Thing) -> np.ndarray:
     """(k, 2) x, y vertices of a polygonal shape, rotated and placed."""
     r = t.size / 2
     if t.kind in ("box", "bar"):
@@ -53,23 +53,23 @@ def _polygon(t: _Thing) -> np.ndarray:
     return pts @ np.array([[c, s], [-s, c]]) + [t.cx, t.cy]
 
 
-def _shape_mask(t: _Thing, h: int, w: int) -> np.ndarray:
+def shape_mask(t: Thing, h: int, w: int) -> np.ndarray:
     """(h, w) bool mask of the whole shape (drawn with sub-pixel precision, no anti-aliasing)."""
     m = np.zeros((h, w), np.uint8)
     if t.kind in ("disc", "ring"):
-        center = (round(t.cx * _SUB), round(t.cy * _SUB))
-        cv2.circle(m, center, round(t.size / 2 * _SUB), 1, -1, cv2.LINE_8, 4)
+        center = (round(t.cx * DRAW_SUBPIXELS), round(t.cy * DRAW_SUBPIXELS))
+        cv2.circle(m, center, round(t.size / 2 * DRAW_SUBPIXELS), 1, -1, cv2.LINE_8, 4)
         if t.kind == "ring":  # a real hole
-            cv2.circle(m, center, round(t.size / 2 * t.aspect * _SUB), 0, -1, cv2.LINE_8, 4)
+            cv2.circle(m, center, round(t.size / 2 * t.aspect * DRAW_SUBPIXELS), 0, -1, cv2.LINE_8, 4)
     else:
-        pts = np.round(_polygon(t) * _SUB).astype(np.int32).reshape(-1, 1, 2)
+        pts = np.round(_polygon(t) * DRAW_SUBPIXELS).astype(np.int32).reshape(-1, 1, 2)
         cv2.fillPoly(m, [pts], 1, cv2.LINE_8, 4)
     return m.view(bool)
 
 
 def _random_size(rng: np.random.Generator, kind: str, s: int, domain: Domain) -> float:
     scale = max(1.0, s / 256)
-    lo = _SHAPE_MIN_SIZE[kind]
+    lo = SHAPE_MIN_SIZE[kind]
     if kind == "bar":
         return rng.uniform(max(lo, 0.12 * s), 0.6 * s)
     if rng.random() < SMALL_FRACTION:  # small object
@@ -80,7 +80,7 @@ def _random_size(rng: np.random.Generator, kind: str, s: int, domain: Domain) ->
     return size if domain.thing_size_scale == 1.0 else max(lo, size * domain.thing_size_scale)
 
 
-def _new_thing(rng: np.random.Generator, kind: str, cy: float, cx: float, size: float) -> _Thing:
+def _new_thing(rng: np.random.Generator, kind: str, cy: float, cx: float, size: float) -> Thing:
     angle = rng.uniform(0, 2 * math.pi)
     if kind == "box":
         aspect = rng.uniform(0.5, 1.0)
@@ -95,14 +95,14 @@ def _new_thing(rng: np.random.Generator, kind: str, cy: float, cx: float, size: 
     jitter = None
     if kind == "triangle":
         jitter = np.stack([rng.uniform(0.85, 1.15, 3), rng.uniform(-0.25, 0.25, 3)], axis=1)
-    return _Thing(kind, cy, cx, size, angle, aspect, jitter)
+    return Thing(kind, cy, cx, size, angle, aspect, jitter)
 
 
-def _place_things(rng: np.random.Generator, h: int, w: int, domain: Domain) -> list[_Thing]:
+def place_things(rng: np.random.Generator, h: int, w: int, domain: Domain) -> list[Thing]:
     """2-8 instances, back to front; often a group of one class touching or overlapping."""
     s = min(h, w)
     count = int(rng.integers(2, 9))
-    things: list[_Thing] = []
+    things: list[Thing] = []
     while len(things) < count:
         kind = THING_NAMES[int(rng.integers(len(THING_NAMES)))]
         size = _random_size(rng, kind, s, domain)
@@ -112,7 +112,7 @@ def _place_things(rng: np.random.Generator, h: int, w: int, domain: Domain) -> l
         if rng.random() < 0.4 and count - len(things) >= 2:  # a group of the same class
             for _ in range(int(rng.integers(1, min(3, count - len(things) - 1) + 1))):
                 prev = group[int(rng.integers(len(group)))]
-                size2 = max(_SHAPE_MIN_SIZE[kind], prev.size * rng.uniform(0.7, 1.3))
+                size2 = max(SHAPE_MIN_SIZE[kind], prev.size * rng.uniform(0.7, 1.3))
                 reach = (prev.size + size2) / 2 * rng.uniform(0.55, 1.0)
                 if kind == "bar":
                     reach = (prev.size * prev.aspect + size2 * 0.15) / 2 * rng.uniform(0.8, 2.0)
@@ -129,15 +129,15 @@ def _thing_colors(rng: np.random.Generator, kind: str, domain: Domain) -> tuple[
     second colour, a darker or lighter shade of the same hue, for the two-colour textures."""
     hue = (THING_HUES[kind] + rng.uniform(-THING_HUE_BAND, THING_HUE_BAND)) % 1.0
     sat, val = rng.uniform(0.5, 1.0), rng.uniform(*domain.thing_value)
-    c1 = _hsv(hue, sat, val)
+    c1 = hsv_color(hue, sat, val)
     if rng.random() < 0.5:
-        c2 = _hsv(hue, rng.uniform(0.3, 1.0) * sat, val * rng.uniform(0.35, 0.6))
+        c2 = hsv_color(hue, rng.uniform(0.3, 1.0) * sat, val * rng.uniform(0.35, 0.6))
     else:
-        c2 = _hsv(hue, sat * rng.uniform(0.25, 0.5), min(1.0, val * rng.uniform(1.1, 1.5)))
+        c2 = hsv_color(hue, sat * rng.uniform(0.25, 0.5), min(1.0, val * rng.uniform(1.1, 1.5)))
     return c1, c2
 
 
-def _thing_texture(rng: np.random.Generator, shape: tuple[int, int], y0: int, x0: int, t: _Thing,
+def thing_texture(rng: np.random.Generator, shape: tuple[int, int], y0: int, x0: int, t: Thing,
                    domain: Domain) -> np.ndarray:
     """(h, w, 3) texture of an instance over its crop (image coordinates offset by y0, x0)."""
     h, w = shape
@@ -149,14 +149,14 @@ def _thing_texture(rng: np.random.Generator, shape: tuple[int, int], y0: int, x0
     u = xs * math.cos(a) + ys * math.sin(a)
     if style == "flat":
         shade = 1 + 0.05 * rng.standard_normal() * u / max(t.size, 1.0)
-        return _tint(np.broadcast_to(shade, (h, w)), c1)
+        return tint(np.broadcast_to(shade, (h, w)), c1)
     if style == "stripes":
         period = rng.uniform(4.0, 10.0)
-        return _mix((u % period) < period * rng.uniform(0.35, 0.65), c2, c1)
+        return mix((u % period) < period * rng.uniform(0.35, 0.65), c2, c1)
     if style == "dots":
         v = -xs * math.sin(a) + ys * math.cos(a)
         step = rng.uniform(5.0, 10.0)
         du = (u % step) - step / 2
         dv = (v % step) - step / 2
-        return _mix(du * du + dv * dv < (step * rng.uniform(0.22, 0.35)) ** 2, c1, c2)
-    return _mix(np.clip(u / max(t.size, 1.0) + 0.5, 0, 1), c1, c2)
+        return mix(du * du + dv * dv < (step * rng.uniform(0.22, 0.35)) ** 2, c1, c2)
+    return mix(np.clip(u / max(t.size, 1.0) + 0.5, 0, 1), c1, c2)
