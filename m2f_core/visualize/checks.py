@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _as_rgb(image) -> np.ndarray:
+def as_rgb(image) -> np.ndarray:
     """(H, W, 3) uint8 from an RGB/RGBA/grayscale array or PIL image; a contiguous copy."""
     arr = np.asarray(image)
     if arr.ndim == 2:
@@ -30,7 +30,7 @@ def _as_rgb(image) -> np.ndarray:
     return np.ascontiguousarray(arr).copy()
 
 
-def _check_size(image: np.ndarray, shape: tuple[int, ...], what: str) -> None:
+def check_size(image: np.ndarray, shape: tuple[int, ...], what: str) -> None:
     if tuple(image.shape[:2]) != tuple(shape[:2]):
         raise ValueError(
             f"the image is {image.shape[0]}x{image.shape[1]} (HxW) but the {what} is {shape[0]}x{shape[1]}; "
@@ -38,7 +38,7 @@ def _check_size(image: np.ndarray, shape: tuple[int, ...], what: str) -> None:
         )
 
 
-def _check_alpha(alpha: float) -> float:
+def check_alpha(alpha: float) -> float:
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")

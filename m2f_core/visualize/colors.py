@@ -22,7 +22,7 @@ def default_color(class_id: int) -> tuple[int, int, int]:
     return tuple(_config_default_color(class_id))
 
 
-def _class_color(colors: Sequence[Color] | None, class_id: int) -> tuple[int, int, int]:
+def class_rgb(colors: Sequence[Color] | None, class_id: int) -> tuple[int, int, int]:
     if colors is not None and 0 <= class_id < len(colors):
         c = colors[class_id]
         return (int(c[0]), int(c[1]), int(c[2]))

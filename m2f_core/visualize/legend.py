@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .checks import _as_rgb
-from .colors import Color, _class_color
-from .text import _FONT, _TEXT_COLOR, _class_name, _font
+from .checks import as_rgb
+from .colors import Color, class_rgb
+from .text import FONT, TEXT_COLOR, class_name, font_metrics
 
 __all__ = ["append_legend", "legend"]
 
@@ -40,8 +40,8 @@ def legend(
     if not ids:
         return np.zeros((0, 0, 3), dtype=np.uint8)
     thick = max(1, int(round(font_scale * 1.6)))
-    names = [_class_name(class_names, c) for c in ids]
-    sizes = [cv2.getTextSize(n, _FONT, font_scale, thick) for n in names]
+    names = [class_name(class_names, c) for c in ids]
+    sizes = [cv2.getTextSize(n, FONT, font_scale, thick) for n in names]
     th = max(s[0][1] + s[1] for s in sizes)
     pad = max(2, int(round(6 * font_scale)))
     row_h = th + 2 * pad
@@ -74,8 +74,8 @@ def legend(
     out = np.empty((height, width, 3), dtype=np.uint8)
     out[:] = np.asarray(background, dtype=np.uint8)[:3]
     for (x, y), c, n, s in zip(pos, ids, names, sizes):
-        cv2.rectangle(out, (x + pad, y + pad), (x + pad + sw - 1, y + pad + th - 1), _class_color(colors, c), -1)
-        cv2.putText(out, n, (x + sw + 2 * pad, y + pad + s[0][1]), _FONT, font_scale, _TEXT_COLOR, thick,
+        cv2.rectangle(out, (x + pad, y + pad), (x + pad + sw - 1, y + pad + th - 1), class_rgb(colors, c), -1)
+        cv2.putText(out, n, (x + sw + 2 * pad, y + pad + s[0][1]), FONT, font_scale, TEXT_COLOR, thick,
                     cv2.LINE_AA)
     return out
 
@@ -91,11 +91,11 @@ def append_legend(
 ) -> np.ndarray:
     """``rendered`` with a legend strip of ``class_ids`` on its ``"right"`` (columns wrapped to the image height)
     or ``"bottom"`` (entries wrapped to the image width). Font scaled to the image. No class: a copy."""
-    img = _as_rgb(rendered)
+    img = as_rgb(rendered)
     if side not in ("right", "bottom"):
         raise ValueError(f"side must be 'right' or 'bottom', got {side!r}")
     h, w = img.shape[:2]
-    scale, _ = _font(h, w, None)
+    scale, _ = font_metrics(h, w, None)
     if side == "right":
         strip = legend(class_ids, class_names, colors, font_scale=scale, max_height=h, background=background)
         if strip.size == 0:

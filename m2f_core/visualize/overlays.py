@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 
 from ..structures import InstanceResult, PanopticResult, SemanticResult
-from .checks import _as_rgb, _check_alpha, _check_size
-from .colors import Color, _class_color, segment_color
-from .raster import _anchor, _bboxes, _borders, _compact_index, _fill
-from .text import _class_name, _draw_text, _font, _label_text
+from .checks import as_rgb, check_alpha, check_size
+from .colors import Color, class_rgb, segment_color
+from .raster import bboxes, blend_fill, border_mask, compact_index, label_anchor
+from .text import class_name, draw_text, font_metrics, label_text
 
 __all__ = ["draw_instances", "draw_panoptic", "draw_semantic", "draw_uncertainty"]
 
@@ -47,22 +47,22 @@ def draw_panoptic(
     label on top, while every pixel outside it is dimmed (multiplied by ``dim``); an id that is not in the
     result is ignored. With no segment present the image is returned unchanged (as a copy).
     """
-    img = _as_rgb(image)
+    img = as_rgb(image)
     seg_map = np.asarray(result.segment_map)
-    _check_size(img, seg_map.shape, "segment map")
-    alpha = _check_alpha(alpha)
+    check_size(img, seg_map.shape, "segment map")
+    alpha = check_alpha(alpha)
     segments = list(result.segments)
     if not segments:
         return img
 
     ids = np.array([s.id for s in segments], dtype=np.int64)
-    idx = _compact_index(seg_map, ids)
+    idx = compact_index(seg_map, ids)
     lut = np.zeros((len(segments) + 1, 3), dtype=np.uint8)
     for i, s in enumerate(segments):
         thing = bool(is_thing[s.category_id]) if is_thing is not None and 0 <= s.category_id < len(is_thing) \
             else bool(s.isthing)
-        lut[i + 1] = segment_color(_class_color(colors, s.category_id), s.id, thing)
-    out = _fill(img, idx, lut, alpha, outline)
+        lut[i + 1] = segment_color(class_rgb(colors, s.category_id), s.id, thing)
+    out = blend_fill(img, idx, lut, alpha, outline)
 
     boxes = None
     sel = None
@@ -70,17 +70,17 @@ def draw_panoptic(
         hits = np.flatnonzero(ids == int(highlight))
         sel = int(hits[-1]) + 1 if hits.size else None  # a duplicated id's pixels go to its last entry
     if labels or sel is not None:
-        boxes = _bboxes(idx, len(segments))
-    scale, thick = _font(*img.shape[:2], font_scale)
+        boxes = bboxes(idx, len(segments))
+    scale, thick = font_metrics(*img.shape[:2], font_scale)
     label_pos: dict[int, tuple[int, int]] = {}
     if labels:
         for i, s in enumerate(segments):
             y0, y1, x0, x1 = boxes[i + 1]
             if y0 < 0:
                 continue
-            label_pos[i + 1] = _anchor(idx[y0:y1, x0:x1] == i + 1, y0, y1, x0, x1)
+            label_pos[i + 1] = label_anchor(idx[y0:y1, x0:x1] == i + 1, y0, y1, x0, x1)
             x, y = label_pos[i + 1]
-            _draw_text(out, _label_text(_class_name(class_names, s.category_id), s.score), x, y, scale, thick)
+            draw_text(out, label_text(class_name(class_names, s.category_id), s.score), x, y, scale, thick)
 
     if sel is not None and boxes[sel, 0] >= 0:
         mask = (idx == sel).view(np.uint8)
@@ -92,7 +92,7 @@ def draw_panoptic(
         if labels:
             s = segments[sel - 1]
             x, y = label_pos[sel]
-            _draw_text(out, _label_text(_class_name(class_names, s.category_id), s.score), x, y, scale, thick)
+            draw_text(out, label_text(class_name(class_names, s.category_id), s.score), x, y, scale, thick)
     return out
 
 
@@ -120,11 +120,11 @@ def draw_instances(
     i + 1)``. Outlines, boxes and "class score" labels (at the box's top-left corner, or at the mask's
     innermost point without boxes) are drawn after all fills, also in score order.
     """
-    img = _as_rgb(image)
-    alpha = _check_alpha(alpha)
+    img = as_rgb(image)
+    alpha = check_alpha(alpha)
     masks = np.ascontiguousarray(result.masks, dtype=bool)
     if masks.ndim == 3:
-        _check_size(img, masks.shape[1:], "instance masks")
+        check_size(img, masks.shape[1:], "instance masks")
     if len(result) == 0:
         return img
     if masks.ndim != 3:
@@ -135,7 +135,7 @@ def draw_instances(
         return img
     order = keep[np.argsort(scores[keep], kind="stable")]  # ascending: best drawn last, on top
     h, w = img.shape[:2]
-    scale, thick = _font(h, w, font_scale)
+    scale, thick = font_metrics(h, w, font_scale)
     line = max(1, int(round(max(h, w) / 400)))
     out = img
     drawn: list[tuple[int, tuple[int, int, int], tuple[int, int, int, int]]] = []
@@ -145,7 +145,7 @@ def draw_instances(
         if bw == 0 or bh == 0:
             continue
         y1, x1 = y0 + bh, x0 + bw
-        color = segment_color(_class_color(colors, int(result.labels[i])), int(i) + 1, True)
+        color = segment_color(class_rgb(colors, int(result.labels[i])), int(i) + 1, True)
         region = out[y0:y1, x0:x1]
         paint = np.empty_like(region)
         paint[:] = color
@@ -154,20 +154,20 @@ def draw_instances(
     for i, color, (y0, y1, x0, x1) in drawn:
         if outline:  # mask pixels with an in-image 4-neighbour outside the mask (box grown by 1, clipped)
             ya, yb, xa, xb = max(y0 - 1, 0), min(y1 + 1, h), max(x0 - 1, 0), min(x1 + 1, w)
-            b = _borders(masks[i, ya:yb, xa:xb].view(np.int8))
+            b = border_mask(masks[i, ya:yb, xa:xb].view(np.int8))
             out[ya:yb, xa:xb][b] = color
         if boxes:
             bx0, by0, bx1, by1 = (int(round(v)) for v in result.boxes[i])
             cv2.rectangle(out, (bx0, by0), (bx1 - 1, by1 - 1), color, line)
     if labels:
         for i, _color, (y0, y1, x0, x1) in drawn:
-            text = _label_text(_class_name(class_names, int(result.labels[i])), float(scores[i]))
+            text = label_text(class_name(class_names, int(result.labels[i])), float(scores[i]))
             if boxes:
                 bx0, by0 = int(round(result.boxes[i][0])), int(round(result.boxes[i][1]))
-                _draw_text(out, text, bx0, by0, scale, thick, center=False)
+                draw_text(out, text, bx0, by0, scale, thick, center=False)
             else:
-                x, y = _anchor(masks[i], y0, y1, x0, x1)
-                _draw_text(out, text, x, y, scale, thick)
+                x, y = label_anchor(masks[i], y0, y1, x0, x1)
+                draw_text(out, text, x, y, scale, thick)
     return out
 
 
@@ -189,33 +189,33 @@ def draw_semantic(
 ) -> np.ndarray:
     """Overlay of a (H, W) class map (or a ``SemanticResult``) in class colours; ``ignore_value`` and negative
     ids are left as the image. One label (the class name) per class present, at its innermost point."""
-    img = _as_rgb(image)
+    img = as_rgb(image)
     if isinstance(label_map, SemanticResult):
         label_map = label_map.label_map
     lm = np.asarray(label_map)
     if lm.ndim != 2:
         raise ValueError(f"label_map must be (H, W), got shape {lm.shape}")
-    _check_size(img, lm.shape, "label map")
-    alpha = _check_alpha(alpha)
+    check_size(img, lm.shape, "label map")
+    alpha = check_alpha(alpha)
     if lm.dtype.kind not in "iu":
         lm = lm.astype(np.int64)
     present = _present(lm, ignore_value)
     if present.size == 0:
         return img
-    idx = _compact_index(lm, present)
+    idx = compact_index(lm, present)
     lut = np.zeros((len(present) + 1, 3), dtype=np.uint8)
     for k, c in enumerate(present.tolist()):
-        lut[k + 1] = _class_color(colors, c)
-    out = _fill(img, idx, lut, alpha, outline)
+        lut[k + 1] = class_rgb(colors, c)
+    out = blend_fill(img, idx, lut, alpha, outline)
     if labels:
-        scale, thick = _font(*img.shape[:2], font_scale)
-        boxes = _bboxes(idx, len(present))
+        scale, thick = font_metrics(*img.shape[:2], font_scale)
+        boxes = bboxes(idx, len(present))
         for k, c in enumerate(present.tolist()):
             y0, y1, x0, x1 = boxes[k + 1]
             if y0 < 0:
                 continue
-            x, y = _anchor(idx[y0:y1, x0:x1] == k + 1, y0, y1, x0, x1)
-            _draw_text(out, _class_name(class_names, c), x, y, scale, thick)
+            x, y = label_anchor(idx[y0:y1, x0:x1] == k + 1, y0, y1, x0, x1)
+            draw_text(out, class_name(class_names, c), x, y, scale, thick)
     return out
 
 
@@ -252,14 +252,14 @@ def draw_uncertainty(
     The map is scaled to [0, 1] by ``vmin``/``vmax`` (default: its own finite min and max; a constant map is 0);
     NaN counts as 0. ``colormap`` is any ``cv2.COLORMAP_*``.
     """
-    img = _as_rgb(image)
+    img = as_rgb(image)
     u = np.asarray(uncertainty_map, dtype=np.float32)
     if u.ndim == 3 and u.shape[0] == 1:
         u = u[0]
     if u.ndim != 2:
         raise ValueError(f"uncertainty_map must be (H, W), got shape {u.shape}")
-    _check_size(img, u.shape, "uncertainty map")
-    alpha = _check_alpha(alpha)
+    check_size(img, u.shape, "uncertainty map")
+    alpha = check_alpha(alpha)
     if u.size == 0:
         return img
     finite = np.isfinite(u)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 
-def _compact_index(label_map: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def compact_index(label_map: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Map each pixel of ``label_map`` to 1 + the position of its value in ``ids``; 0 when it is not in ``ids``."""
     ids = np.asarray(ids, dtype=np.int64)
     if ids.size == 0 or label_map.size == 0:
@@ -32,7 +32,7 @@ def _compact_index(label_map: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.where(hit, order[where_c] + 1, 0).astype(np.int32)
 
 
-def _borders(idx: np.ndarray) -> np.ndarray:
+def border_mask(idx: np.ndarray) -> np.ndarray:
     """Pixels with a non-zero index that have a 4-neighbour with a different index."""
     b = np.zeros(idx.shape, dtype=bool)
     d = idx[:, 1:] != idx[:, :-1]
@@ -54,7 +54,7 @@ def _gather_rgb(lut: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(packed.view(np.uint8).reshape(*idx.shape, 4), cv2.COLOR_RGBA2RGB)
 
 
-def _fill(image: np.ndarray, idx: np.ndarray, lut: np.ndarray, alpha: float, outline: bool) -> np.ndarray:
+def blend_fill(image: np.ndarray, idx: np.ndarray, lut: np.ndarray, alpha: float, outline: bool) -> np.ndarray:
     """Alpha-blend ``lut[idx]`` over ``image`` where ``idx > 0``; opaque outlines; void untouched."""
     out = image.copy()
     fg = idx > 0
@@ -64,11 +64,11 @@ def _fill(image: np.ndarray, idx: np.ndarray, lut: np.ndarray, alpha: float, out
     blended = cv2.addWeighted(image, 1.0 - alpha, col, alpha, 0.0)
     cv2.copyTo(blended, fg.view(np.uint8), out)
     if outline:
-        cv2.copyTo(col, _borders(idx).view(np.uint8), out)
+        cv2.copyTo(col, border_mask(idx).view(np.uint8), out)
     return out
 
 
-def _bboxes(idx: np.ndarray, n: int) -> np.ndarray:
+def bboxes(idx: np.ndarray, n: int) -> np.ndarray:
     """(n + 1, 4) int boxes ``y0, y1, x0, x1`` (exclusive ends) of each index; ``-1`` rows for absent ones.
 
     A region's extreme pixels lie on its boundary (image edges included), so only boundary pixels are reduced.
@@ -98,7 +98,7 @@ def _bboxes(idx: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _anchor(mask: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> tuple[int, int]:
+def label_anchor(mask: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> tuple[int, int]:
     """(x, y) of the pixel of ``mask`` (within the given box; ``mask`` may be that crop already) farthest from
     its border and the image edges."""
     crop = np.zeros((y1 - y0 + 2, x1 - x0 + 2), dtype=np.uint8)
