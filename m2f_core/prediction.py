@@ -19,9 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from .config import Mask2FormerConfig
-from .postprocess import score_order
 from .resize import MaskUpsampler
 from .structures import Candidate, InstanceResult, PanopticResult, Segment, SemanticResult
+
+
+def score_order(scores: torch.Tensor, queries: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Indices by descending score; ties broken by query then class, so the order is deterministic."""
+    return np.lexsort((labels.numpy(), queries.numpy(), -scores.double().numpy()))
 
 
 class Prediction:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference.postprocess import instance_inference, panoptic_inference, resize_mask_logits, semantic_inference
 
 from m2f_core import build_model
 from m2f_core.config import BackboneConfig, Mask2FormerConfig
-from m2f_core.postprocess import instance_inference, panoptic_inference, resize_mask_logits, semantic_inference
 from m2f_core.predictor import Prediction, Predictor, resize_shortest_edge_size
 from m2f_core.resize import MaskUpsampler
 

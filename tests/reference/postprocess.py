@@ -1,7 +1,9 @@
-"""The official Mask2Former post-processing (``maskformer_model.py``), one function per task.
+"""Test oracle: the official Mask2Former post-processing (``maskformer_model.py``), one function per task.
 
-Inputs are the outputs of one image: ``mask_cls`` (Q, K+1) class logits and ``mask_pred``
-(Q, H, W) mask logits already at the output resolution. Pure functions, no model, no config.
+A direct transcription over all queries at full resolution, kept only to check the library's fast
+task views (``m2f_core.prediction.Prediction``) against it. Inputs are the outputs of one image:
+``mask_cls`` (Q, K+1) class logits and ``mask_pred`` (Q, H, W) mask logits already at the output
+resolution. Pure functions, no model, no config.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .structures import InstanceResult, PanopticResult, Segment, mask_bbox
+from m2f_core.prediction import score_order
+from m2f_core.structures import InstanceResult, PanopticResult, Segment, mask_bbox
 
 
 def resize_mask_logits(pred_masks: torch.Tensor, padded_size: tuple[int, int], image_size: tuple[int, int],
@@ -76,11 +79,6 @@ def panoptic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor, is_thing
         segment_map[mask] = next_id
         segments.append(Segment(id=next_id, category_id=pred_class, isthing=isthing, score=float(cur_scores[k])))
     return PanopticResult(segment_map.numpy(), segments).update_stats()
-
-
-def score_order(scores: torch.Tensor, queries: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """Indices by descending score; ties broken by query then class, so the order is deterministic."""
-    return np.lexsort((labels.numpy(), queries.numpy(), -scores.double().numpy()))
 
 
 def instance_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor, topk: int = 100,

@@ -1,0 +1,1 @@
+"""Reference implementations the tests compare the library against (oracles, not library code)."""
