@@ -14,11 +14,13 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/hf_reference.py
+sys.path.insert(0, str(Path(__file__).parent))  # tests/hf_reference.py, tests/reference/ (oracles), helpers
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # tools/ (the benchmark) is imported as ``tools.benchmark``
+    sys.path.append(str(REPO))
 SHARED_DATA = REPO.parent / "shared" / "data" / "real"
 
 

@@ -12,10 +12,10 @@ import json
 import numpy as np
 import pytest
 
-from m2f_core.benchmark import format_table, main, trained_like_outputs
 from m2f_core.cli import parse_size
 from m2f_core.config import get_preset
 from m2f_core.prediction import Prediction
+from tools.benchmark import format_table, main, trained_like_outputs
 
 
 def test_parse_size():

@@ -14,7 +14,8 @@ from reference.postprocess import instance_inference, panoptic_inference, resize
 
 from m2f_core import build_model
 from m2f_core.config import BackboneConfig, Mask2FormerConfig
-from m2f_core.predictor import Prediction, Predictor, resize_shortest_edge_size
+from m2f_core.prediction import Prediction
+from m2f_core.predictor import Predictor, resize_shortest_edge_size
 from m2f_core.resize import MaskUpsampler
 
 NAMES = ["disc", "box", "sky", "grass"]
@@ -234,7 +235,7 @@ def test_pruned_views_equal_the_reference_in_every_cache_mode(cache, seed, monke
     """Trained-like outputs (a few confident queries, many no-object ones, soft borders): the views
     that read only the active queries and bound the rest give the reference's answers, whether the
     active queries' probabilities are cached or not, in small row blocks."""
-    from m2f_core.benchmark import trained_like_outputs
+    from tools.benchmark import trained_like_outputs
 
     num_queries, num_classes, size = 40, 12, (92, 124)
     out = trained_like_outputs(num_queries, num_classes, (96, 128), seed=seed, things=8, stuff=4)
@@ -273,7 +274,7 @@ def test_pruned_views_equal_the_reference_in_every_cache_mode(cache, seed, monke
 def test_views_work_outside_the_inference_mode_the_prediction_was_made_in():
     """Predictor.predict runs under inference_mode; the lazily filled upsampler state must still be
     usable when a view is first asked for later, outside it (the app, the CLIs)."""
-    from m2f_core.benchmark import trained_like_outputs
+    from tools.benchmark import trained_like_outputs
 
     out = trained_like_outputs(40, 4, (64, 80), seed=3, things=4, stuff=2)
     # one query the panoptic result must drop (class 1 at p = e/(e + e^0.5) = 0.622 < 0.8) whose mask

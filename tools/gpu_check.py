@@ -76,7 +76,7 @@ class Context:
 
     def prepared(self, preset: str) -> tuple[Path, Path]:
         """(transformers folder, our folder) of one seeded random model, built once per run."""
-        from m2f_core.benchmark import prepare_weights
+        from tools.benchmark import prepare_weights
 
         if preset not in self.weights:
             self.weights[preset] = prepare_weights(preset, self.work_dir, seed=0)
@@ -100,19 +100,19 @@ def max_abs(a: torch.Tensor) -> float:
 
 def ours_outputs(model, x: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(pred_logits, pred_masks) in fp32, run as the Predictor runs it (``return_aux=False``)."""
-    from m2f_core.benchmark import _outputs
+    from tools.benchmark import model_outputs
 
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits, masks = _outputs("ours", model, x)
+        logits, masks = model_outputs("ours", model, x)
     return logits.float(), masks.float()
 
 
 def hf_outputs(model, x: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(class_queries_logits, masks_queries_logits) of a ``transformers`` model in fp32."""
-    from m2f_core.benchmark import _outputs
+    from tools.benchmark import model_outputs
 
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits, masks = _outputs("transformers", model, x)
+        logits, masks = model_outputs("transformers", model, x)
     return logits.float(), masks.float()
 
 
@@ -192,13 +192,13 @@ def part_env(ctx: Context) -> dict[str, Any]:
 
 def part_forward_equivalence(ctx: Context) -> dict[str, Any]:
     """Our fp32 eval forward on the device vs on the CPU (same seeded weights and input), R50 and Swin-T."""
-    from m2f_core.benchmark import _input
+    from tools.benchmark import random_input
 
     ctx.require_cuda_if_asked()
     res: dict[str, Any] = {"size": ctx.size, "compared": f"{ctx.device.type} vs cpu"}
     for preset in (R50, SWIN_T):
         model = seeded_model(preset).eval()
-        x = _input((ctx.size, ctx.size))
+        x = random_input((ctx.size, ctx.size))
         with torch.inference_mode():
             ref_logits, ref_masks = ours_outputs(model, x)
             model.to(ctx.device)
@@ -216,14 +216,14 @@ def part_forward_equivalence(ctx: Context) -> dict[str, Any]:
 
 def part_transformers_equivalence(ctx: Context) -> dict[str, Any]:
     """Ours vs ``transformers`` with the same seeded random weights, fp32 on the device, R50."""
-    from m2f_core.benchmark import _input
     from m2f_core.checkpoint import load_model
+    from tools.benchmark import random_input
 
     ctx.require_cuda_if_asked()
     hf_dir, ours_dir = ctx.prepared(R50)
     ours = load_model(ours_dir, device=ctx.device)
     hf = load_hf(hf_dir, ctx.device)
-    x = _input((ctx.size, ctx.size)).to(ctx.device)
+    x = random_input((ctx.size, ctx.size)).to(ctx.device)
     with torch.inference_mode():
         logits, masks = ours_outputs(ours, x)
         hf_logits, hf_masks = hf_outputs(hf, x)
@@ -241,11 +241,11 @@ def part_transformers_equivalence(ctx: Context) -> dict[str, Any]:
 
 def part_amp_forward(ctx: Context) -> dict[str, Any]:
     """bf16 autocast forward vs fp32 (R50): logit differences and thresholded-mask disagreement."""
-    from m2f_core.benchmark import _input
+    from tools.benchmark import random_input
 
     ctx.require_cuda_if_asked()
     model = seeded_model(R50).to(ctx.device).eval()
-    x = _input((ctx.size, ctx.size)).to(ctx.device)
+    x = random_input((ctx.size, ctx.size)).to(ctx.device)
     with torch.inference_mode():
         logits, masks = ours_outputs(model, x)
         bf_logits, bf_masks = ours_outputs(model, x, bf16=True)
@@ -304,16 +304,16 @@ def _train_steps(model, criterion, optimizer, clip_norm: float, x, targets, step
 
 def part_train_step_amp(ctx: Context) -> dict[str, Any]:
     """A few training steps (R50, batch 2, our criterion, the recipe's AdamW groups and clipping), fp32 and bf16."""
-    from m2f_core.benchmark import _train_batch
     from m2f_core.config import get_preset
     from m2f_core.criterion import build_criterion
+    from tools.benchmark import train_batch
     from training.config import TrainConfig
     from training.optim import build_optimizer
 
     ctx.require_cuda_if_asked()
     config, train_cfg = get_preset(R50), TrainConfig()
     steps = 2 if ctx.quick else 5
-    x, targets = _train_batch(config, (ctx.size, ctx.size), batch=2)
+    x, targets = train_batch(config, (ctx.size, ctx.size), batch=2)
     x = x.to(ctx.device)
     targets = [{k: v.to(ctx.device) for k, v in t.items()} for t in targets]
     res: dict[str, Any] = {"preset": R50, "size": ctx.size, "batch": 2, "steps": steps, "lr": train_cfg.lr,
@@ -366,9 +366,9 @@ def ddp_worker(args: argparse.Namespace) -> int:
     import torch.distributed as dist
     from torch import nn
 
-    from m2f_core.benchmark import _train_batch
     from m2f_core.config import get_preset
     from m2f_core.criterion import build_criterion
+    from tools.benchmark import train_batch
     from training.config import TrainConfig
     from training.distributed import all_reduce_mean, cleanup
     from training.optim import build_optimizer
@@ -394,7 +394,7 @@ def ddp_worker(args: argparse.Namespace) -> int:
         result["find_unused_parameters"] = False
         criterion = build_criterion(config).to(device)
         optimizer = build_optimizer(model, train_cfg)
-        x, targets = _train_batch(config, (ctx.size, ctx.size), batch=2)
+        x, targets = train_batch(config, (ctx.size, ctx.size), batch=2)
         x = x.to(device)
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         bf16 = cuda  # the GPU recipe's AMP; plain fp32 on the CPU dry run
@@ -428,8 +428,8 @@ def part_speed(ctx: Context) -> dict[str, Any]:
     """Forward latency (batch 1, median of 10 after 3 warm-ups), ours vs ``transformers``, fp32 and bf16.
 
     On --quick one untimed-warm-up run per case: it only checks that every combination runs."""
-    from m2f_core.benchmark import _input
     from m2f_core.checkpoint import load_model
+    from tools.benchmark import random_input
 
     ctx.require_cuda_if_asked()
     sizes = [(128, 128)] if ctx.quick else [(512, 512), (800, 1088)]
@@ -444,7 +444,7 @@ def part_speed(ctx: Context) -> dict[str, Any]:
         hf_dir, ours_dir = ctx.prepared(preset)
         models = {"ours": load_model(ours_dir, device=ctx.device), "transformers": load_hf(hf_dir, ctx.device)}
         for size in sizes:
-            x = _input(size).to(ctx.device)
+            x = random_input(size).to(ctx.device)
             for precision in ("fp32", "bf16"):
                 if time.perf_counter() > budget_end:
                     skipped.append(f"{preset} {size[0]}x{size[1]} {precision}")

@@ -1,6 +1,6 @@
 """Side-by-side speed benchmark against Hugging Face ``transformers`` (same architecture, same weights).
 
-    python -m m2f_core.benchmark --compare transformers --preset coco_panoptic_r50 --sizes 384 512 800x1088
+    python tools/benchmark.py --compare transformers --preset coco_panoptic_r50 --sizes 384 512 800x1088
 
 Each measurement runs in a fresh process (so peak RSS is that implementation's alone), ours and the
 peer interleaved round by round (so drifting machine load hits both alike), each after a warm-up.
@@ -28,8 +28,12 @@ from pathlib import Path
 
 import torch
 
-from .cli import parse_size
-from .config import Mask2FormerConfig, get_preset
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # m2f_core from this checkout, also when it is not installed
+    sys.path.insert(0, str(REPO))
+
+from m2f_core.cli import parse_size  # noqa: E402
+from m2f_core.config import Mask2FormerConfig, get_preset  # noqa: E402
 
 TASKS = ("forward", "postprocess", "switch", "train")
 
@@ -62,7 +66,7 @@ def prepare_weights(preset: str, folder: Path, seed: int = 0) -> tuple[Path, Pat
     """A seeded random ``transformers`` model (its own init) and the same weights in our format."""
     from transformers import Mask2FormerForUniversalSegmentation
 
-    from .checkpoint import load_model, save_model
+    from m2f_core.checkpoint import load_model, save_model
 
     hf_dir, ours_dir = folder / f"{preset}-hf", folder / f"{preset}-ours"
     if not (hf_dir / "config.json").exists():
@@ -87,7 +91,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _input(size: tuple[int, int], batch: int = 1) -> torch.Tensor:
+def random_input(size: tuple[int, int], batch: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(1234))
 
 
@@ -126,16 +130,16 @@ def _time(fn, repeats: int, warmup: int = 1, first: list[float] | None = None) -
 def _load(impl: str, weights: Path):
     """The model of an implementation and its stages as (object, method) pairs to time."""
     if impl == "ours-onnxruntime":
-        from .onnx_backend import load_onnx_model
+        from m2f_core.onnx_backend import load_onnx_model
 
         return load_onnx_model(weights), {}
     if impl == "ours-compile":
-        from .checkpoint import load_model
-        from .runtime import compile_for_inference
+        from m2f_core.checkpoint import load_model
+        from m2f_core.runtime import compile_for_inference
 
         return compile_for_inference(load_model(weights).eval()), {}  # stage timers would break the graph
     if impl.startswith("ours"):
-        from .checkpoint import load_model
+        from m2f_core.checkpoint import load_model
 
         model = load_model(weights)
         stages = {"backbone": (model.backbone, "forward_features"),
@@ -151,7 +155,7 @@ def _load(impl: str, weights: Path):
     return model.eval(), stages
 
 
-def _outputs(impl: str, model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def model_outputs(impl: str, model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if impl == "ours-bf16":
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x, return_aux=False)
@@ -166,11 +170,11 @@ def _outputs(impl: str, model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 def _worker_forward(impl: str, weights: Path, size, repeats: int, out_path: Path) -> dict:
     model, stages = _load(impl, weights)
     timer = _StageTimer(stages)
-    x = _input(size)
+    x = random_input(size)
     first: list[float] = []
     with torch.inference_mode():
-        times = _time(lambda: _outputs(impl, model, x), repeats, first=first)  # compile mode: compiles in the first
-        logits, masks = _outputs(impl, model, x)
+        times = _time(lambda: model_outputs(impl, model, x), repeats, first=first)  # compile: compiles in the first
+        logits, masks = model_outputs(impl, model, x)
     torch.save({"pred_logits": logits[0].clone(), "pred_masks": masks[0].clone()}, out_path.with_suffix(".pt"))
     stage_times = {k: statistics.median(v[1:]) for k, v in timer.times.items() if len(v) > 1}
     return {"times": times, "stages": stage_times, "first_call_s": first[0]}
@@ -217,14 +221,14 @@ def trained_like_outputs(num_queries: int, num_classes: int, size: tuple[int, in
 
 
 def _worker_postprocess(impl: str, weights: Path, size, repeats: int, out_path: Path, raw: Path) -> dict:
-    from .config import Mask2FormerConfig as OurConfig
+    from m2f_core.config import Mask2FormerConfig as OurConfig
 
     raw_outputs = torch.load(raw, weights_only=True)
     logits, masks = raw_outputs["pred_logits"], raw_outputs["pred_masks"]
     if impl == "ours":
         import numpy as np
 
-        from .prediction import Prediction
+        from m2f_core.prediction import Prediction
 
         config = OurConfig.from_json(weights / "config.json")
         image = np.zeros((*size, 3), dtype=np.uint8)
@@ -259,8 +263,8 @@ def _worker_switch(weights: Path, size, repeats: int, raw: Path) -> dict:
     """Server time of each task view on a prepared (cached) prediction."""
     import numpy as np
 
-    from .config import Mask2FormerConfig as OurConfig
-    from .prediction import Prediction
+    from m2f_core.config import Mask2FormerConfig as OurConfig
+    from m2f_core.prediction import Prediction
 
     raw_outputs = torch.load(raw, weights_only=True)
     config = OurConfig.from_json(weights / "config.json")
@@ -279,7 +283,7 @@ def _worker_switch(weights: Path, size, repeats: int, raw: Path) -> dict:
     return {"times": worst, "stages": {k: statistics.median(v[1:]) for k, v in views.items()}}
 
 
-def _train_batch(config: Mask2FormerConfig, size, batch: int = 2):
+def train_batch(config: Mask2FormerConfig, size, batch: int = 2):
     """A fixed batch: random images, 5 random-rectangle masks per image with random classes."""
     g = torch.Generator().manual_seed(99)
     h, w = size
@@ -290,27 +294,27 @@ def _train_batch(config: Mask2FormerConfig, size, batch: int = 2):
             y0, x0 = int(torch.randint(0, h // 2, (1,), generator=g)), int(torch.randint(0, w // 2, (1,), generator=g))
             m[y0:y0 + h // 3, x0:x0 + w // 3] = 1
         targets.append({"labels": torch.randint(0, config.num_classes, (5,), generator=g), "masks": masks})
-    return _input(size, batch), targets
+    return random_input(size, batch), targets
 
 
 def _worker_train(impl: str, weights: Path, size, repeats: int) -> dict:
     model, _ = _load(impl, weights)
     model.train()
     if impl == "ours":
-        from .checkpoint import load_model
-        from .criterion import build_criterion
+        from m2f_core.checkpoint import load_model
+        from m2f_core.criterion import build_criterion
 
         config = load_model(weights).config
         criterion = build_criterion(config)
-        x, targets = _train_batch(config, size)
+        x, targets = train_batch(config, size)
 
         def loss_fn():
             return criterion.weighted_total(criterion(model(x), targets))
     else:
-        from .config import Mask2FormerConfig as OurConfig
+        from m2f_core.config import Mask2FormerConfig as OurConfig
 
         config = OurConfig.from_json(weights.parent / weights.name.replace("-hf", "-ours") / "config.json")
-        x, targets = _train_batch(config, size)
+        x, targets = train_batch(config, size)
         mask_labels = [t["masks"] for t in targets]
         class_labels = [t["labels"] for t in targets]
 
@@ -332,7 +336,7 @@ def run_worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.worker.startswith("ours"):
-        from .runtime import tune_malloc
+        from m2f_core.runtime import tune_malloc
 
         tune_malloc()  # as the Predictor and the trainer run, for every task (the peer's process is left stock)
     baseline = _rss_mb()
@@ -351,7 +355,7 @@ def run_worker(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------- parent
 def _spawn(impl: str, task: str, weights: Path, size, threads: int, repeats: int, out: Path,
            raw: Path | None = None) -> dict:
-    cmd = [sys.executable, "-m", "m2f_core.benchmark", "--worker", impl, "--task", task, "--weights", str(weights),
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", impl, "--task", task, "--weights", str(weights),
            "--sizes", f"{size[0]}x{size[1]}", "--threads", str(threads), "--repeats", str(repeats), "--out", str(out)]
     if raw is not None:
         cmd += ["--raw", str(raw)]
@@ -379,7 +383,7 @@ def benchmark(presets: list[str], sizes: list[tuple[int, int]], tasks: list[str]
     """
     from tqdm import tqdm
 
-    from .checkpoint import load_model
+    from m2f_core.checkpoint import load_model
 
     peers = [compare] if compare else []
     rows = []
@@ -466,7 +470,7 @@ def machine_description() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m m2f_core.benchmark", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python tools/benchmark.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--compare", choices=["transformers"], default=None, help="run the peer too and report ratios")
     p.add_argument("--preset", nargs="+", default=["coco_panoptic_r50"], help="model presets (random weights)")
@@ -513,14 +517,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{machine}, {args.threads} threads\n")
     print(format_table(rows))
     if args.json:
-        from .atomic import atomic_write_json
+        from m2f_core.atomic import atomic_write_json
 
         atomic_write_json(args.json, {"machine": machine, "threads": args.threads, "rows": rows})
     return 0
 
 
 def _presets() -> list[str]:
-    from .config import list_presets
+    from m2f_core.config import list_presets
 
     return list_presets()
 
