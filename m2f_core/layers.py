@@ -10,11 +10,9 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .ops import onednn
-from .ops.weight_cache import version_key
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -61,67 +59,27 @@ def get_norm(norm: str, channels: int) -> nn.Module | None:
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` followed by an optional norm (kept as ``.norm``) and activation."""
+    """``nn.Conv2d`` followed by an optional norm (kept as ``.norm``) and activation.
+
+    Inference runs a converted copy (``m2f_core.accelerate.prepare_for_inference``) whose
+    convolutions have their frozen norm folded in and their weight packed for oneDNN."""
 
     def __init__(self, *args, norm: nn.Module | None = None,
                  activation: Callable[[torch.Tensor], torch.Tensor] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.norm = norm
         self.activation = activation
-        self._folded: tuple | None = None  # (key, weight, bias) of the last inference fold / pack
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``activation(norm(conv(x)) + residual)``; the residual, when given, is added before the activation."""
-        folds = self.norm is None or isinstance(self.norm, FrozenBatchNorm2d)
-        if onednn.usable(x) and self.padding_mode == "zeros" and not isinstance(self.padding, str):
-            # inference on the CPU: oneDNN on a weight packed once for this input shape, with the
-            # activation and the residual add applied as the output is written where they fuse
-            weight, bias = self._fold(x, pack=True)
-            if folds and (self.activation is None or onednn.is_relu(self.activation)):
-                return onednn.conv2d(x, weight, bias, self.padding, self.stride, self.dilation, self.groups,
-                                     relu=self.activation is not None, residual=residual)
-            x = onednn.conv2d(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
-        elif isinstance(self.norm, FrozenBatchNorm2d):
-            # A frozen norm is an affine map per output channel: fold it into the convolution's
-            # weight and bias (the same function, one pass over the activations instead of three)
-            weight, bias = self._fold(x)
-            x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-        else:
-            x = super().forward(x)
-        if not folds:
+        x = super().forward(x)
+        if self.norm is not None:
             x = self.norm(x)
         if residual is not None:
             x = x + residual
         if self.activation is not None:
             x = self.activation(x)
         return x
-
-    def _fold(self, x: torch.Tensor, pack: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(weight, bias) with a frozen norm folded in, packed for oneDNN if asked; cached at inference."""
-        norm = self.norm if isinstance(self.norm, FrozenBatchNorm2d) else None
-        tensors = (self.weight, self.bias) + (
-            (norm.weight, norm.bias, norm.running_mean, norm.running_var) if norm is not None else ())
-        layout = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-            and not x.is_contiguous() else torch.contiguous_format
-        # cached between calls at inference; a compiled graph folds the weights itself (no pointer keys)
-        inference = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        key = (layout, x.dtype, tuple(x.shape) if pack else None, *version_key(*tensors)) if inference else None
-        if inference and self._folded is not None and self._folded[0] == key:
-            return self._folded[1], self._folded[2]
-        weight, bias = self.weight, self.bias
-        if norm is not None:
-            scale, shift = norm.scale_and_shift()
-            if bias is not None:
-                shift = shift + bias * scale
-            weight, bias = weight * scale.view(-1, 1, 1, 1), shift
-        weight = weight.to(x.dtype)
-        bias = bias.to(x.dtype) if bias is not None else None
-        if pack:  # one packed copy replaces the folded one in the cache: no extra memory
-            weight = onednn.pack_conv_weight(weight, self.padding, self.stride, self.dilation, self.groups, x.shape)
-        else:  # aten's convolution reads the weight in the activations' layout without reordering it
-            weight = weight.contiguous(memory_format=layout)
-        self._folded = (key, weight, bias) if inference else None
-        return weight, bias
 
 
 def c2_xavier_fill(module: nn.Module) -> None:

@@ -51,11 +51,14 @@ class Predictor:
         ``compile=True`` runs the network through ``torch.compile`` (``runtime.compile_for_inference``):
         since the eager path calls the same oneDNN kernels it is about as fast per image on a 2-core
         CPU (up to ~10 % faster for Swin), and the first image of each new size compiles for one to
-        three minutes, so it can pay off only for folders of many same-size images, not for the app."""
-        from .checkpoint import load_model
-        from .runtime import tune_malloc
+        three minutes, so it can pay off only for folders of many same-size images, not for the app.
 
-        tune_malloc()  # reuse freed activation memory instead of page-faulting it in again every call
+        The torch backend runs ``accelerate.prepare_for_inference(model)``, a converted copy made from
+        the weights as they are at construction (the model given is left as it is, in eval mode): to
+        predict with other weights, build a new ``Predictor``. Process-wide tuning (malloc) is the
+        program's choice: ``m2f_core.runtime.tune_process()``; the constructor changes nothing global."""
+        from .checkpoint import load_model
+
         if backend not in self.BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(self.BACKENDS)}")
         if compile and backend != "torch":
@@ -76,12 +79,19 @@ class Predictor:
             model = load_model(model_or_source, device=self.device, config=config)
         if getattr(model, "config", None) is None:
             raise ValueError("the model has no config: build it with build_model(config) or load_model(...)")
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval()  # the model as given or loaded (official names)
+        # what runs: for torch, the model converted for inference (folded / packed weights made from
+        # the weights as they are now; a Predictor never sees later changes to ``model``'s weights:
+        # build a new one), or the plain model through torch.compile, which folds and packs by itself
         self._network = self.model
         if compile:
             from .runtime import compile_for_inference
 
             self._network = compile_for_inference(self.model)
+        elif backend == "torch":
+            from .accelerate import prepare_for_inference
+
+            self._network = prepare_for_inference(self.model)
         self.config: Mask2FormerConfig = model.config
         self.min_size = min_size or self.config.min_size_test
         self.max_size = max_size or self.config.max_size_test

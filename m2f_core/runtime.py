@@ -1,4 +1,8 @@
-"""Process-level settings that make CPU inference faster, applied by the Predictor and the CLIs.
+"""Process-wide settings that make CPU inference faster: opt-in, from programs only.
+
+``tune_process()`` is what a program (the predict / evaluate CLIs, ``launch.py``, the trainer, the
+benchmark) calls once at start; nothing in the library calls it, and no constructor changes the
+process (a ``Predictor`` in someone else's program leaves their allocator alone).
 
 glibc's ``malloc`` serves blocks above a (self-adjusting) threshold with a fresh ``mmap`` and gives
 them back with ``munmap`` on free. PyTorch allocates every activation anew, so a forward pass maps
@@ -6,9 +10,6 @@ and unmaps the same few hundred MB each time and pays a page fault for every 4 K
 about 29 000 faults and 8 % of a Mask2Former R50 forward at 384x384 on a 2-core machine. Raising
 the mmap threshold and the trim threshold keeps freed blocks in the heap for the next pass; what
 is resident after a pass is then what the peak needed anyway, so peak RSS does not grow.
-
-``tune_malloc`` is called by ``Predictor`` (so by the app and the predict / evaluate CLIs), the
-trainer and the benchmark's worker for ours; never on import.
 ``M2F_STOCK_MALLOC=1`` leaves malloc as it is. Other allocators (jemalloc, tcmalloc via
 ``LD_PRELOAD``) and other C libraries are left alone: the call then does nothing.
 """
@@ -52,23 +53,28 @@ def tune_malloc() -> bool:
     return _tuned
 
 
+def tune_process() -> None:
+    """Apply this module's process-wide settings (today: ``tune_malloc``). Idempotent; for programs'
+    entry points, never for library code."""
+    tune_malloc()
+
+
 def malloc_tuned() -> bool:
     """Whether ``tune_malloc`` has applied its settings in this process."""
     return bool(_tuned)
 
 
 def compile_for_inference(model: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` (inductor) with freezing: the weights become constants, so inductor folds
-    the frozen norms and prepacks the convolution and linear weights for oneDNN.
+    """``torch.compile`` (inductor) with freezing for this compilation only (inductor's global config is
+    left as it is): the weights become constants, so inductor folds the frozen norms and prepacks the
+    convolution and linear weights for oneDNN.
 
-    An optional mode measured by ``m2f_core.benchmark --modes compile``; call the result under
-    ``torch.inference_mode()`` (freezing assumes no gradients). The first call compiles (minutes on
-    a small CPU); later calls at the same input size reuse the graph.
+    Takes the plain model (not ``prepare_for_inference``'s: inductor does its own folding and packing
+    from the official graph). An optional mode measured by the benchmark's ``--modes compile``; call
+    the result under ``torch.inference_mode()`` (freezing assumes no gradients). The first call
+    compiles (minutes on a small CPU); later calls at the same input size reuse the graph.
     """
-    import torch._inductor.config as inductor_config
-
     from .ops import native
 
-    inductor_config.freezing = True
     native.available()  # build / load the C kernel now, outside the traced region
-    return torch.compile(model)
+    return torch.compile(model, options={"freezing": True})

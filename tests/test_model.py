@@ -256,8 +256,8 @@ def test_inference_without_aux_gives_the_same_outputs(backbone):
 
 
 def test_model_moved_under_inference_mode_runs():
-    """Parameters copied under ``inference_mode`` are inference tensors (no version counter): the
-    frozen-norm fold cache must still work (found on CUDA, where ``.to(device)`` copies)."""
+    """Parameters copied under ``inference_mode`` are inference tensors (no version counter; found on
+    CUDA, where ``.to(device)`` copies): the model still runs and gives the same outputs."""
     model = _build("resnet").eval()
     x = torch.randn(1, 3, 96, 128)
     with torch.inference_mode():
@@ -266,7 +266,7 @@ def test_model_moved_under_inference_mode_runs():
         copy.load_state_dict(model.state_dict())
         copy = copy.to(torch.float64).to(torch.float32)  # fresh parameter tensors, made in inference mode
         assert next(copy.parameters()).is_inference()
-        for _ in range(2):  # the second call reads the cached fold
+        for _ in range(2):
             out = copy(x, return_aux=False)
             assert torch.equal(out["pred_masks"], ref["pred_masks"])
 
@@ -364,33 +364,9 @@ def test_swin_block_any_map_size(batch, hw):
     assert out.shape == (batch, h * w, 8) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("qkv_bias", [True, False])
-@pytest.mark.parametrize("hw", [(8, 12), (7, 10), (5, 3), (13, 9), (1, 1)])
-def test_swin_gathered_windows_equal_the_official_pad_roll_partition(hw, qkv_bias):
-    """The block's gathered windows (qkv and output projection on the real tokens only, padding
-    slots given the qkv bias) equal the official pad / roll / partition / reverse order, which
-    traced exports run: values and gradients, regular and shifted blocks, fp64."""
-    torch.manual_seed(0)
-    h, w = hw
-    layer = BasicLayer(dim=8, depth=2, num_heads=2, window_size=4, mlp_ratio=2.0, qkv_bias=qkv_bias,
-                       drop_path=[0.0, 0.0], downsample=False).double()
-    mask = layer.shift_mask(h, w, torch.device("cpu")).double()
-    x = torch.randn(2, h * w, 8, dtype=torch.float64, requires_grad=True)
-    for block in layer.blocks:
-        m = mask if block.shift_size else None
-        inputs = [x, *block.norm1.parameters(), *block.attn.parameters()]
-        gathered = block._attention_gathered(x, h, w, m)
-        padded = block._attention_padded(x, h, w, m)
-        torch.testing.assert_close(gathered, padded, rtol=0, atol=1e-12)
-        weights = torch.randn_like(padded)
-        for a, b in zip(torch.autograd.grad((gathered * weights).sum(), inputs),
-                        torch.autograd.grad((padded * weights).sum(), inputs)):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
-
-
 def test_swin_layer_traces_for_torch_compile_without_graph_breaks():
-    """Under torch.compile a Swin stage takes the official pad / roll / partition order: the gathered
-    path's index (data-dependent ``nonzero``) would break the graph and fall back to eager."""
+    """A Swin stage (the official pad / roll / partition order; the gathered windows are the converted
+    model's, ``m2f_core.accelerate``) compiles as one graph: no fallback to eager."""
     torch.manual_seed(0)
     layer = BasicLayer(dim=8, depth=2, num_heads=2, window_size=4, mlp_ratio=2.0, qkv_bias=True,
                        drop_path=[0.0, 0.0], downsample=False).eval()
@@ -399,38 +375,6 @@ def test_swin_layer_traces_for_torch_compile_without_graph_breaks():
     with torch.no_grad():
         explanation = torch._dynamo.explain(lambda t: layer(t, 7, 10)[0])(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
-
-
-def test_swin_trains_after_inference_on_the_same_map_size():
-    """The window indices are cached per map size; built first under inference_mode they must still
-    serve a training step (predict in the app, then fine-tune in the same process)."""
-    from m2f_core.backbone.swin import window_index
-
-    torch.manual_seed(0)
-    layer = BasicLayer(dim=8, depth=2, num_heads=2, window_size=4, mlp_ratio=2.0, qkv_bias=True,
-                       drop_path=[0.0, 0.0], downsample=False)
-    h, w = 11, 6  # a size no other test uses, so the first call below builds the indices
-    window_index.cache_clear()
-    x = torch.randn(1, h * w, 8)
-    with torch.inference_mode():
-        layer(x, h, w)
-    assert not window_index(h, w, 4, 0, torch.device("cpu")).gather.is_inference()
-    layer(x.clone().requires_grad_(True), h, w)[0].sum().backward()
-    assert all(p.grad is not None for p in layer.parameters())
-
-
-def test_swin_window_index_inverts_itself():
-    """Gathering the tokens into windows and scattering them back is the identity; padding slots
-    are exactly the ones outside the map."""
-    from m2f_core.backbone.swin import window_index
-
-    h, w, ws = 7, 10, 4
-    for shift in (0, 2):
-        index = window_index(h, w, ws, shift, torch.device("cpu"))
-        tokens = torch.arange(h * w)
-        windows = tokens[index.gather]
-        assert torch.equal(windows[index.scatter], tokens)
-        assert index.gather.numel() == 8 * 12 and index.pad.numel() == 8 * 12 - h * w
 
 
 @pytest.mark.parametrize("hw", [(8, 12), (7, 10), (4, 4), (5, 3),

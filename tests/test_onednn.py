@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from model_helpers import small_config
 
+from m2f_core.accelerate import InferenceConv2d, prepare_for_inference
 from m2f_core.layers import Conv2d, FrozenBatchNorm2d
 from m2f_core.model import build_model
 from m2f_core.ops import onednn
@@ -47,6 +48,7 @@ def test_conv_with_frozen_norm_relu_and_residual(aten, kernel, stride, dilation,
     conv = Conv2d(16, 32, kernel_size=kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation,
                   groups=groups, bias=False, norm=FrozenBatchNorm2d(32), activation=F.relu_)
     _randomize_norm(conv.norm)
+    conv = InferenceConv2d(conv)  # the converted convolution (prepare_for_inference) is the one that fuses
     x = torch.randn(2, 16, 23, 17)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -66,22 +68,24 @@ def test_conv_with_group_norm_and_bias(aten):
     torch.manual_seed(0)
     conv = Conv2d(32, 32, kernel_size=3, padding=1, bias=True, norm=torch.nn.GroupNorm(8, 32), activation=F.relu)
     torch.nn.init.normal_(conv.bias)
+    conv = InferenceConv2d(conv)
     x = torch.randn(1, 32, 20, 20)
     with torch.inference_mode():
         torch.testing.assert_close(conv(x), aten(conv, x), rtol=1e-5, atol=1e-5)
 
 
-def test_packed_weight_follows_input_shape_and_weight_updates(aten):
+def test_packed_weight_follows_input_shape_and_a_new_conversion(aten):
     torch.manual_seed(0)
     conv = Conv2d(8, 8, kernel_size=3, padding=1, bias=False, norm=FrozenBatchNorm2d(8))
+    fast = InferenceConv2d(conv)
     small, large = torch.randn(1, 8, 12, 12), torch.randn(1, 8, 40, 24)
     with torch.inference_mode():
         for x in (small, large, small):  # each shape change re-packs
-            torch.testing.assert_close(conv(x), aten(conv, x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(fast(x), aten(conv, x), rtol=1e-5, atol=1e-5)
     with torch.no_grad():
-        conv.weight.mul_(-2.0)  # an in-place update (an optimizer step) bumps the version: no stale weight
+        conv.weight.mul_(-2.0)  # new weights (an optimizer step) reach inference through a new conversion
         conv.norm.running_mean.add_(1.0)
-        updated = conv(small)
+        updated = InferenceConv2d(conv)(small)
         torch.testing.assert_close(updated, aten(conv, small), rtol=1e-5, atol=1e-5)
 
 
@@ -126,8 +130,8 @@ def test_kernels_serve_inference_only():
 @pytest.mark.parametrize("backbone", ["resnet", "swin"])
 def test_model_outputs_match_the_aten_path(aten, backbone):
     torch.manual_seed(0)
-    model = build_model(small_config(backbone)).eval()
-    reference_model = copy.deepcopy(model)  # its own fold / pack caches
+    model = prepare_for_inference(build_model(small_config(backbone)))
+    reference_model = copy.deepcopy(model)  # its own packed weights
     x = torch.randn(1, 3, 96, 128)
     with torch.inference_mode():
         fused = model(x, return_aux=False)
@@ -155,14 +159,14 @@ def test_relu_after_a_linear_layer_stays_out_of_place_under_autograd():
 
 
 def test_resnet_runs_nhwc_at_inference_and_nchw_in_training():
-    """NHWC where only the forward runs; NCHW under autograd, where oneDNN's NHWC convolution
-    backward is the slower one."""
+    """NHWC in the converted model (only the forward runs); NCHW in the trained one, where oneDNN's
+    NHWC convolution backward is the slower one."""
     from m2f_core.backbone.resnet import ResNet
 
     net = ResNet(stage_blocks=(1, 1, 1, 1), res2_out_channels=32, stem_out_channels=16)
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
-        inference = net(x)
+        inference = prepare_for_inference(net)(x)
     training = net(x)
     for name in net.stage_names:
         assert inference[name].is_contiguous(memory_format=torch.channels_last)

@@ -7,9 +7,6 @@ padded to the window size inside each block, as in the official code.
 
 from __future__ import annotations
 
-import functools
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,40 +27,6 @@ def window_reverse(windows: torch.Tensor, window_size: int, h: int, w: int) -> t
     b = windows.shape[0] // ((h // window_size) * (w // window_size))
     x = windows.view(b, h // window_size, w // window_size, window_size, window_size, -1)
     return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(b, h, w, -1)
-
-
-class WindowIndex(NamedTuple):
-    """Where each token of a (shifted) window partition comes from, and where each token goes back."""
-
-    gather: torch.Tensor  # (nW * ws * ws,) token of the H*W map in each window slot (padding: any, see pad)
-    pad: torch.Tensor  # (P,) window slots that hold padding
-    scatter: torch.Tensor  # (H * W,) window slot of each token
-
-
-@functools.lru_cache(maxsize=64)
-def window_index(h: int, w: int, window_size: int, shift: int, device: torch.device) -> WindowIndex:
-    """The token order of ``window_partition(roll(pad(x), -shift))`` as indices into the H*W tokens.
-
-    The official block pads the (normalised) map to multiples of the window, rolls it by -shift and
-    cuts windows; after attention it reverses all three. One gather of the qkv projection computed
-    on the real tokens (padding slots take the projection of zero, its bias) and one gather of the
-    attention output back give the same values with 2 copies instead of 6, and without projecting
-    the padding (up to 36 % more tokens at stage 3 of a 384 input).
-    """
-    ws = window_size
-    hp, wp = h + (ws - h % ws) % ws, w + (ws - w % ws) % ws
-    # the cached indices serve training too: built as normal tensors even when the first call comes
-    # under inference_mode (autograd cannot save inference tensors for backward)
-    with torch.inference_mode(False):
-        # after torch.roll(-shift) position (Y, X) holds the padded map's ((Y + shift) % hp, (X + shift) % wp)
-        y = (torch.arange(hp) + shift) % hp
-        x = (torch.arange(wp) + shift) % wp
-        source = torch.where((y[:, None] < h) & (x[None, :] < w), y[:, None] * w + x[None, :], -1)  # (hp, wp)
-        slots = source.view(hp // ws, ws, wp // ws, ws).permute(0, 2, 1, 3).reshape(-1)  # window_partition order
-        real = slots >= 0
-        scatter = torch.empty(h * w, dtype=torch.long)
-        scatter[slots[real]] = torch.arange(slots.numel())[real]
-        return WindowIndex(slots.clamp(min=0).to(device), (~real).nonzero().view(-1).to(device), scatter.to(device))
 
 
 class Mlp(nn.Module):
@@ -97,25 +60,33 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B * nW, N, C); mask: (nW, N, N) of 0 / -100 or None."""
-        return onednn.linear(self.attend(onednn.linear(x, self.qkv), mask), self.proj)
+        qkv = onednn.linear(x, self.qkv)
+        out = window_self_attention(qkv, self.num_heads, self.scale, self.position_bias(), mask)
+        return onednn.linear(out, self.proj)
 
-    def attend(self, qkv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The attention between the qkv projection and the output projection: (B * nW, N, 3C) ->
-        (B * nW, N, C)."""
-        bw, n, c3 = qkv.shape
-        c = c3 // 3
-        qkv = qkv.reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (B*nW, heads, N, d)
-        attn = (q * self.scale) @ k.transpose(-2, -1)
+    def position_bias(self) -> torch.Tensor:
+        """(heads, N, N) learned bias of every pair of window positions."""
+        n = self.window_size**2
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(n, n, -1).permute(2, 0, 1)  # (heads, N, N)
-        attn = attn + bias.unsqueeze(0)
-        if mask is not None:
-            nw = mask.shape[0]
-            attn = attn.view(bw // nw, nw, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
-            attn = attn.view(-1, self.num_heads, n, n)
-        attn = attn.softmax(dim=-1)
-        return (attn @ v).transpose(1, 2).reshape(bw, n, c)
+        return bias.view(n, n, -1).permute(2, 0, 1)
+
+
+def window_self_attention(qkv: torch.Tensor, num_heads: int, scale: float, position_bias: torch.Tensor,
+                          mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention between the qkv projection and the output projection: (B * nW, N, 3C) ->
+    (B * nW, N, C); ``position_bias`` (heads, N, N), ``mask`` (nW, N, N) of 0 / -100 or None."""
+    bw, n, c3 = qkv.shape
+    c = c3 // 3
+    qkv = qkv.reshape(bw, n, 3, num_heads, c // num_heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]  # (B*nW, heads, N, d)
+    attn = (q * scale) @ k.transpose(-2, -1)
+    attn = attn + position_bias.unsqueeze(0)
+    if mask is not None:
+        nw = mask.shape[0]
+        attn = attn.view(bw // nw, nw, num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+        attn = attn.view(-1, num_heads, n, n)
+    attn = attn.softmax(dim=-1)
+    return (attn @ v).transpose(1, 2).reshape(bw, n, c)
 
 
 class SwinTransformerBlock(nn.Module):
@@ -135,26 +106,10 @@ class SwinTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, h: int, w: int, shift_mask: torch.Tensor | None) -> torch.Tensor:
         """x: (B, H*W, C); shift_mask: (nW, N, N), used by shifted blocks."""
         mask = shift_mask if self.shift_size > 0 else None
-        # an export keeps H, W dynamic, and torch.compile fuses the copies itself (the index's
-        # data-dependent ops would break its graph): the official pad / roll / partition ops
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            x = x + self.drop_path(self._attention_padded(x, h, w, mask))
-        else:
-            x = x + self.drop_path(self._attention_gathered(x, h, w, mask))
+        x = x + self.drop_path(self._window_attention(x, h, w, mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
-    def _attention_gathered(self, x: torch.Tensor, h: int, w: int, mask: torch.Tensor | None) -> torch.Tensor:
-        """Window attention through ``window_index``: qkv and the output projection on the real tokens."""
-        b, _, c = x.shape
-        n = self.window_size**2
-        index = window_index(h, w, self.window_size, self.shift_size, x.device)
-        qkv = onednn.linear(self.norm1(x), self.attn.qkv).index_select(1, index.gather)  # (B, nW*N, 3C)
-        if index.pad.numel():  # padding is 0 after norm1: its projection is the bias
-            qkv[:, index.pad] = self.attn.qkv.bias.to(qkv.dtype) if self.attn.qkv.bias is not None else 0.0
-        out = self.attn.attend(qkv.view(-1, n, 3 * c), mask)  # (B*nW, N, C)
-        return onednn.linear(out.view(b, -1, c).index_select(1, index.scatter), self.attn.proj)
-
-    def _attention_padded(self, x: torch.Tensor, h: int, w: int, mask: torch.Tensor | None) -> torch.Tensor:
+    def _window_attention(self, x: torch.Tensor, h: int, w: int, mask: torch.Tensor | None) -> torch.Tensor:
         """The official order: pad, roll, partition, attention, reverse, roll back, crop."""
         b, _, c = x.shape
         ws = self.window_size

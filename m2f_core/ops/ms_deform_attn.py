@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import onednn
-from .weight_cache import version_key
 
 
 def ms_deform_attn_core(
@@ -179,42 +178,21 @@ class MSDeformAttn(nn.Module):
                            spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
         """reference + offsets / (W, H) of each level: (N, Lq, M, L, P, 2) in [0, 1] units.
 
-        The offsets are predicted in pixels of each level. Dividing the projection's rows (weight
-        and bias) by the level's (W, H) gives them in [0, 1] units directly (the weights so scaled
-        are cached per map size at inference), and the reference points are added in place: one
-        linear layer and one broadcast add instead of a linear layer and two broadcasts over the
-        (..., L, P, 2) tensor (the same values up to fp32 rounding).
+        The offsets are predicted in pixels of each level, as in the official module. Locations
+        stay in the parameters' precision (fp32) under autocast: in bf16 a location in [0, 1] would
+        be off by up to 2^-9, half a pixel on a 256-pixel-wide level.
         """
         n, lq, _ = query.shape
-        m, lvl, p = self.n_heads, self.n_levels, self.n_points
-        # Locations stay in the parameters' precision (fp32) under autocast: in bf16 a location in
-        # [0, 1] would be off by up to 2^-9, half a pixel on a 256-pixel-wide level.
         with torch.autocast(query.device.type, enabled=False):
-            weight, bias = self._unit_offset_projection(spatial_shapes, query.device)
+            weight = self.sampling_offsets.weight
             query, reference_points = query.to(weight.dtype), reference_points.to(weight.dtype)
-            locations = onednn.linear_weights(query, weight, bias).view(n, lq, m, lvl, p, 2)
-            reference_points = reference_points[:, :, None, :, None, :]
-            if torch.is_grad_enabled():  # in place on a view of the GEMM's output would cost autograd copies
-                return locations + reference_points
-            return locations.add_(reference_points)
+            offsets = onednn.linear(query, self.sampling_offsets).view(
+                n, lq, self.n_heads, self.n_levels, self.n_points, 2)
+            normalizer = offset_normalizer(spatial_shapes).to(dtype=weight.dtype, device=query.device)
+            return reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
 
-    def _unit_offset_projection(self, spatial_shapes: list[tuple[int, int]], device: torch.device
-                                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The offsets projection's weight and bias with each level's rows divided by its (W, H)."""
-        weight, bias = self.sampling_offsets.weight, self.sampling_offsets.bias
-        cacheable = not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
-        key = None
-        if cacheable:
-            key = (tuple((int(h), int(w)) for h, w in spatial_shapes), device, *version_key(weight, bias))
-            cached = getattr(self, "_unit_offsets", None)
-            if cached is not None and cached[0] == key:
-                return cached[1], cached[2]
-        # stacked rather than torch.tensor(...): a traced (ONNX) export keeps W, H as graph values
-        normalizer = torch.stack([torch.stack([torch.as_tensor(w), torch.as_tensor(h)]) for h, w in spatial_shapes])
-        scale = normalizer.to(dtype=weight.dtype, device=device).reciprocal()  # (L, 2)
-        m, lvl, p = self.n_heads, self.n_levels, self.n_points
-        scale = scale.view(1, lvl, 1, 2).expand(m, lvl, p, 2).reshape(-1)  # (M*L*P*2,) in output order
-        weight, bias = weight * scale[:, None], bias * scale
-        if cacheable:
-            self._unit_offsets = (key, weight, bias)
-        return weight, bias
+
+def offset_normalizer(spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
+    """(L, 2) tensor of each level's (W, H), the units of the predicted sampling offsets."""
+    # stacked rather than torch.tensor(...): a traced (ONNX) export keeps W, H as graph values
+    return torch.stack([torch.stack([torch.as_tensor(w), torch.as_tensor(h)]) for h, w in spatial_shapes])
