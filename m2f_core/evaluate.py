@@ -54,7 +54,9 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
     from m2f_core.images import ImageError
     from m2f_core.metrics.model_eval import evaluate_model
     from m2f_core.predictor import Predictor
+    from m2f_core.runtime import tune_process
 
+    tune_process()  # a program: keep freed activation memory in the heap (runtime.py)
     kwargs = {}
     if args.images:
         kwargs["image_dir"] = args.images

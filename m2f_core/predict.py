@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                              "each new size")
     args = parser.parse_args(argv)
     tasks = TASKS if args.task == "all" else (args.task,)
+    from .runtime import tune_process
+
+    tune_process()  # a program: keep freed activation memory in the heap (runtime.py)
     try:
         return run(args.weights, args.out, args.images, tasks, args.config, args.device, not args.no_overlays,
                    args.compile)

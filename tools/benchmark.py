@@ -139,9 +139,10 @@ def _load(impl: str, weights: Path):
 
         return compile_for_inference(load_model(weights).eval()), {}  # stage timers would break the graph
     if impl.startswith("ours"):
+        from m2f_core.accelerate import prepare_for_inference
         from m2f_core.checkpoint import load_model
 
-        model = load_model(weights)
+        model = prepare_for_inference(load_model(weights), inplace=True)  # as the Predictor runs it
         stages = {"backbone": (model.backbone, "forward_features"),
                   "pixel_decoder": (model.sem_seg_head.pixel_decoder, "forward_features"),
                   "transformer_decoder": (model.sem_seg_head.predictor, "forward")}
@@ -336,9 +337,9 @@ def run_worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.worker.startswith("ours"):
-        from m2f_core.runtime import tune_malloc
+        from m2f_core.runtime import tune_process
 
-        tune_malloc()  # as the Predictor and the trainer run, for every task (the peer's process is left stock)
+        tune_process()  # as our CLIs, the app and the trainer run, for every task (the peer's process is left stock)
     baseline = _rss_mb()
     if args.task == "forward":
         result = _worker_forward(args.worker, args.weights, args.size, args.repeats, args.out)

@@ -134,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     from m2f_core.data.errors import DatasetError
     from m2f_core.errors import CheckpointError
     from m2f_core.images import ImageError
-    from m2f_core.runtime import tune_malloc
+    from m2f_core.runtime import tune_process
 
-    tune_malloc()  # every step allocates the same activations again: keep them in the heap
+    tune_process()  # every step allocates the same activations again: keep them in the heap
     try:
         result = run(args)
     except (ValueError, CheckpointError, DatasetError, ImageError, FileNotFoundError) as e:

@@ -73,8 +73,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from m2f_core.runtime import tune_process
+
     from .core import predict_view
 
+    tune_process()  # a program: keep freed activation memory in the heap (m2f_core/runtime.py)
     _, view = _view(args)
     report = predict_view(view, weights=args.weights, prefix=args.prefix, device=args.device, config=args.config)
     _print(report.to_dict())
