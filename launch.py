@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from m2f_core.predictor import Predictor, list_images
+    from m2f_core.runtime import tune_process
+
+    tune_process()  # the app's process: keep freed activation memory in the heap (m2f_core/runtime.py)
 
     try:
         images = list_images(args.images) if args.images is not None else []

@@ -107,7 +107,7 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     from m2f_core.data.records import Subset
     from m2f_core.data.specs import open_dataset, parse_dataset_spec
     from m2f_core.data.train_dataset import TrainingDataset
-    from m2f_core.runtime import tune_malloc
+    from m2f_core.runtime import tune_process
 
     from .config import TrainConfig
     from .loop import Trainer
@@ -115,7 +115,7 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     from .train import _classes_from_dataset
 
     t_start = time.monotonic()
-    tune_malloc()
+    tune_process()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     run_dir: Path = args.out
     if (run_dir / MODEL_NAME).exists() or (run_dir / RESULT_NAME).exists():
