@@ -359,9 +359,22 @@ def test_swin_block_any_map_size(batch, hw):
     h, w = hw
     block = SwinTransformerBlock(dim=8, num_heads=2, window_size=4, shift_size=0, mlp_ratio=2.0,
                                  qkv_bias=True, drop_path=0.0).eval()
+    x = torch.randn(batch, h * w, 8)
     with torch.no_grad():
-        out = block(torch.randn(batch, h * w, 8), h, w, None)
+        out = block(x, h, w, None)
     assert out.shape == (batch, h * w, 8) and torch.isfinite(out).all()
+    # attention stays inside the 4x4 windows of the padded map: changing the last token changes the
+    # tokens of its window and of no other window, nor any other image of the batch
+    y = x.clone()
+    y[-1, -1] += torch.linspace(-1.0, 1.0, 8)  # not a constant shift: the norm would remove that
+    with torch.no_grad():
+        moved = (block(y, h, w, None) - out).abs().amax(-1).reshape(batch, h, w)
+    rows, cols = torch.arange(h)[:, None], torch.arange(w)[None, :]
+    same_window = (rows // 4 == (h - 1) // 4) & (cols // 4 == (w - 1) // 4)
+    assert (moved[-1][same_window] > 1e-4).all()
+    assert (~same_window).any() and moved[-1][~same_window].max() <= 1e-6
+    if batch > 1:
+        assert moved[:-1].max() <= 1e-6
 
 
 def test_swin_layer_traces_for_torch_compile_without_graph_breaks():
