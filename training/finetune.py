@@ -112,7 +112,7 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     from .config import TrainConfig
     from .loop import Trainer
     from .state import save_checkpoint
-    from .train import _classes_from_dataset
+    from .train import classes_from_dataset
 
     t_start = time.monotonic()
     tune_process()
@@ -142,7 +142,7 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
         raise ValueError(f"{args.train}: no edited or reviewed image to train on ({len(untouched)} untouched)")
 
     init_model = load_model(args.init)
-    model_cfg = _classes_from_dataset(init_model.config, train_data)
+    model_cfg = classes_from_dataset(init_model.config, train_data)
     replay_data, replay_what = replay_source(recipe, args.replay, model_cfg, train_data, untouched, run_dir)
     retain_set, retain_what = retain_source(recipe, replay_what, train_data, untouched, run_dir)
 

@@ -70,7 +70,7 @@ def _train_config(args: argparse.Namespace, fmt: str) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
-def _classes_from_dataset(cfg: Mask2FormerConfig, dataset) -> Mask2FormerConfig:
+def classes_from_dataset(cfg: Mask2FormerConfig, dataset) -> Mask2FormerConfig:
     """The model's class list becomes the dataset's when they differ (fine-tuning to new classes)."""
     names = [c["name"] for c in dataset.categories]
     if names == cfg.class_names:
@@ -109,9 +109,9 @@ def run(args: argparse.Namespace) -> dict:
         if args.resume and (args.out / "model_config.json").exists():
             model_cfg = Mask2FormerConfig.from_json(args.out / "model_config.json")
         elif args.config:
-            model_cfg = _classes_from_dataset(resolve_config(args.config), train_data)
+            model_cfg = classes_from_dataset(resolve_config(args.config), train_data)
         elif init_model is not None:
-            model_cfg = _classes_from_dataset(init_model.config, train_data)
+            model_cfg = classes_from_dataset(init_model.config, train_data)
         else:
             raise ValueError("give --config (a preset or config JSON) or --init (weights to start from)")
         train_set = TrainingDataset(train_data, model_cfg, task=train_cfg.task,

@@ -25,7 +25,7 @@ from .records import InstanceAnnotation, Sample, SegmentationDataset
 
 __all__ = ["CocoInstances", "instance_results_to_coco", "write_coco_instance_results", "write_coco_instances"]
 
-logger = logging.getLogger("m2f_core.data.coco")  # the name it had before the split, for log filters
+logger = logging.getLogger(__name__)
 
 
 class CocoInstances(SegmentationDataset):
