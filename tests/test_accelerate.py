@@ -115,6 +115,35 @@ def test_new_weights_reach_a_model_only_through_a_new_conversion(backbone):
     assert (_outputs(fast, x)[1] - new_outputs[1]).abs().max() > 1e-2
 
 
+HF_VARIANTS = {  # two of test_equivalence_hf's fp32 variants, run as the Predictor runs them
+    "resnet": (dict(backbone="resnet_small_test", num_labels=19, num_queries=30, hidden_dim=96, feature_size=64,
+                    mask_feature_size=64, encoder_layers=1, decoder_layers=7, dim_feedforward=64,
+                    encoder_feedforward_dim=64), (1, 3, 224, 160)),
+    "swin": (dict(backbone="swin_small_test", num_labels=5, num_queries=20, hidden_dim=64, feature_size=64,
+                  mask_feature_size=64, encoder_layers=2, decoder_layers=4, num_attention_heads=4,
+                  dim_feedforward=128, encoder_feedforward_dim=96), (2, 3, 192, 288)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HF_VARIANTS))
+def test_converted_model_matches_transformers_fp32(tmp_path, name):
+    """The converted model against ``transformers`` (random weights, random frozen-norm statistics)
+    within test_equivalence_hf's fp32 bound."""
+    pytest.importorskip("transformers")
+    from hf_reference import hf_outputs, save_random_hf_model
+
+    kw, shape = HF_VARIANTS[name]
+    kw = dict(kw)
+    hf = save_random_hf_model(tmp_path / "hf", kw.pop("backbone"), seed=3, **kw)
+    fast = prepare_for_inference(m2f_core.load_model(tmp_path / "hf"))
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(103))
+    with torch.inference_mode():
+        ref = hf_outputs(hf.eval(), x)
+        out = fast(x, return_aux=False)
+    worst = max((ref[k] - out[k]).abs().max().item() for k in ("pred_logits", "pred_masks"))
+    assert worst < 2e-5
+
+
 def test_conversion_leaves_the_original_as_it_was():
     model = _model("resnet", 0).train()
     before = copy.deepcopy(model.state_dict())
