@@ -92,6 +92,15 @@ def test_load_image(case, corpus):
         return
     assert case.size is not None, f"{case.name}: accepted, must be refused"
     assert rgb.dtype == np.uint8 and rgb.shape == (*case.size, 3)
+    if case.strict:  # an intact 8-bit file: the pixels PIL decodes, upright, as RGB (alpha dropped)
+        import io
+
+        from PIL import Image, ImageOps
+
+        with Image.open(io.BytesIO(case.data)) as img:
+            if img.mode in ("1", "L", "LA", "P", "RGB", "RGBA"):
+                expected = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+                assert np.array_equal(rgb, expected), case.name
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
