@@ -224,9 +224,14 @@ def test_predict_many_reports_bad_images_and_goes_on(tmp_path, predictor):
     Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(good)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    results = dict(predictor.predict_many([bad, good], progress=False))
+    pairs = list(predictor.predict_many([bad, good, bad], progress=False))
+    assert [item for item, _ in pairs] == [bad, good, bad]  # every image answered, in order
+    results = dict(pairs)
     assert isinstance(results[bad], ValueError) and "bad.jpg" in str(results[bad])
     assert isinstance(results[good], Prediction)
+    alone = predictor.predict(good)  # the bad image before it changed nothing
+    assert torch.equal(results[good].pred_logits, alone.pred_logits)
+    assert np.array_equal(results[good].panoptic().segment_map, alone.panoptic().segment_map)
 
 
 @pytest.mark.parametrize("cache", ["active", "none"])
