@@ -98,8 +98,16 @@ def max_abs(a: torch.Tensor) -> float:
     return a.detach().double().abs().max().item()
 
 
+def inference_model(model):
+    """Our model converted for inference in place, as the Predictor runs it (``prepare_for_inference``)."""
+    from m2f_core.accelerate import prepare_for_inference
+
+    return prepare_for_inference(model, inplace=True)
+
+
 def ours_outputs(model, x: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pred_logits, pred_masks) in fp32, run as the Predictor runs it (``return_aux=False``)."""
+    """(pred_logits, pred_masks) in fp32, run as the Predictor runs it (``return_aux=False``; the callers
+    pass the model through ``inference_model``)."""
     from tools.benchmark import model_outputs
 
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -197,7 +205,7 @@ def part_forward_equivalence(ctx: Context) -> dict[str, Any]:
     ctx.require_cuda_if_asked()
     res: dict[str, Any] = {"size": ctx.size, "compared": f"{ctx.device.type} vs cpu"}
     for preset in (R50, SWIN_T):
-        model = seeded_model(preset).eval()
+        model = inference_model(seeded_model(preset))
         x = random_input((ctx.size, ctx.size))
         with torch.inference_mode():
             ref_logits, ref_masks = ours_outputs(model, x)
@@ -221,7 +229,7 @@ def part_transformers_equivalence(ctx: Context) -> dict[str, Any]:
 
     ctx.require_cuda_if_asked()
     hf_dir, ours_dir = ctx.prepared(R50)
-    ours = load_model(ours_dir, device=ctx.device)
+    ours = inference_model(load_model(ours_dir, device=ctx.device))
     hf = load_hf(hf_dir, ctx.device)
     x = random_input((ctx.size, ctx.size)).to(ctx.device)
     with torch.inference_mode():
@@ -244,7 +252,7 @@ def part_amp_forward(ctx: Context) -> dict[str, Any]:
     from tools.benchmark import random_input
 
     ctx.require_cuda_if_asked()
-    model = seeded_model(R50).to(ctx.device).eval()
+    model = inference_model(seeded_model(R50).to(ctx.device))
     x = random_input((ctx.size, ctx.size)).to(ctx.device)
     with torch.inference_mode():
         logits, masks = ours_outputs(model, x)
@@ -442,7 +450,8 @@ def part_speed(ctx: Context) -> dict[str, Any]:
             skipped.append(preset)
             continue
         hf_dir, ours_dir = ctx.prepared(preset)
-        models = {"ours": load_model(ours_dir, device=ctx.device), "transformers": load_hf(hf_dir, ctx.device)}
+        models = {"ours": inference_model(load_model(ours_dir, device=ctx.device)),
+                  "transformers": load_hf(hf_dir, ctx.device)}
         for size in sizes:
             x = random_input(size).to(ctx.device)
             for precision in ("fp32", "bf16"):
