@@ -10,8 +10,11 @@ decoder's FFNs about 15 % faster; the results equal the aten path up to fp32 rou
 blocking differs; the backbone's are bit-identical).
 
 They serve inference only: fp32 CPU tensors outside autograd, tracing (ONNX export) and
-``torch.compile`` (which fuses by itself). ``M2F_NO_ONEDNN=1`` turns them off, and so does a build
-of PyTorch without oneDNN; the aten path is then used everywhere.
+``torch.compile`` (which fuses by itself). The convolution, whose weight must be packed, runs only in
+models converted by ``m2f_core.accelerate.prepare_for_inference`` (``InferenceConv2d``, which packs
+its weight once per input shape); the linear layers need no packing and dispatch here from the
+model's own modules, falling back to the aten ops outside inference. ``M2F_NO_ONEDNN=1`` turns
+them off, and so does a build of PyTorch without oneDNN; the aten path is then used everywhere.
 """
 
 from __future__ import annotations
