@@ -52,6 +52,8 @@ RECIPES: dict[str, dict] = {
     "replay75_anchor05_guard15": {"replay_fraction": 0.75, "anchor_weight": 0.05, "retain_images": 48,
                                   "retain_tolerance": 1.5},
     "frozen_backbone_replay70": {"backbone_multiplier": 0.0, "replay_fraction": 0.7},
+    "distill2": {"distill_weight": 2.0},
+    "replay70_distill5": {"replay_fraction": 0.7, "distill_weight": 5.0},
     "lr3e-4": {"lr": 3e-4},
 }
 

@@ -81,10 +81,10 @@ class MixedTrainingSet:
         epoch, index = int(key[0]), int(key[1])
         rng = np.random.default_rng([self.seed, epoch, index])
         if index < self.n_primary:
-            src, j = self.primary, index % len(self.primary.dataset)
-        else:
-            src, j = self.replay, index - self.n_primary
-        return src.make_example(src.dataset[j], rng)
+            return self.primary.make_example(self.primary.dataset[index % len(self.primary.dataset)], rng)
+        example = self.replay.make_example(self.replay.dataset[index - self.n_primary], rng)
+        example["source"] = "replay"  # the distillation term applies to these only
+        return example
 
 
 def replay_source(recipe: FinetuneRecipe, choice: str | None, model_cfg, train_data, untouched: list[int],

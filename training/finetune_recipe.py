@@ -26,6 +26,7 @@ class FinetuneRecipe:
     replay_fraction: float = 0.5  # share of each batch drawn from the replay data
     replay_images: int = 200  # synthetic scenes generated for replay
     anchor_weight: float = 0.0  # L2-SP: weight of sum((w - w_start)^2) added to the loss
+    distill_weight: float = 0.0  # weight of the distillation towards the starting model on replay images
     retain_images: int = 24  # images the starting model handled (original scenes / untouched), validated too
     retain_tolerance: float | None = None  # largest drop there (metric points) a selected model may have
     retain_warning: float = 2.0  # a larger drop there and the run does not recommend its model

@@ -129,13 +129,17 @@ def transfer_weights(model: Mask2Former, source: Mask2Former) -> list[str]:
     return fresh
 
 
+# (model, normalised images (B,3,H,W), the model's outputs on them, the collated batch) -> a scalar loss
+ExtraLoss = Callable[[nn.Module, torch.Tensor, dict, dict], torch.Tensor]
+
+
 class Trainer:
     """Owns the model, optimiser, data and bookkeeping of one run directory."""
 
     def __init__(self, model_cfg: Mask2FormerConfig, train_cfg: TrainConfig, train_set, run_dir: Path,
                  device: str = "cpu", dist_info: DistInfo | None = None, val_set=None,
                  init_model: Mask2Former | None = None, progress: bool = True,
-                 regularizer: Callable[[nn.Module], torch.Tensor] | None = None):
+                 extra_loss: ExtraLoss | None = None):
         from m2f_core.criterion import build_criterion
 
         self.model_cfg, self.cfg = model_cfg, train_cfg
@@ -164,8 +168,8 @@ class Trainer:
                                         self.dist.world_size, self.dist.rank, train_cfg.grad_accum)
         self.start_iter = 0
         self.best: dict[str, Any] = {}
-        # an extra loss term on the weights (e.g. the few-shot fine-tune's pull towards its start)
-        self.regularizer = regularizer
+        # an extra loss term (the few-shot fine-tune's pull towards its start, its distillation on replay)
+        self.extra_loss = extra_loss
 
     # ------------------------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -216,8 +220,8 @@ class Trainer:
                     outputs = self.ddp_model(images)
                 losses = self.criterion(outputs, targets)
                 total = self.criterion.weighted_total(losses)
-                if self.regularizer is not None:
-                    losses["loss_reg"] = self.regularizer(self.model)
+                if self.extra_loss is not None:
+                    losses["loss_reg"] = self.extra_loss(self.model, images, outputs, batch)
                     total = total + losses["loss_reg"]
                 total = total / len(micro_batches)
                 if self.scaler is not None:

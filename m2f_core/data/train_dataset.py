@@ -231,7 +231,8 @@ class TrainingDataset(Dataset):
 def collate(batch: Sequence[dict[str, Any]], size_divisibility: int = 32, pad_value: int = 0) -> dict[str, Any]:
     """Stack examples: images padded (``pad_value``) and masks padded (False) at the bottom / right to a
     common size divisible by ``size_divisibility``; ``image_sizes`` are the sizes before this padding
-    (the trainer zeroes the padding after normalising, as Detectron2's ImageList does)."""
+    (the trainer zeroes the padding after normalising, as Detectron2's ImageList does); ``sources`` says
+    where each example came from (its ``source`` key, "train" when it has none; e.g. "replay")."""
     if not batch:
         raise ValueError("cannot collate an empty batch")
     sizes = [(int(b["image"].shape[1]), int(b["image"].shape[2])) for b in batch]
@@ -248,4 +249,5 @@ def collate(batch: Sequence[dict[str, Any]], size_divisibility: int = 32, pad_va
         masks[:, :m.shape[1], :m.shape[2]] = m
         targets.append({"labels": b["labels"], "masks": masks})
     return {"images": images, "targets": targets, "image_ids": [b["image_id"] for b in batch],
-            "image_sizes": sizes, "file_names": [b["file_name"] for b in batch]}
+            "image_sizes": sizes, "file_names": [b["file_name"] for b in batch],
+            "sources": [b.get("source", "train") for b in batch]}
