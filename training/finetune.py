@@ -41,6 +41,7 @@ from typing import Any
 from m2f_core.metrics.model_eval import per_class_pq, primary_value
 
 from .finetune_data import MixedTrainingSet, holdout_split, image_status, read_manifest, replay_source, retain_source
+from .finetune_losses import ReplayDistillation, anchor_loss
 from .finetune_recipe import FinetuneRecipe
 from .finetune_validation import Validator
 
@@ -161,17 +162,16 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     mixed = MixedTrainingSet(primary, replay, recipe.replay_fraction, recipe.seed)
 
     trainer = Trainer(model_cfg, train_cfg, mixed, run_dir, device=device, init_model=init_model, progress=False)
-    if recipe.anchor_weight > 0:
-        start = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-        weight = float(recipe.anchor_weight)
-
-        def regularizer(model: torch.nn.Module) -> torch.Tensor:
-            terms = [((p - start[n]) ** 2).sum() for n, p in model.named_parameters() if n in start]
-            return weight * torch.stack(terms).sum()
-        trainer.regularizer = regularizer
     if recipe.backbone_multiplier == 0:
         for p in trainer.model.backbone.parameters():
             p.requires_grad_(False)
+    terms = []  # extra loss terms against forgetting
+    if recipe.anchor_weight > 0:
+        terms.append(anchor_loss(trainer.model, recipe.anchor_weight))
+    if recipe.distill_weight > 0 and replay is not None:
+        terms.append(ReplayDistillation(trainer.model, recipe.distill_weight))
+    if terms:
+        trainer.extra_loss = lambda *a: sum(t(*a) for t in terms)
     del init_model
 
     model_cfg.to_json(run_dir / "model_config.json")
