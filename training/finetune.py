@@ -165,6 +165,10 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     if recipe.backbone_multiplier == 0:
         for p in trainer.model.backbone.parameters():
             p.requires_grad_(False)
+    if recipe.train_only:  # surgical fine-tuning: only these parts of the model train
+        for name, p in trainer.model.named_parameters():
+            if not name.startswith(tuple(recipe.train_only)):
+                p.requires_grad_(False)
     terms = []  # extra loss terms against forgetting
     if recipe.anchor_weight > 0:
         terms.append(anchor_loss(trainer.model, recipe.anchor_weight))
