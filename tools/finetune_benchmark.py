@@ -54,6 +54,8 @@ RECIPES: dict[str, dict] = {
     "frozen_backbone_replay70": {"backbone_multiplier": 0.0, "replay_fraction": 0.7},
     "distill2": {"distill_weight": 2.0},
     "replay70_distill5": {"replay_fraction": 0.7, "distill_weight": 5.0},
+    "surgical_early": {"train_only": ["backbone.patch_embed", "backbone.layers.0"]},
+    "surgical_backbone": {"train_only": ["backbone."]},
     "lr3e-4": {"lr": 3e-4},
 }
 

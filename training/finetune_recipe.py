@@ -16,6 +16,7 @@ class FinetuneRecipe:
 
     lr: float = 1e-4
     backbone_multiplier: float = 1.0  # 0 freezes the backbone
+    train_only: list[str] | None = None  # parameter-name prefixes that train (None: all); e.g. the first blocks
     batch_size: int = 4
     schedule: str = "poly"
     warmup_iters: int = 10
