@@ -1,7 +1,16 @@
 """The one fine-tuning runner of the app and the FiftyOne bridge: ``training.finetune`` in a detached process.
 
-``FineTuneRun.start`` runs ``python -m training.finetune --train corrections:<export> --out <run dir>
---init <weights>`` in its own session (``start_new_session=True``: it outlives the page or the
+``FineTuneRun.launch`` (the Gradio app's Fine-tune button and the bridge's ``start_finetune`` alike)
+builds the command with ``finetune_command`` and starts it with ``FineTuneRun.start``:
+
+- one process, ``python -m training.finetune --train corrections:<export> --out <run dir> --init
+  <weights>``, on the CPU or on the one GPU there is;
+- ``torchrun --nproc_per_node=N -m training.finetune ...`` (as ``python -m torch.distributed.run``, the
+  same interpreter) when the run is for CUDA and more than one GPU is visible
+  (``torch.cuda.device_count() > 1``): DDP, N the largest process count up to the GPU count that
+  divides the recipe's batch size (``ddp_processes``).
+
+The command runs in its own session (``start_new_session=True``: it outlives the page or the
 command that started it, and a cancel reaches its whole process group). A one-line ``sh`` wrapper
 writes the exit status to ``<run dir>/exit_code`` (atomically), so a run's state is known to
 whoever looks later, from the run folder alone:
@@ -12,7 +21,9 @@ whoever looks later, from the run folder alone:
 - ``<run dir>/train.log``: the trainer's output.
 
 ``FineTuneRun.cancel`` sends SIGTERM: the trainer finishes its step, saves a checkpoint, writes
-``model/`` and ``result.json`` from the best weights so far and exits with 130.
+``model/`` and ``result.json`` from the best weights so far and exits with 130 (under ``torchrun``,
+which passes the signal on to its processes and then exits non-zero itself, the trainer's
+``progress.json`` phase "cancelled" says it). ``RunStatus`` reads all of it back.
 """
 
 from __future__ import annotations
@@ -29,19 +40,56 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FineTuneRun", "RunStatus", "finetune_command", "read_json", "read_metrics", "recommended_weights",
-           "result_text", "retained_text"]
+from .errors import UserError
+
+__all__ = ["FineTuneRun", "RunStatus", "ddp_processes", "finetune_command", "gpu_count", "read_json", "read_metrics",
+           "recommended_weights", "result_text", "retained_text"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOG_NAME, EXIT_NAME = "train.log", "exit_code"
 CANCELLED = 130
 
 
+def gpu_count() -> int:
+    """How many CUDA GPUs this process sees (0 without CUDA)."""
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+def ddp_processes(gpus: int, batch_size: int) -> int:
+    """Processes of a DDP run on ``gpus`` GPUs: the most, up to ``gpus``, that split the batch evenly."""
+    return max([n for n in range(1, max(1, int(gpus)) + 1) if int(batch_size) % n == 0], default=1)
+
+
+def _recipe_batch_size(extra: Sequence[str]) -> int:
+    """The batch size of the recipe the run will use (``--recipe FILE`` in ``extra``, else the default)."""
+    from training.finetune_recipe import FinetuneRecipe
+
+    args = list(extra)
+    if "--recipe" in args and args.index("--recipe") + 1 < len(args):
+        try:
+            return FinetuneRecipe.from_json(args[args.index("--recipe") + 1]).batch_size
+        except (OSError, ValueError):  # the trainer reports a bad recipe file itself
+            pass
+    return FinetuneRecipe().batch_size
+
+
 def finetune_command(init: str | None, train_dir: str | Path, run_dir: str | Path, *, max_minutes: float = 10.0,
                      max_iter: int | None = None, val: str | None = None, device: str | None = None,
                      python: str = sys.executable, extra: Sequence[str] = ()) -> list[str]:
-    """The few-shot fine-tune's command line for one corrections export."""
-    cmd = [python, "-m", "training.finetune", "--train", f"corrections:{train_dir}", "--out", str(run_dir),
+    """The few-shot fine-tune's command line for one corrections export: ``torchrun`` over the GPUs when the
+    run is for CUDA (``device`` None or ``cuda...``) and more than one GPU is visible, else one process."""
+    processes = 1
+    if device is None or str(device).startswith("cuda"):
+        gpus = gpu_count()
+        processes = ddp_processes(gpus, _recipe_batch_size(extra)) if gpus > 1 else 1
+    if processes > 1:  # torchrun, from the same interpreter; each process takes its GPU (its local rank)
+        launcher = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        device = "cuda"
+    else:
+        launcher = [python]
+    cmd = [*launcher, "-m", "training.finetune", "--train", f"corrections:{train_dir}", "--out", str(run_dir),
            "--init", str(init or "builtin"), "--max-minutes", f"{float(max_minutes):g}"]
     if max_iter:
         cmd += ["--max-iter", str(int(max_iter))]
@@ -200,12 +248,22 @@ class FineTuneRun:
         return self.run_dir / LOG_NAME
 
     @classmethod
+    def launch(cls, init: str | None, train_dir: str | Path, run_dir: str | Path, *, max_minutes: float = 10.0,
+               max_iter: int | None = None, val: str | None = None, device: str | None = None,
+               extra: Sequence[str] = ()) -> FineTuneRun:
+        """Fine-tune ``init`` on the corrections export ``train_dir`` into ``run_dir``, detached
+        (``finetune_command``'s options); returns at once."""
+        cmd = finetune_command(init, train_dir, run_dir, max_minutes=max_minutes, max_iter=max_iter, val=val,
+                               device=device, extra=extra)
+        return cls.start(cmd, run_dir)
+
+    @classmethod
     def start(cls, command: list[str], run_dir: str | Path, cwd: str | Path | None = None,
               env: dict[str, str] | None = None) -> FineTuneRun:
         """Start ``command`` detached; its output goes to ``run_dir/train.log``, its status to ``exit_code``."""
         run_dir = Path(run_dir)
         if run_dir.exists() and any(run_dir.iterdir()):
-            raise ValueError(f"{run_dir} already exists: choose another name or delete that run")
+            raise UserError(f"{run_dir} already exists: choose another name or delete that run")
         run_dir.mkdir(parents=True, exist_ok=True)
         exit_file = run_dir / EXIT_NAME
         # the shell ignores SIGTERM / SIGINT so that it survives a cancel and records the trainer's exit status
@@ -254,14 +312,16 @@ class FineTuneRun:
             if state == "stopped":  # the wrapper may have just written it
                 code = self.returncode()
                 state = "stopped" if code is None else state
+        progress = read_json(self.run_dir / "progress.json") or {}
         if code is not None:
-            state = "finished" if code == 0 else "cancelled" if code == CANCELLED else "failed"
+            # torchrun exits non-zero when its processes were stopped: the trainer's own word counts
+            cancelled = code == CANCELLED or (code != 0 and progress.get("phase") == "cancelled")
+            state = "finished" if code == 0 else "cancelled" if cancelled else "failed"
         tail = ""
         if self.log_path.is_file():
             text = self.log_path.read_bytes()[-4000:].decode("utf-8", "replace").strip().splitlines()
             tail = "\n".join(text[-6:])
-        return RunStatus(self.run_dir, state, code, read_json(self.run_dir / "progress.json") or {},
-                         read_json(self.run_dir / "result.json"), tail)
+        return RunStatus(self.run_dir, state, code, progress, read_json(self.run_dir / "result.json"), tail)
 
     def cancel(self, timeout: float = 60.0) -> None:
         """Ask the trainer to stop (SIGTERM: it saves and writes its outputs), SIGKILL after ``timeout``."""

@@ -191,3 +191,63 @@ def test_selection_bounds_what_the_model_forgets(tmp_path):
     assert bounded.best["iteration"] == 30 and bounded.best_state["weight"].item() == 30
     assert bounded.best["retained"]["PQ"] == 69.2 and [c["iter"] for c in bounded.curve] == list(script)
     assert bounded.bad_evals == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The one runner (app.finetune): which command, and what its run folder says
+
+
+def test_runner_uses_torchrun_only_over_several_gpus(tmp_path, monkeypatch):
+    """More than one CUDA GPU: ``torchrun --nproc_per_node=N -m training.finetune``, on CUDA; otherwise (a CPU
+    run, one GPU, none) one plain ``python -m training.finetune``. No GPU needed: the count is faked."""
+    def command(gpus: int, **kwargs) -> list[str]:
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+        return finetune_command("builtin", tmp_path / "export", tmp_path / "run", python="PY", **kwargs)
+
+    plain = ["PY", "-m", "training.finetune", "--train"]
+    assert command(4)[:6] == ["PY", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m"]
+    assert command(4)[6] == "training.finetune" and command(4)[command(4).index("--device") + 1] == "cuda"
+    ddp = command(2, device="cuda:1")  # DDP puts each process on its own GPU (its local rank)
+    assert "--nproc_per_node=2" in ddp and ddp[ddp.index("--device") + 1] == "cuda"
+    assert command(3)[4] == "--nproc_per_node=2"  # the default batch (4) splits evenly over 2 of the 3
+    six = tmp_path / "six.json"
+    six.write_text(json.dumps({"batch_size": 6}))
+    assert command(4, extra=["--recipe", str(six)])[4] == "--nproc_per_node=3"  # the recipe's batch decides
+    assert command(8, device="cpu")[:4] == plain  # asked for the CPU
+    assert command(1, device="cuda")[:4] == plain and command(1)[:4] == plain
+    assert command(0)[:4] == plain and "--device" not in command(0)
+
+
+def test_status_reads_a_cancel_under_torchrun(tmp_path):
+    """torchrun exits non-zero when its processes were stopped: the trainer's progress says 'cancelled'."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "exit_code").write_text("1\n")
+    run = FineTuneRun(run_dir, pid=1)
+    assert run.status().state == "failed"
+    (run_dir / "progress.json").write_text(json.dumps({"phase": "cancelled", "iteration": 3}))
+    assert run.status().state == "cancelled"
+    (run_dir / "exit_code").write_text("0\n")
+    assert run.status().state == "finished"
+
+
+@pytest.mark.slow
+def test_ddp_run_on_two_cpu_processes(shifted, tmp_path):
+    """``torchrun --nproc_per_node=2`` (gloo on CPU): the processes train in step, process 0 alone writes
+    the run folder, and the run ends finished with loadable weights."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    recipe = _recipe(tmp_path, batch_size=2)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "training.finetune", "--train", f"corrections:{shifted}", "--out", str(run_dir), "--device", "cpu",
+           "--max-iter", "3", "--max-minutes", "60", "--recipe", recipe, "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # the result line of process 0 only
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["iterations"] == 3 and result["stopped"] == "max_iter"
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 3
+    load_model(recommended_weights(run_dir))

@@ -20,6 +20,11 @@ dataset spec. What it does, and why:
   phase, iteration / total, seconds left, the validation curve) and ``RUN/metrics.jsonl``; SIGTERM or
   Ctrl-C stops after the current step, saves a checkpoint and still writes the recommended weights.
 
+Several GPUs: ``torchrun --nproc_per_node=N -m training.finetune ...`` trains with DDP, each process on
+its GPU and its share of every batch (the app's runner, ``app.finetune``, launches it so when more than
+one GPU is visible). Process 0 alone validates and writes the run folder; it decides when to stop
+(cancel, early stop, time budget) and the others follow at the same step.
+
 Outputs: ``RUN/model/`` (our format: the recommended weights), ``RUN/result.json`` and, as the last
 line on stdout, one JSON object ``{"before": {...}, "after": {...}, "iterations", "seconds", ...}``.
 Exit status: 0 when finished, 130 when cancelled (the outputs are written either way), 2 on bad input.
@@ -84,8 +89,9 @@ class Cancel:
 class Progress:
     """``RUN/progress.json``: what the app and the bridge show while the run goes on."""
 
-    def __init__(self, run_dir: Path, total: int, started: float) -> None:
+    def __init__(self, run_dir: Path, total: int, started: float, write: bool = True) -> None:
         self.path = run_dir / PROGRESS_NAME
+        self.write = write  # False on the processes other than 0 of a DDP run
         self.state: dict[str, Any] = {"phase": "starting", "iteration": 0, "total": total, "elapsed_s": 0.0,
                                       "eta_s": None, "val": [], "best": None, "loss": None, "pid": None}
         self.started = started
@@ -95,7 +101,19 @@ class Progress:
 
         self.state.update(changes)
         self.state["elapsed_s"] = round(time.monotonic() - self.started, 1)
-        atomic_write_json(self.path, self.state)
+        if self.write:
+            atomic_write_json(self.path, self.state)
+
+
+def _agreed(reason: str | None, dist_info) -> str | None:
+    """Process 0's stop reason (None: go on), the same on every process of a DDP run."""
+    if not dist_info.enabled:
+        return reason
+    import torch.distributed as tdist
+
+    box = [reason]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cancel | None = None) -> dict[str, Any]:
@@ -111,6 +129,7 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     from m2f_core.runtime import tune_process
 
     from .config import TrainConfig
+    from .distributed import cleanup, init_distributed
     from .loop import Trainer
     from .state import save_checkpoint
     from .train import classes_from_dataset
@@ -118,11 +137,13 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     t_start = time.monotonic()
     tune_process()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dist_info = init_distributed(device)  # under torchrun: DDP, process 0 validates and writes
+    is_main = dist_info.is_main
     run_dir: Path = args.out
     if (run_dir / MODEL_NAME).exists() or (run_dir / RESULT_NAME).exists():
         raise ValueError(f"{run_dir} holds a finished run already: choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(run_dir, 0, t_start)
+    progress = Progress(run_dir, 0, t_start, write=is_main)
     progress.update(phase="loading", pid=os.getpid())
 
     fmt, train_path = parse_dataset_spec(args.train)
@@ -161,7 +182,8 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
                              seed=recipe.seed, class_map="by_name") if replay_data is not None else None
     mixed = MixedTrainingSet(primary, replay, recipe.replay_fraction, recipe.seed)
 
-    trainer = Trainer(model_cfg, train_cfg, mixed, run_dir, device=device, init_model=init_model, progress=False)
+    trainer = Trainer(model_cfg, train_cfg, mixed, run_dir, device=device, dist_info=dist_info, init_model=init_model,
+                      progress=False)
     if recipe.backbone_multiplier == 0:
         for p in trainer.model.backbone.parameters():
             p.requires_grad_(False)
@@ -178,10 +200,13 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
         trainer.extra_loss = lambda *a: sum(t(*a) for t in terms)
     del init_model
 
-    model_cfg.to_json(run_dir / "model_config.json")
-    train_cfg.to_json(run_dir / "train_config.json")
-    (run_dir / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2) + "\n")
-    say = _Say(args.no_progress)
+    if is_main:
+        model_cfg.to_json(run_dir / "model_config.json")
+        train_cfg.to_json(run_dir / "train_config.json")
+        (run_dir / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2) + "\n")
+    else:  # the other processes of a DDP run only train
+        val_set = retain_set = None
+    say = _Say(args.no_progress or not is_main)
     say(f"fine-tune: {len(train_idx)} training image(s), {len(held_idx) if val_set is not None and not args.val else 0}"
         f" held out{', validation ' + args.val if args.val else ''}, replay {replay_what}; up to {max_iter} "
         f"iterations / {args.max_minutes:g} min on {device}")
@@ -192,7 +217,7 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
 
     progress.state["total"] = max_iter
     progress.update(phase="validating", iteration=0)
-    metrics_file = (run_dir / "metrics.jsonl").open("a")
+    metrics_file = (run_dir / "metrics.jsonl").open("a") if is_main else open(os.devnull, "w")
     validator = Validator(trainer.model, val_set, retain_set, device, recipe, metrics_file)
     before_result = validator.validate(0)
     before, retained_before = validator.best["metrics"], validator.best["retained"]
@@ -203,11 +228,11 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     step_time = None
     progress.update(phase="training", val=validator.curve, best=validator.best_view())
     cancel = cancel or Cancel()
-    if cancel.requested:
+    if _agreed("cancelled" if cancel.requested else None, dist_info):
         stopped = "cancelled"
     else:
         batches = iter(trainer.loader())
-        while it < max_iter and not cancel.requested:
+        while it < max_iter:
             t0 = time.monotonic()
             logs = trainer.step([next(batches) for _ in range(train_cfg.grad_accum)])
             it += 1
@@ -216,24 +241,24 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
             metrics_file.write(json.dumps({"iter": it, **{k: round(float(v), 6) for k, v in logs.items()},
                                            "time": round(dt, 4)}) + "\n")
             metrics_file.flush()
-            if cancel.requested:
-                stopped = "cancelled"
-                break
-            if val_set is not None and (it % eval_period == 0 or it == max_iter):
+            stop = "cancelled" if cancel.requested else None
+            if stop is None and val_set is not None and (it % eval_period == 0 or it == max_iter):
                 progress.update(phase="validating", iteration=it)
                 validator.validate(it)
                 m = validator.curve[-1]
                 say(f"iter {it}/{max_iter}: {_fmt(m)}" + ("  (best)" if validator.best["iteration"] == it else ""))
                 if validator.bad_evals >= recipe.patience:
-                    stopped = "early_stop"
-                    break
+                    stop = "early_stop"
             remaining = max_iter - it
             eval_time = validator.seconds or 0.0
             eta = remaining * step_time + eval_time * (remaining // eval_period + 1 if val_set is not None else 0)
             now = time.monotonic()
             # stop when the next step and the last validation would not fit in the time budget
-            if now + step_time + eval_time > deadline and it < max_iter:
-                stopped = "time_limit"
+            if stop is None and now + step_time + eval_time > deadline and it < max_iter:
+                stop = "time_limit"
+            stop = _agreed(stop, dist_info)  # process 0 decides for all
+            if stop is not None:
+                stopped = stop
                 break
             progress.update(phase="training", iteration=it, eta_s=round(min(eta, max(0.0, deadline - now)), 1),
                             loss=round(float(logs["loss"]), 5), val=validator.curve, best=validator.best_view())
@@ -242,6 +267,10 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
             progress.update(phase="validating", iteration=it)
             validator.validate(it)
     metrics_file.close()
+    if dist_info.enabled:
+        cleanup()  # every process stopped at the same step; process 0 writes the outputs
+        if not is_main:
+            return {"stopped": stopped}
     best = validator.best
     curve = validator.curve
 
@@ -318,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=10.0, help="time budget, validation included (default 10)")
     p.add_argument("--max-iter", type=int, default=None, help="iterations (default: from the number of images)")
     p.add_argument("--replay", default=None, help="auto, none, synthetic, untouched or FORMAT:PATH (default: recipe)")
-    p.add_argument("--recipe", type=Path, default=None, help="FinetuneRecipe JSON (keys of training/finetune_recipe.py)")
+    p.add_argument("--recipe", type=Path, default=None,
+                   help="FinetuneRecipe JSON (keys of training/finetune_recipe.py)")
     p.add_argument("--seed", type=int, default=None, help="seed of the split, data order and augmentation")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
@@ -345,9 +375,10 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, CheckpointError, DatasetError, ImageError, FileNotFoundError) as e:
             print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
             return 2
-    line = {k: result[k] for k in ("before", "after", "iterations", "seconds", "best_iteration", "stopped",
-                                   "recommendation", "model")}
-    print(json.dumps(line), flush=True)
+    if "model" in result:  # process 0 (the others of a DDP run return only how it stopped)
+        line = {k: result[k] for k in ("before", "after", "iterations", "seconds", "best_iteration", "stopped",
+                                       "recommendation", "model")}
+        print(json.dumps(line), flush=True)
     return 130 if result["stopped"] == "cancelled" else 0
 
 

@@ -1,12 +1,13 @@
 """Fine-tune on a FiftyOne view, follow the run, and measure it on samples it never trained on.
 
 ``start_finetune`` exports the view as a corrections folder and starts the project's one few-shot
-runner (``app.finetune``: ``python -m training.finetune`` detached in its own session, so it outlives
-the App or the command that started it). A few-shot run is one process on one device (the GPU when
-there is one, else the CPU): ``torchrun`` over several GPUs buys nothing for tens of images. The run
-holds out a fifth of the exported samples to validate itself (none under four samples), keeps the best
-weights and stops at its time budget. Each run is recorded in ``dataset.info["m2f_finetune_runs"]``
-(run dir, pid, command, export, weights, the ids of the exported samples).
+runner, the same as the Gradio app's (``app.finetune.FineTuneRun.launch``: ``training.finetune``
+detached in its own session, so it outlives the App or the command that started it; one process on
+the CPU or one GPU, ``torchrun`` over the GPUs when there are several; its log ``<run dir>/train.log``,
+its exit status ``<run dir>/exit_code``). The run holds out a fifth of the exported samples to
+validate itself (none under four samples), keeps the best weights and stops at its time budget.
+Each run is recorded in ``dataset.info["m2f_finetune_runs"]`` (run dir, pid, command, export,
+weights, the ids of the exported samples).
 
 ``compare_finetuned`` predicts with the run's recommended weights and evaluates before / after
 separately on the samples the run trained on, on its held-out samples and on the samples it never saw
@@ -23,7 +24,7 @@ from typing import Any
 
 import fiftyone as fo
 
-from app.finetune import FineTuneRun, finetune_command, read_json, recommended_weights
+from app.finetune import FineTuneRun, read_json, recommended_weights
 
 from . import FINETUNED, GT, PRED, BridgeError
 from .core import check_prefix, export_view, predict_view
@@ -104,10 +105,9 @@ def start_finetune(view: fo.Dataset | fo.DatasetView, export_dir: str | Path, ru
     plan, _ = training_plan(n, val)
     sample_ids = [str(i) for i in view.values("id")]
     export = export_view(view, export_dir, prefix=prefix, overwrite=overwrite_export).resolve()
-    cmd = finetune_command(weights or "builtin", export, run_dir, max_minutes=max_minutes, max_iter=max_iter,
-                           val=val, device=device, extra=extra)
-    run = FineTuneRun.start(cmd, run_dir)
-    record = RunRecord(run_dir=str(run_dir), pid=run.pid, command=cmd, export_dir=str(export),
+    run = FineTuneRun.launch(weights or "builtin", export, run_dir, max_minutes=max_minutes, max_iter=max_iter,
+                             val=val, device=device, extra=extra)
+    record = RunRecord(run_dir=str(run_dir), pid=run.pid, command=run.command, export_dir=str(export),
                        weights=str(weights or "builtin"), started=time.strftime("%Y-%m-%d %H:%M:%S"), n_images=n,
                        plan=plan, sample_ids=sample_ids)
     info = ds.info
