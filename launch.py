@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload", default="50mb", help="largest upload accepted (default 50mb)")
     p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS,
                    help=f"largest image accepted, in pixels (default {DEFAULT_MAX_PIXELS:,})")
+    p.add_argument("--log-file", type=Path, default=None, metavar="FILE",
+                   help="where the app logs (besides stderr), internal errors with their traceback "
+                        "(default RUNS_DIR/app.log)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     p.add_argument("--no-examples", action="store_true", help="do not offer the synthetic example scenes")
     return p
@@ -124,10 +127,28 @@ def make_examples(folder: Path, count: int = NUM_EXAMPLES) -> list[Path]:
     return paths
 
 
+def setup_logging(log_file: Path) -> Path | None:
+    """Log to stderr and to ``log_file`` (appended); returns the file, or None when it cannot be written."""
+    fmt = "%(asctime)s %(name)s %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt)  # stderr (a no-op where logging is set up already)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+    except OSError as e:
+        print(f"launch.py: warning: cannot log to {log_file} ({' '.join(str(e).split())}): stderr only",
+              file=sys.stderr)
+        return None
+    handler.setFormatter(logging.Formatter(fmt))
+    handler.setLevel(logging.INFO)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger("app").setLevel(logging.INFO)
+    return log_file
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    log_file = setup_logging(args.log_file or args.runs_dir / "app.log")
     from m2f_core.predictor import Predictor, list_images
     from m2f_core.runtime import tune_process
 
@@ -169,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                    weights_label=str(args.weights) if args.weights else "built-in synthetic_small",
                    weights_source=str(args.weights) if args.weights else "builtin", runs_dir=args.runs_dir,
                    finetune_minutes=args.finetune_minutes,
-                   finetune_args=["--recipe", str(args.finetune_recipe.resolve())] if args.finetune_recipe else [])
+                   finetune_args=["--recipe", str(args.finetune_recipe.resolve())] if args.finetune_recipe else [],
+                   log_path=log_file.resolve() if log_file is not None else None)
     demo = build_app(wb)
     demo.queue(default_concurrency_limit=4)
     open_browser = is_desktop() and not args.no_browser
@@ -185,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        if wb.finetune_run is not None:  # a fine-tuning run does not outlive the app (it saves its best weights)
-            wb.finetune_run.cancel()
+        wb.close()  # a fine-tuning run does not outlive the app (it saves its best weights)
         shutil.rmtree(work_dir, ignore_errors=True)  # uploads and examples (exports are elsewhere)
     return 0
 

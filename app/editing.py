@@ -16,19 +16,18 @@ Rules (each documented where it applies):
   with no pixels is removed from the table. Areas and boxes are kept exact incrementally (only the
   changed region and the touched segments' old boxes are scanned).
 - Errors. A bad argument (unknown class, absent id, mask of the wrong shape, ...) raises a
-  ``ValueError`` with a one-line message before anything changes.
+  ``UserError`` (a ``ValueError``) with a one-line message before anything changes.
 
-History: each edit is stored as a compressed diff, undo/redo are bounded (``app.history``).
-
-The session is split by responsibility: this module holds the state, its read access, the task
-views, validation and ``_commit`` (the one writer); ``app.edit_ops`` the edit operations;
-``app.history`` undo/redo; ``app.regions`` strokes, crops and boxes.
+The session owns its state (the map, the table, the id counter) and is its only writer: every edit
+operation decides which pixels and rows change and hands them to ``_commit``, which applies them,
+keeps areas and boxes exact and records the change in the session's ``UndoHistory``
+(``app.history``: compressed diffs, bounded; the history returns the change to undo or redo and the
+session applies it). ``app.regions`` turns strokes and masks into crops and does the box arithmetic.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,12 +36,13 @@ from scipy import ndimage
 
 from m2f_core.structures import InstanceResult, PanopticResult, Segment, SemanticResult, mask_bbox
 
-from .edit_ops import EditOperations
-from .history import UndoHistory, _Change, _pack
-from .regions import Box, _Crop, _seg_box, _stroke_crop, _union, stroke_mask
+from .errors import UserError
+from .history import Change, UndoHistory
+from .regions import Box, Crop, segment_box, stroke_crop, stroke_mask, union_box
 
 if TYPE_CHECKING:
     from m2f_core.prediction import Prediction
+    from m2f_core.structures import Candidate
 
 __all__ = ["EditSession", "stroke_mask", "TASKS"]
 
@@ -55,7 +55,7 @@ IGNORE_LABEL = 255
 # the session
 
 
-class EditSession(EditOperations, UndoHistory):
+class EditSession:
     """The editable panoptic annotation of ONE image, with a bounded undo/redo history.
 
     Build it with ``from_prediction`` (the model's panoptic result) or ``from_panoptic`` (ground
@@ -73,10 +73,7 @@ class EditSession(EditOperations, UndoHistory):
         if len(names) != len(self.is_thing):
             raise ValueError(f"{len(names)} class names for {len(self.is_thing)} thing/stuff flags")
         self.class_names = names
-        if max_history < 0 or max_history_bytes < 0:
-            raise ValueError("history limits must be >= 0")
-        self.max_history = int(max_history)
-        self.max_history_bytes = int(max_history_bytes)
+        self.history = UndoHistory(max_history, max_history_bytes)  # owns the undo / redo stacks
         seg_map = np.asarray(panoptic.segment_map)
         if seg_map.ndim != 2 or seg_map.dtype.kind not in "iu":
             raise ValueError(f"the segment map must be an (H, W) integer array, got {seg_map.dtype} {seg_map.shape}")
@@ -91,10 +88,6 @@ class EditSession(EditOperations, UndoHistory):
             self._segments[s.id] = dataclasses.replace(s, isthing=self.is_thing[s.category_id])
         self._recompute_all_stats()
         self._next_id = max(self._segments, default=0) + 1
-        self._undo: deque[_Change] = deque()
-        self._redo: list[_Change] = []
-        self._history_bytes = 0
-        self._net_edits = 0
         self.model_queries = dict(model_queries or {})
 
     # ---------------------------------------------------------------------------- construction
@@ -180,7 +173,7 @@ class EditSession(EditOperations, UndoHistory):
         """The id of the segment under pixel (x, y), or None on void."""
         h, w = self.shape
         if not (0 <= int(x) < w and 0 <= int(y) < h):
-            raise ValueError(f"pixel ({x}, {y}) is outside the {w}x{h} image")
+            raise UserError(f"pixel ({x}, {y}) is outside the {w}x{h} image")
         sid = int(self._map[int(y), int(x)])
         return sid or None
 
@@ -196,7 +189,7 @@ class EditSession(EditOperations, UndoHistory):
         masks = np.zeros((len(things), h, w), dtype=bool)
         boxes = np.zeros((len(things), 4), dtype=np.float32)
         for i, s in enumerate(things):
-            y0, x0, y1, x1 = _seg_box(s) or (0, 0, 0, 0)
+            y0, x0, y1, x1 = segment_box(s) or (0, 0, 0, 0)
             masks[i, y0:y1, x0:x1] = self._map[y0:y1, x0:x1] == s.id
             boxes[i] = (x0, y0, x1, y1)
         return InstanceResult(masks, boxes, np.array([s.score for s in things], dtype=np.float32),
@@ -219,21 +212,175 @@ class EditSession(EditOperations, UndoHistory):
             return self.semantic_view()
         raise ValueError(f"unknown task {task!r} (one of {', '.join(TASKS)})")
 
+    # ---------------------------------------------------------------------------- edit operations
+    # Each decides which pixels and rows change (with the stuff / thing rules above); ``_commit`` applies it.
+    def relabel(self, segment_id: int, category_id: int) -> int:
+        """Give a segment another class; ``isthing`` follows the class. Returns the id now holding the pixels.
+
+        Relabelling to a stuff class that already has a segment merges into that segment (the COCO
+        rule: one segment per stuff class), whose id is returned.
+        """
+        sid = self._require_segment(segment_id)
+        cat = self._check_class(category_id)
+        seg = self._segments[sid]
+        if seg.category_id == cat:
+            return sid
+        target = self._stuff_segment(cat, exclude=[sid])
+        if target is None:
+            self._commit("relabel", None, None,
+                         {sid: dataclasses.replace(seg, category_id=cat, isthing=self.is_thing[cat])})
+            return sid
+        box = segment_box(seg)
+        assert box is not None
+        y0, x0, y1, x1 = box
+        crop = self._map[y0:y1, x0:x1].copy()
+        crop[crop == sid] = target
+        self._commit("relabel", box, crop)
+        return target
+
+    def paint(self, segment_id: int, region: Any, radius: float = 5.0, overwrite_others: bool = False) -> int:
+        """Add the pixels of ``region`` (an (H, W) bool mask or a stroke [(x, y), ...] of ``radius``) to a segment.
+
+        With ``overwrite_others=False`` only void pixels change. Returns the number of pixels changed.
+        """
+        sid = self._require_segment(segment_id)
+        crop = self._region(region, radius)
+        if crop is None:
+            return 0
+        y0, x0, y1, x1 = crop.box
+        values = self._map[y0:y1, x0:x1].copy()
+        sel = crop.mask if overwrite_others else crop.mask & (values == 0)
+        values[sel] = sid
+        return self._commit("paint", crop.box, values)
+
+    def erase(self, region: Any, radius: float = 5.0, segment_id: int | None = None) -> int:
+        """Make the pixels of ``region`` void (only those of ``segment_id`` if given). Returns pixels changed."""
+        sid = None if segment_id is None else self._require_segment(segment_id)
+        crop = self._region(region, radius)
+        if crop is None:
+            return 0
+        y0, x0, y1, x1 = crop.box
+        values = self._map[y0:y1, x0:x1].copy()
+        values[crop.mask & ((values != 0) if sid is None else (values == sid))] = 0
+        return self._commit("erase", crop.box, values)
+
+    def new_segment(self, region: Any, category_id: int, overwrite_others: bool = False, score: float = 1.0,
+                    radius: float = 5.0) -> int:
+        """Create a segment of class ``category_id`` from ``region``; returns its (fresh) id.
+
+        Only void pixels are taken unless ``overwrite_others``. For a stuff class that already has a
+        segment, the pixels are added to it and its id is returned (one segment per stuff class).
+        """
+        cat = self._check_class(category_id)
+        crop = self._region(region, radius)
+        if crop is None:
+            raise UserError("the new segment's mask is empty")
+        target = self._stuff_segment(cat)
+        y0, x0, y1, x1 = crop.box
+        values = self._map[y0:y1, x0:x1].copy()
+        sel = crop.mask if overwrite_others else crop.mask & (values == 0)
+        if target is not None:
+            sel &= values != target
+        if not sel.any():
+            raise UserError("the mask adds no pixels (it covers no void pixel; use overwrite_others=True "
+                             "to take pixels from other segments)")
+        if target is not None:
+            values[sel] = target
+            self._commit("new segment", crop.box, values)
+            return target
+        sid = self._fresh_id()
+        values[sel] = sid
+        row = Segment(id=sid, category_id=cat, isthing=self.is_thing[cat], score=float(score), source="edited")
+        self._commit("new segment", crop.box, values, {sid: row})
+        return sid
+
+    def recover(self, candidate: Candidate, overwrite_others: bool = False) -> int:
+        """Add a query the post-processing dropped (``Prediction.candidates_at``) as a new segment.
+
+        Same rules as ``new_segment`` (void pixels only unless ``overwrite_others``; stuff merges);
+        the segment keeps the candidate's class and score.
+        """
+        return self.new_segment(np.asarray(candidate.mask), candidate.category_id, overwrite_others=overwrite_others,
+                                score=float(candidate.score))
+
+    def delete(self, segment_id: int) -> None:
+        """Remove a segment: its pixels become void."""
+        sid = self._require_segment(segment_id)
+        box = segment_box(self._segments[sid])
+        assert box is not None
+        y0, x0, y1, x1 = box
+        values = self._map[y0:y1, x0:x1].copy()
+        values[values == sid] = 0
+        self._commit("delete", box, values)
+
+    def merge(self, segment_ids: Sequence[int]) -> int:
+        """Merge segments into the FIRST one, which keeps its id, class and score; returns that id.
+
+        The classes may differ: the result takes the first's class (a merge is "these pixels are
+        that object"). If that class is stuff, any other segment of it joins too (one per class).
+        """
+        ids = [self._require_segment(s) for s in segment_ids]
+        if len(set(ids)) < 2:
+            raise UserError("merge needs at least two different segment ids")
+        first = ids[0]
+        others = set(ids[1:]) - {first}
+        cat = self._segments[first].category_id
+        if not self.is_thing[cat]:
+            others |= {s.id for s in self._segments.values() if s.category_id == cat and s.id != first}
+        box = self._segments_box(others)
+        assert box is not None
+        y0, x0, y1, x1 = box
+        values = self._map[y0:y1, x0:x1].copy()
+        values[np.isin(values, list(others))] = first
+        self._commit("merge", box, values, {first: self._segments[first]})
+        return first
+
+    def split(self, segment_id: int) -> list[int]:
+        """Split a thing segment into its 8-connected components; returns their ids (the largest keeps the id).
+
+        Other components get fresh ids in scan order (top to bottom, left to right) and the
+        original's class and score. Stuff is one segment per class, so splitting it is refused.
+        """
+        sid = self._require_segment(segment_id)
+        seg = self._segments[sid]
+        if not seg.isthing:
+            raise UserError(f"segment {sid} is stuff ({self.class_names[seg.category_id]}): stuff is one segment "
+                             "per class and cannot be split (erase or relabel parts instead)")
+        box = segment_box(seg)
+        assert box is not None
+        y0, x0, y1, x1 = box
+        values = self._map[y0:y1, x0:x1].copy()
+        labels, n = ndimage.label(values == sid, structure=np.ones((3, 3), dtype=bool))
+        if n <= 1:
+            return [sid]
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        keep = int(np.argmax(sizes)) + 1
+        out, rows = [sid], {}
+        for comp in range(1, n + 1):
+            if comp == keep:
+                continue
+            new_id = self._fresh_id()
+            values[labels == comp] = new_id
+            rows[new_id] = dataclasses.replace(seg, id=new_id, area=0, bbox=(0.0, 0.0, 0.0, 0.0))
+            out.append(new_id)
+        self._commit("split", box, values, rows)
+        return out
+
     # ---------------------------------------------------------------------------- validation
     def _check_class(self, category_id: int) -> int:
         if isinstance(category_id, bool) or not isinstance(category_id, (int, np.integer)):
-            raise ValueError(f"class id must be an integer, got {category_id!r}")
+            raise UserError(f"class id must be an integer, got {category_id!r}")
         if not 0 <= int(category_id) < len(self.is_thing):
-            raise ValueError(f"unknown class id {category_id} (the model has classes 0..{len(self.is_thing) - 1})")
+            raise UserError(f"unknown class id {category_id} (the model has classes 0..{len(self.is_thing) - 1})")
         return int(category_id)
 
     def _require_segment(self, segment_id: int) -> int:
         if isinstance(segment_id, bool) or not isinstance(segment_id, (int, np.integer)) \
                 or int(segment_id) not in self._segments:
-            raise ValueError(f"no segment with id {segment_id!r} in this image")
+            raise UserError(f"no segment with id {segment_id!r} in this image")
         return int(segment_id)
 
-    def _region(self, region: Any, radius: float) -> _Crop | None:
+    def _region(self, region: Any, radius: float) -> Crop | None:
         """A full-size mask or a stroke [(x, y), ...] as a crop (None when it covers no pixel)."""
         if isinstance(region, np.ndarray):
             if region.shape != self.shape:
@@ -243,9 +390,9 @@ class EditSession(EditOperations, UndoHistory):
             ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
             if ys.size == 0:
                 return None
-            return _Crop(int(ys[0]), int(xs[0]), mask[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1].copy())
+            return Crop(int(ys[0]), int(xs[0]), mask[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1].copy())
         if isinstance(region, (list, tuple)):
-            crop = _stroke_crop(region, radius, self.shape)
+            crop = stroke_crop(region, radius, self.shape)
             if crop is None or not crop.mask.any():
                 return None
             return crop
@@ -261,7 +408,7 @@ class EditSession(EditOperations, UndoHistory):
 
     def _fresh_id(self) -> int:
         if self._next_id > MAX_SEGMENT_ID:
-            raise ValueError(f"no segment ids left (a panoptic PNG holds ids up to {MAX_SEGMENT_ID})")
+            raise UserError(f"no segment ids left (a panoptic PNG holds ids up to {MAX_SEGMENT_ID})")
         sid = self._next_id
         self._next_id += 1
         return sid
@@ -269,7 +416,7 @@ class EditSession(EditOperations, UndoHistory):
     def _segments_box(self, ids: Iterable[int]) -> Box | None:
         box = None
         for sid in ids:
-            box = _union(box, _seg_box(self._segments[sid]))
+            box = union_box(box, segment_box(self._segments[sid]))
         return box
 
     # ---------------------------------------------------------------------------- the one writer
@@ -319,7 +466,7 @@ class EditSession(EditOperations, UndoHistory):
                 new = None
             elif sid in added or sid in removed:
                 assert changed_box is not None
-                region = _union(_seg_box(old) if old is not None else None, changed_box)
+                region = union_box(segment_box(old) if old is not None else None, changed_box)
                 assert region is not None
                 ry0, rx0, ry1, rx1 = region
                 x, y, w, h = mask_bbox(self._map[ry0:ry1, rx0:rx1] == sid)
@@ -339,8 +486,62 @@ class EditSession(EditOperations, UndoHistory):
                 self._segments.pop(sid, None)
             else:
                 self._segments[sid] = seg
-        change = _Change(label, changed_box,
-                         _pack(old_c) if old_c is not None else b"", _pack(new_c) if new_c is not None else b"",
-                         rows_before, rows_after)
-        self._push(change)
+        self.history.record(Change.of(label, changed_box, old_c, new_c, rows_before, rows_after))
         return n_changed
+
+    # ---------------------------------------------------------------------------- undo / redo
+    def _apply(self, change: Change, forward: bool) -> None:
+        """Write a recorded change back (``forward``: as it was made; else reverted)."""
+        crop = change.crop(forward)
+        if crop is not None and change.box is not None:
+            y0, x0, y1, x1 = change.box
+            self._map[y0:y1, x0:x1] = crop
+        for sid, seg in change.rows(forward).items():
+            if seg is None:
+                self._segments.pop(sid, None)
+            else:
+                self._segments[sid] = seg
+
+    def undo(self) -> str | None:
+        """Undo the last edit; returns its name (None when there is nothing to undo)."""
+        change = self.history.undo()
+        if change is None:
+            return None
+        self._apply(change, forward=False)
+        return change.label
+
+    def redo(self) -> str | None:
+        """Redo the last undone edit; returns its name (None when there is nothing to redo)."""
+        change = self.history.redo()
+        if change is None:
+            return None
+        self._apply(change, forward=True)
+        return change.label
+
+    @property
+    def can_undo(self) -> bool:
+        return self.history.can_undo
+
+    @property
+    def can_redo(self) -> bool:
+        return self.history.can_redo
+
+    @property
+    def history_labels(self) -> list[str]:
+        """Names of the undoable edits, oldest first."""
+        return self.history.labels
+
+    @property
+    def history_nbytes(self) -> int:
+        """Memory held by the undo and redo stacks (compressed diffs), in bytes."""
+        return self.history.nbytes
+
+    @property
+    def has_edits(self) -> bool:
+        """True when the annotation differs from how the session started (counting undos)."""
+        return self.history.net_edits != 0
+
+    @property
+    def edit_count(self) -> int:
+        """Edits since the session started, undone ones not counted (the export manifest's ``edits``)."""
+        return self.history.net_edits

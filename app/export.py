@@ -42,6 +42,7 @@ from m2f_core.data.fileio import image_size
 from m2f_core.data.records import Sample
 
 from .editing import EditSession
+from .errors import UserError
 from .state import STATUSES
 
 __all__ = ["MANIFEST_NAME", "ExportError", "ExportItem", "export_corrections", "sanitize_name", "zip_export"]
@@ -53,7 +54,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 _SWAP_LOCK = threading.Lock()  # two sessions replacing the same export take turns
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """A user-facing export problem; ``str(err)`` is one line."""
 
 

@@ -1,20 +1,20 @@
 """Bounded undo/redo of ``EditSession``: each edit stored as a compressed diff, not a snapshot.
 
-Each edit stores the box of the pixels that changed, that crop of the map before and after
-(zlib-compressed), and the table rows before and after for the touched segments. Undo writes the
-"before" crop back and restores the rows; redo the "after" ones. A small brush stroke costs a few
-hundred bytes whatever the image size. The history keeps at most ``max_history`` entries and
-``max_history_bytes`` bytes (oldest dropped first; a single edit larger than the byte cap cannot be
-undone and clears the history).
+A ``Change`` holds the box of the pixels that changed, that crop of the map before and after
+(zlib-compressed), and the table rows before and after for the touched segments. A small brush
+stroke costs a few hundred bytes whatever the image size.
 
-``UndoHistory`` is a mixin of ``EditSession``: it works on the session's ``_map``, ``_segments``,
-``_undo``, ``_redo``, ``_history_bytes``, ``_net_edits``, ``max_history`` and ``max_history_bytes``,
-which ``EditSession.__init__`` sets up; ``EditSession._commit`` records each edit with ``_push``.
+``UndoHistory`` owns the undo and redo stacks and their byte count, and nothing else: it never
+touches an annotation. ``undo()`` hands back the change to revert and ``redo()`` the one to apply
+again; the ``EditSession`` applies it to its own map and table (``Change.crop`` / ``Change.rows`` say
+what to write). The history keeps at most ``max_entries`` changes and ``max_bytes`` bytes (oldest
+dropped first; a single change larger than the byte cap cannot be undone and clears the history).
 """
 
 from __future__ import annotations
 
 import zlib
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,60 +23,94 @@ from m2f_core.structures import Segment
 
 from .regions import Box
 
-__all__ = ["UndoHistory"]
-
-
-@dataclass
-class _Change:
-    """One undoable edit: compressed before/after crops of the map and the touched table rows."""
-
-    label: str
-    box: Box | None
-    before: bytes
-    after: bytes
-    rows_before: dict[int, Segment | None]
-    rows_after: dict[int, Segment | None]
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.before) + len(self.after) + 128 * (len(self.rows_before) + len(self.rows_after)) + 128
+__all__ = ["Change", "UndoHistory"]
 
 
 def _pack(a: np.ndarray) -> bytes:
     return zlib.compress(np.ascontiguousarray(a, dtype=np.int32).tobytes(), 1)
 
 
-def _unpack(data: bytes, box: Box) -> np.ndarray:
-    y0, x0, y1, x1 = box
-    return np.frombuffer(zlib.decompress(data), dtype=np.int32).reshape(y1 - y0, x1 - x0)
+@dataclass(frozen=True)
+class Change:
+    """One undoable edit: compressed before/after crops of the map and the touched table rows."""
+
+    label: str
+    box: Box | None  # y0, x0, y1, x1 of the changed pixels; None when only table rows changed
+    before: bytes
+    after: bytes
+    rows_before: dict[int, Segment | None]  # None: the row did not exist
+    rows_after: dict[int, Segment | None]
+
+    @classmethod
+    def of(cls, label: str, box: Box | None, old_crop: np.ndarray | None, new_crop: np.ndarray | None,
+           rows_before: dict[int, Segment | None], rows_after: dict[int, Segment | None]) -> Change:
+        """Record an edit from the map crop (inside ``box``) before and after it, and the rows it touched."""
+        return cls(label, box, _pack(old_crop) if old_crop is not None else b"",
+                   _pack(new_crop) if new_crop is not None else b"", dict(rows_before), dict(rows_after))
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.before) + len(self.after) + 128 * (len(self.rows_before) + len(self.rows_after)) + 128
+
+    def crop(self, forward: bool) -> np.ndarray | None:
+        """The map inside ``box`` after the edit (``forward``) or before it; None when no pixel changed."""
+        if self.box is None:
+            return None
+        y0, x0, y1, x1 = self.box
+        data = self.after if forward else self.before
+        return np.frombuffer(zlib.decompress(data), dtype=np.int32).reshape(y1 - y0, x1 - x0)
+
+    def rows(self, forward: bool) -> dict[int, Segment | None]:
+        """The touched rows after the edit (``forward``) or before it (None: no such row)."""
+        return dict(self.rows_after if forward else self.rows_before)
 
 
 class UndoHistory:
-    """Undo / redo of an ``EditSession`` (a mixin: the session owns the state, see the module docstring)."""
+    """The undo and redo stacks of one annotation (it owns them; the annotation applies what it returns)."""
 
-    def _push(self, change: _Change) -> None:
+    def __init__(self, max_entries: int = 200, max_bytes: int = 64 * 1024 * 1024) -> None:
+        if max_entries < 0 or max_bytes < 0:
+            raise ValueError("history limits must be >= 0")
+        self.max_entries = int(max_entries)
+        self.max_bytes = int(max_bytes)
+        self._undo: deque[Change] = deque()
+        self._redo: list[Change] = []
+        self._undo_bytes = 0
+        self._net_edits = 0  # edits recorded minus edits undone
+
+    def record(self, change: Change) -> None:
+        """A new edit: undoable (within the bounds); the redo stack is cleared."""
         self._redo.clear()
         self._net_edits += 1
-        if self.max_history == 0 or change.nbytes > self.max_history_bytes:
+        if self.max_entries == 0 or change.nbytes > self.max_bytes:
             self._undo.clear()
-            self._history_bytes = 0
+            self._undo_bytes = 0
             return
         self._undo.append(change)
-        self._history_bytes += change.nbytes
-        while len(self._undo) > self.max_history or self._history_bytes > self.max_history_bytes:
-            self._history_bytes -= self._undo.popleft().nbytes
+        self._undo_bytes += change.nbytes
+        while len(self._undo) > self.max_entries or self._undo_bytes > self.max_bytes:
+            self._undo_bytes -= self._undo.popleft().nbytes
 
-    def _apply(self, change: _Change, forward: bool) -> None:
-        if change.box is not None:
-            y0, x0, y1, x1 = change.box
-            self._map[y0:y1, x0:x1] = _unpack(change.after if forward else change.before, change.box)
-        for sid, seg in (change.rows_after if forward else change.rows_before).items():
-            if seg is None:
-                self._segments.pop(sid, None)
-            else:
-                self._segments[sid] = seg
+    def undo(self) -> Change | None:
+        """The last edit, moved to the redo stack, for the caller to revert (None: nothing to undo)."""
+        if not self._undo:
+            return None
+        change = self._undo.pop()
+        self._undo_bytes -= change.nbytes
+        self._redo.append(change)
+        self._net_edits -= 1
+        return change
 
-    # ---------------------------------------------------------------------------- history
+    def redo(self) -> Change | None:
+        """The last undone edit, moved back to the undo stack, for the caller to apply again (None: none)."""
+        if not self._redo:
+            return None
+        change = self._redo.pop()
+        self._undo.append(change)
+        self._undo_bytes += change.nbytes
+        self._net_edits += 1
+        return change
+
     @property
     def can_undo(self) -> bool:
         return bool(self._undo)
@@ -86,43 +120,16 @@ class UndoHistory:
         return bool(self._redo)
 
     @property
-    def history_labels(self) -> list[str]:
+    def labels(self) -> list[str]:
         """Names of the undoable edits, oldest first."""
         return [c.label for c in self._undo]
 
     @property
-    def history_nbytes(self) -> int:
+    def nbytes(self) -> int:
         """Memory held by the undo and redo stacks (compressed diffs), in bytes."""
-        return self._history_bytes + sum(c.nbytes for c in self._redo)
+        return self._undo_bytes + sum(c.nbytes for c in self._redo)
 
     @property
-    def has_edits(self) -> bool:
-        """True when the annotation differs from how the session started (counting undos)."""
-        return self._net_edits != 0
-
-    @property
-    def edit_count(self) -> int:
-        """Edits since the session started, undone ones not counted (the export manifest's ``edits``)."""
+    def net_edits(self) -> int:
+        """Edits recorded, undone ones not counted (0: the annotation is as it started)."""
         return self._net_edits
-
-    def undo(self) -> str | None:
-        """Undo the last edit; returns its name (None when there is nothing to undo)."""
-        if not self._undo:
-            return None
-        change = self._undo.pop()
-        self._history_bytes -= change.nbytes
-        self._apply(change, forward=False)
-        self._redo.append(change)
-        self._net_edits -= 1
-        return change.label
-
-    def redo(self) -> str | None:
-        """Redo the last undone edit; returns its name (None when there is nothing to redo)."""
-        if not self._redo:
-            return None
-        change = self._redo.pop()
-        self._apply(change, forward=True)
-        self._undo.append(change)
-        self._history_bytes += change.nbytes
-        self._net_edits += 1
-        return change.label

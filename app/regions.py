@@ -14,13 +14,13 @@ import numpy as np
 
 from m2f_core.structures import Segment
 
-__all__ = ["Box", "stroke_mask"]
+__all__ = ["Box", "Crop", "segment_box", "stroke_crop", "stroke_mask", "union_box"]
 
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive ends)
 
 
 @dataclass
-class _Crop:
+class Crop:
     """A boolean mask restricted to its box, so that a stroke never costs a full-size array."""
 
     y0: int
@@ -32,7 +32,7 @@ class _Crop:
         return self.y0, self.x0, self.y0 + self.mask.shape[0], self.x0 + self.mask.shape[1]
 
 
-def _stroke_crop(points: Sequence[tuple[float, float]], radius: float, shape: tuple[int, int]) -> _Crop | None:
+def stroke_crop(points: Sequence[tuple[float, float]], radius: float, shape: tuple[int, int]) -> Crop | None:
     """Pixels whose centre lies within ``radius`` of the polyline through ``points`` (x, y), inside the image."""
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
@@ -64,20 +64,21 @@ def _stroke_crop(points: Sequence[tuple[float, float]], radius: float, shape: tu
             t = np.clip(((xs - ax) * dx + (ys - ay) * dy) / length2, 0.0, 1.0)
         px, py = ax + t * dx - xs, ay + t * dy - ys
         mask |= px * px + py * py <= r2
-    return _Crop(y0, x0, mask)
+    return Crop(y0, x0, mask)
 
 
 def stroke_mask(points: Sequence[tuple[float, float]], radius: float, shape: tuple[int, int]) -> np.ndarray:
     """(H, W) bool mask of a brush stroke: pixels within ``radius`` of the polyline (x, y) points."""
     out = np.zeros(shape, dtype=bool)
-    crop = _stroke_crop(points, radius, shape)
+    crop = stroke_crop(points, radius, shape)
     if crop is not None:
         y0, x0, y1, x1 = crop.box
         out[y0:y1, x0:x1] = crop.mask
     return out
 
 
-def _union(a: Box | None, b: Box | None) -> Box | None:
+def union_box(a: Box | None, b: Box | None) -> Box | None:
+    """The smallest box holding both (None counts as empty)."""
     if a is None:
         return b
     if b is None:
@@ -85,7 +86,7 @@ def _union(a: Box | None, b: Box | None) -> Box | None:
     return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
 
 
-def _seg_box(seg: Segment) -> Box | None:
+def segment_box(seg: Segment) -> Box | None:
     """The segment's bbox as a crop box (None when it has no pixels)."""
     if seg.area <= 0:
         return None

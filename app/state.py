@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .editing import TASKS, EditSession
+from .errors import UserError
 
 if TYPE_CHECKING:
     from m2f_core.prediction import Prediction
@@ -94,10 +95,10 @@ class WorkspaceState:
     def _key(self, key: str | None) -> str:
         if key is None:
             if self.current is None:
-                raise ValueError("no image is open")
+                raise UserError("no image is open")
             return self.current
         if key not in self._items:
-            raise ValueError(f"no image {key!r} in this workspace")
+            raise UserError(f"no image {key!r} in this workspace")
         return key
 
     def add_image(self, path: str | Path | None = None, key: str | None = None) -> str:
@@ -146,7 +147,7 @@ class WorkspaceState:
     @task.setter
     def task(self, task: str) -> None:
         if task not in TASKS:
-            raise ValueError(f"unknown task {task!r} (one of {', '.join(TASKS)})")
+            raise UserError(f"unknown task {task!r} (one of {', '.join(TASKS)})")
         self._task = task
 
     # ---------------------------------------------------------------------------- predictions and sessions
@@ -210,7 +211,7 @@ class WorkspaceState:
         key = self._key(key)
         pred = self._predictions.get(key)
         if pred is None:
-            raise ValueError(f"no prediction cached for {key!r}: predict the image again first")
+            raise UserError(f"no prediction cached for {key!r}: predict the image again first")
         session = EditSession.from_prediction(pred, self.object_mask_threshold, self.overlap_threshold,
                                               **self.session_kwargs)
         self._items[key].session = session
@@ -222,7 +223,7 @@ class WorkspaceState:
         """Mark an annotated image as checked by the user: exported as "reviewed" even without edits."""
         item = self._items[self._key(key)]
         if item.session is None:
-            raise ValueError(f"{item.key}: not predicted yet, nothing to review")
+            raise UserError(f"{item.key}: not predicted yet, nothing to review")
         item.reviewed = bool(reviewed)
         return item
 

@@ -1,7 +1,7 @@
 """The Gradio page: components with stable ``elem_id``s, each event wired to one ``Workbench`` action.
 
 No logic here beyond converting between Gradio values and the plain values of ``app.workbench``:
-per-browser state is an ``EditorSession`` (holding the ``WorkspaceState``) in a ``gr.State``, so
+per-browser state is a ``BrowserSession`` (holding the ``WorkspaceState``) in a ``gr.State``, so
 nothing leaks between users; it is created on page load and its uploads are deleted when the
 browser session ends.
 """
@@ -14,10 +14,11 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
+from .browser_session import BrowserSession, Screen
 from .editing import TASKS
 from .fiftyone_bridge.editor import open_from_query
 from .render import SELECTED_MARK, TABLE_HEADERS
-from .workbench import CLICK_MODES, TASK_LABELS, EditorSession, Screen, Workbench
+from .workbench import CLICK_MODES, TASK_LABELS, Workbench
 
 __all__ = ["CSS", "build_app", "editor_value", "stroke_mask"]
 
@@ -154,9 +155,9 @@ def build_app(wb: Workbench) -> gr.Blocks:
                     export_file = gr.File(label="Download (zip)", elem_id="export-file", interactive=False)
                 with gr.Accordion("Fine-tune on the export, adopt the new model", open=False):
                     with gr.Row():
-                        ft_minutes = gr.Number(value=wb.finetune_minutes, minimum=0.1, maximum=24 * 60,
+                        ft_minutes = gr.Number(value=wb.loop.finetune_minutes, minimum=0.1, maximum=24 * 60,
                                                label="Time budget (minutes)", elem_id="finetune-minutes")
-                        ft_max_iter = gr.Number(value=wb.finetune_max_iter or 0, precision=0, minimum=0,
+                        ft_max_iter = gr.Number(value=wb.loop.finetune_max_iter or 0, precision=0, minimum=0,
                                                 maximum=100_000, label="Max iterations (0: automatic)",
                                                 elem_id="finetune-max-iter")
                     with gr.Row():
@@ -178,14 +179,14 @@ def build_app(wb: Workbench) -> gr.Blocks:
 
         view = [state, canvas, segments, status, relabel, recover, gt, position]
 
-        def show(s: EditorSession, screen: Screen) -> tuple:
+        def show(s: BrowserSession, screen: Screen) -> tuple:
             return (s, screen.canvas, _table(screen.rows), screen.status,
                     gr.Dropdown(choices=screen.relabel, value=screen.relabel_value),
                     [(img, cap) for img, cap in screen.candidates] or None,
                     gr.Image(value=screen.ground_truth, visible=screen.ground_truth is not None),
                     screen.position)
 
-        def session(s: EditorSession | None) -> EditorSession:
+        def session(s: BrowserSession | None) -> BrowserSession:
             return s if s is not None else wb.new_session()
 
         def on_load(s, request: gr.Request):

@@ -1,25 +1,23 @@
 """The editor's actions without a UI: what happens on upload, task switch, click, edit, export.
 
-``Workbench`` holds what all users share (the model, the image list given on the command line, the
-export folder); ``EditorSession`` is what one browser session owns (its ``WorkspaceState``, the
-selection, the recover candidates, its counters). Every action takes a session, changes it through
-``EditSession`` / ``WorkspaceState`` and returns a ``Screen``: everything the page shows, as plain
-Python values. The Gradio layer (``app/ui.py``) only maps events to these methods and ``Screen``
-fields to components, so every behaviour here is testable without a browser.
+``Workbench`` is what all users share, composed of parts that own their state:
 
-User mistakes (a bad image, an edit that cannot apply, a bad export name) never raise: the
-``Screen`` carries the one-line message in ``status`` and nothing changes.
+- ``model``: the ``SharedModel`` (the predictor, the label of its weights, the run counter);
+- ``source``: the ``DatasetImages`` of ``--dataset`` (ground truth, dataset ids);
+- ``edits``: the ``EditEngine`` (clicks and segment edits of a session's current image);
+- ``loop``: the ``LoopController`` (export, fine-tune, adopt, re-predict, measure; the one run).
 
-Split by responsibility: this module holds the shared state, sessions, model runs, the ``Screen``
-rendering, opening images and view options; ``app.workbench_edits`` the clicks and edits;
-``app.workbench_loop`` export, fine-tune and adopting its model; ``app.workbench_session`` the
-``EditorSession`` and ``Screen`` records.
+Itself it holds the image list given on the command line, the examples and the per-session upload
+folders. A ``BrowserSession`` is what one browser session owns (its ``WorkspaceState``, the selection,
+the recover candidates, its counters). Every action takes a session, runs one part's method under the
+session's lock (``_run``) and returns a ``Screen``: everything the page shows, as plain Python values.
+The Gradio layer (``app/ui.py``) only maps events to these methods and ``Screen`` fields to
+components, so every behaviour here is testable without a browser.
 
-Which model predicted an image: every prediction is made under the label of the current weights
-(``model_label``), and the status line shows it ("predicted by: ..."). An image without edits always
-shows the current model's prediction: opened after the model was swapped, it is predicted again
-(``_open``). An edited image keeps its edits and the prediction they were made on until the user
-chooses Re-predict (``LoopActions.repredict``).
+Errors: a user's mistake (a bad image, an edit that cannot apply, a bad export name: ``USER_ERRORS``)
+never raises: the ``Screen`` carries its one-line message in ``status`` and nothing changes. Anything
+else is a bug: it is logged with its traceback (logger ``app``; ``log_path`` is the file the app logs
+to) and the status says "Internal error" and where the log is, never dressed as a user's mistake.
 """
 
 from __future__ import annotations
@@ -29,11 +27,10 @@ import itertools
 import logging
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -41,28 +38,31 @@ from PIL import Image
 from m2f_core.atomic import remove_stale_temporaries
 from m2f_core.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 
+from .browser_session import BrowserSession, Screen, milliseconds, short_label, unique_name
+from .dataset_images import DatasetImages
+from .edit_engine import CLICK_MODES, EditEngine
 from .editing import TASKS
-from .finetune import FineTuneRun
+from .errors import UserError, internal_error_message, is_user_error
+from .loop_controller import FinetuneView, LoopController
 from .render import candidate_preview, relabel_choices, render_canvas, render_ground_truth, segment_rows
+from .shared_model import SharedModel
 from .state import WorkspaceState
-from .workbench_edits import CLICK_MODES, EditActions
-from .workbench_loop import LoopActions
-from .workbench_session import EditorSession, Screen, _ms, short_label, unique_name
 
 if TYPE_CHECKING:
     from m2f_core.data.records import SegmentationDataset
     from m2f_core.prediction import Prediction
     from m2f_core.predictor import Predictor
 
-__all__ = ["CLICK_MODES", "EditorSession", "Screen", "Workbench", "unique_name"]
+__all__ = ["CLICK_MODES", "BrowserSession", "Screen", "Workbench", "unique_name"]
 
 log = logging.getLogger("app")
+T = TypeVar("T")
 
 TASK_LABELS = {"panoptic": "Panoptic", "instance": "Instance", "semantic": "Semantic"}
 
 
-class Workbench(EditActions, LoopActions):
-    """The shared part of the app: the model and the command line's images. Thread-safe."""
+class Workbench:
+    """The shared part of the app, composed of ``model``, ``source``, ``edits`` and ``loop``. Thread-safe."""
 
     def __init__(self, predictor: Predictor, corrections_dir: str | Path = "datasets/corrections", *,
                  images: Sequence[str | Path] = (), dataset: SegmentationDataset | None = None,
@@ -71,102 +71,78 @@ class Workbench(EditActions, LoopActions):
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = 1600, min_side: int = 640,
                  weights_label: str = "",
                  weights_source: str | None = None, runs_dir: str | Path = "runs", finetune_minutes: float = 10.0,
-                 finetune_max_iter: int | None = None, finetune_args: Sequence[str] = ()) -> None:
-        self.predictor = predictor
-        self.corrections_dir = Path(corrections_dir)
-        remove_stale_temporaries(self.corrections_dir)  # an export killed mid-write: put the old one back
-        self.dataset = dataset
-        self.dataset_spec = dataset_spec  # "FORMAT:PATH" of ``dataset`` (the export manifest's ``source``)
-        self.dataset_split = dataset_split
-        self._gt_index: dict[str, int] = {}
-        self._source_ids: dict[str, int | str] = {}  # image path -> its id in the dataset (kept by exports)
-        browse = [Path(p) for p in images]
-        if dataset is not None:
-            for i in range(len(dataset)):
-                sample = dataset[i]
-                path = Path(sample.file_name)
-                self._gt_index[str(path)] = i
-                self._source_ids[str(path)] = sample.image_id
-                browse.append(path)
-        self.browse = browse
+                 finetune_max_iter: int | None = None, finetune_args: Sequence[str] = (),
+                 log_path: str | Path | None = None) -> None:
+        remove_stale_temporaries(Path(corrections_dir))  # an export killed mid-write: put the old one back
+        self.model = SharedModel(predictor, weights_label, weights_source, max_pixels)
+        self.source = DatasetImages(dataset, dataset_spec, dataset_split)
+        self.edits = EditEngine(self.model, max_side, min_side)
+        self.loop = LoopController(self.model, corrections_dir, source=self.source, runs_dir=runs_dir,
+                                   finetune_minutes=finetune_minutes, finetune_max_iter=finetune_max_iter,
+                                   finetune_args=finetune_args)
+        self.browse = [Path(p) for p in images] + self.source.paths
         self.examples = [Path(p) for p in examples]
         self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="m2f-app-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.max_pixels = int(max_pixels)
-        self.max_side = int(max_side)
-        self.min_side = int(min_side)
-        self.weights_label = weights_label
-        self.weights_source = weights_source
-        self.runs_dir = Path(runs_dir)
-        self.finetune_minutes = float(finetune_minutes)
-        self.finetune_max_iter = finetune_max_iter
-        self.finetune_args = list(finetune_args)  # more trainer options (e.g. --recipe FILE)
-        self.finetune_run: FineTuneRun | None = None  # the app's one fine-tuning run (the last started)
-        self.finetune_export: Path | None = None  # the export it trains on
-        self._job_lock = threading.Lock()
-        self.model_runs = 0  # all sessions together
-        self._model_lock = threading.Lock()
+        self.log_path = Path(log_path) if log_path is not None else None  # named by internal errors
         self._session_ids = itertools.count(1)
 
+    # read-only views of the parts, for the page and for tests
     @property
     def config(self):
-        return self.predictor.config
+        return self.model.config
+
+    @property
+    def predictor(self) -> Predictor:
+        return self.model.predictor
 
     @property
     def model_label(self) -> str:
         """The label of the current weights, stored with each prediction ("predicted by")."""
-        return self.weights_label or self.config.name
+        return self.model.label
+
+    @property
+    def model_runs(self) -> int:
+        return self.model.runs
+
+    @property
+    def corrections_dir(self) -> Path:
+        return self.loop.corrections_dir
+
+    @property
+    def dataset(self) -> SegmentationDataset | None:
+        return self.source.dataset
+
+    @property
+    def max_side(self) -> int:
+        return self.edits.max_side
+
+    @property
+    def min_side(self) -> int:
+        return self.edits.min_side
 
     # ---------------------------------------------------------------------------- sessions
-    def new_session(self) -> EditorSession:
+    def new_session(self) -> BrowserSession:
         """A fresh per-browser state: the command line's images listed, nothing predicted yet."""
         upload_dir = self.work_dir / f"session-{next(self._session_ids)}"
         upload_dir.mkdir(parents=True, exist_ok=True)
         ws = WorkspaceState(session_kwargs={"max_history": 200})
         for path in self.browse:
             ws.add_image(path)
-        return EditorSession(workspace=ws, upload_dir=upload_dir)
+        return BrowserSession(workspace=ws, upload_dir=upload_dir)
 
-    def close_session(self, s: EditorSession | None) -> None:
+    def close_session(self, s: BrowserSession | None) -> None:
         """Forget a session's uploads (called when the browser session ends)."""
         if s is not None:
             shutil.rmtree(s.upload_dir, ignore_errors=True)
 
-    # ---------------------------------------------------------------------------- model
-    def _predict(self, s: EditorSession, key: str) -> Prediction:
-        """Run the model once on an image (decoded with the pixel limit) and cache the result."""
-        item = s.workspace.item(key)
-        rgb = load_image(item.path, max_pixels=self.max_pixels)
-        with self._model_lock:  # the predictor and its label are swapped together under this lock
-            pred = self.predictor.predict(rgb)
-            label = self.model_label
-            self.model_runs += 1
-        s.model_runs += 1
-        s.timings["model"] = _ms(pred.timings.get("model", 0.0) + pred.timings.get("preprocess", 0.0))
-        log.info("model run %d: %s %dx%d in %.0f ms", self.model_runs, item.path.name if item.path else key,
-                 rgb.shape[1], rgb.shape[0], s.timings["model"])
-        s.workspace.set_prediction(key, pred, weights=label)
-        return pred
-
-    def _outdated(self, s: EditorSession, key: str) -> bool:
-        """An untouched image (no edits, not marked reviewed) predicted by other weights than the current
-        ones: predict it again. Loaded labels (``weights`` empty) are never replaced."""
-        item = s.workspace.item(key)
-        return (item.session is not None and bool(item.weights) and item.weights != self.model_label
-                and item.status == "untouched")
-
-    def _prediction(self, s: EditorSession) -> Prediction | None:
-        """The current image's prediction, recomputed if it fell out of the cache (edits are kept)."""
-        ws = s.workspace
-        if ws.current is None:
-            return None
-        pred = ws.prediction()
-        if pred is None:
-            pred = self._predict(s, ws.current)
-        return pred
+    def close(self) -> None:
+        """The app stops: a fine-tuning run does not outlive it (it saves its best weights first)."""
+        if self.loop.finetune_run is not None:
+            self.loop.finetune_run.cancel()
 
     # ---------------------------------------------------------------------------- the screen
-    def screen(self, s: EditorSession, message: str = "", export_file: str | None = None) -> Screen:
+    def screen(self, s: BrowserSession, message: str = "", export_file: str | None = None) -> Screen:
         """Render the current state (canvas timed as ``render``)."""
         ws = s.workspace
         session = ws.session() if ws.current is not None else None
@@ -179,7 +155,7 @@ class Workbench(EditActions, LoopActions):
         canvas = render_canvas(pred.image, session, ws.task, self.config, opacity=s.opacity, outline=s.outline,
                                selected=s.selected, uncertainty=pred.uncertainty() if s.uncertainty else None,
                                max_side=self.max_side, min_side=self.min_side)
-        s.timings["render"] = _ms(time.perf_counter() - start)
+        s.timings["render"] = milliseconds(time.perf_counter() - start)
         primary = s.selected[-1] if s.selected else None
         # the model's ranking only from the prediction the annotation started from (same query numbers)
         ranking = pred if ws.predicted_by() == ws.item().weights else None
@@ -191,17 +167,17 @@ class Workbench(EditActions, LoopActions):
         return Screen(canvas, segment_rows(session, s.selected), self._status(s, message), choices, value, cands,
                       self._ground_truth(s, pred), position, export_file)
 
-    def _position(self, s: EditorSession) -> str:
+    def _position(self, s: BrowserSession) -> str:
         ws = s.workspace
         if ws.current is None:
             return "no image"
         return f"image {ws.keys.index(ws.current) + 1} / {len(ws)}: {self._name(s)}"
 
-    def _name(self, s: EditorSession) -> str:
+    def _name(self, s: BrowserSession) -> str:
         item = s.workspace.item()
         return item.path.name if item.path is not None else item.key
 
-    def _status(self, s: EditorSession, message: str) -> str:
+    def _status(self, s: BrowserSession, message: str) -> str:
         ws = s.workspace
         parts = []
         if ws.current is not None and ws.session() is not None:
@@ -226,7 +202,7 @@ class Workbench(EditActions, LoopActions):
         line = " · ".join(parts)
         return f"{message}\n\n{line}" if message else line
 
-    def _predicted_by(self, s: EditorSession) -> str:
+    def _predicted_by(self, s: BrowserSession) -> str:
         """Which weights predicted the current image, and what that means for its edits."""
         ws = s.workspace
         item, by = ws.item(), ws.predicted_by()
@@ -234,17 +210,17 @@ class Workbench(EditActions, LoopActions):
         if item.weights and by is not None and by != item.weights:
             text += f" (edits made on the prediction of {short_label(item.weights)}: no model ranking in the " \
                     "relabel menu)"
-        elif by is not None and by != self.model_label and item.status == "untouched":
+        elif by is not None and by != self.model.label and item.status == "untouched":
             text += " (an earlier model: ⟳ Re-predict to use the current one)"  # swapped while it was open
-        elif by is not None and by != self.model_label:
+        elif by is not None and by != self.model.label:
             text += " (an earlier model, kept for your edits or review: ⟳ Re-predict starts again from the current one)"
         return text
 
-    def _ground_truth(self, s: EditorSession, pred: Prediction) -> np.ndarray | None:
+    def _ground_truth(self, s: BrowserSession, pred: Prediction) -> np.ndarray | None:
         if self.dataset is None:
             return None
         item = s.workspace.item()
-        index = self._gt_index.get(str(item.path))
+        index = self.source.index(item.path)
         if index is None:
             return None
         try:
@@ -260,39 +236,62 @@ class Workbench(EditActions, LoopActions):
         return render_ground_truth(pred.image, sample.panoptic, sample.semantic, names, colors, is_thing,
                                    s.opacity, self.max_side, self.min_side)
 
-    def _run(self, s: EditorSession, action: Callable[[], str | None]) -> Screen:
-        """Run an action under the session lock; a ValueError becomes the status message.
+    def failure_message(self, e: Exception, what: str = "", where: str = "") -> str:
+        """The status line of a failed action: a user's mistake as its message (``what`` in front:
+        "export failed: "), anything else as an internal error, logged with its traceback (``where``: the
+        action, for the log)."""
+        if is_user_error(e):
+            return f"⚠️ {what}{' '.join(str(e).split())}"
+        log.error("internal error in %s", where or what.rstrip(": ") or "an action", exc_info=e)
+        return f"⚠️ {internal_error_message(e, self.log_path)}"
+
+    def _run(self, s: BrowserSession, action: Callable[[], str | None], *, what: str = "",
+             export_file: Callable[[], str | None] | None = None) -> Screen:
+        """Run an action under the session lock; a failure becomes the status message (``failure_message``).
 
         The action returns its message, or None to keep the last one (a view change, a repeated event).
+        ``what`` prefixes a failure's message ("export failed: ").
         """
+        where = getattr(action, "__qualname__", "")
         with s.lock:
             try:
                 message = action()
-            except ValueError as e:
-                message = f"⚠️ {e}"
+            except Exception as e:  # noqa: BLE001  (never an exception into the page: a status line)
+                message = self.failure_message(e, what, where)
             if message is not None:
                 s.message = message
-            return self.screen(s, s.message)
+            try:
+                return self.screen(s, s.message, export_file=export_file() if export_file is not None else None)
+            except Exception as e:  # noqa: BLE001  (a rendering bug: the page still says what happened)
+                s.message = self.failure_message(e, where="Workbench.screen")
+                return Screen(None, [], s.message, [], None, [], None, "", None)
+
+    def _guarded(self, action: Callable[[], T], on_failure: Callable[[str], T], what: str = "") -> T:
+        """An action of no session (the fine-tune panel), with ``_run``'s handling of failures."""
+        try:
+            return action()
+        except Exception as e:  # noqa: BLE001
+            return on_failure(self.failure_message(e, what, getattr(action, "__qualname__", "")))
 
     # ---------------------------------------------------------------------------- opening images
-    def start(self, s: EditorSession) -> Screen:
+    def start(self, s: BrowserSession) -> Screen:
         """Page load: open the first command-line image, if any."""
         def action():
             current = s.workspace.current
-            if current is not None and (s.workspace.prediction() is None or self._outdated(s, current)):
+            if current is not None and (s.workspace.prediction() is None or self.model.is_outdated(s, current)):
                 self._open(s, current, "")
                 return "ready"
             return "Upload an image or pick an example." if s.workspace.current is None else ""
         return self._run(s, action)
 
-    def open_upload(self, s: EditorSession, path: str | Path | None) -> Screen:
+    def open_upload(self, s: BrowserSession, path: str | Path | None) -> Screen:
         """An uploaded file: decoded (clear message if it is not a usable image), stored, predicted."""
         def action():
             if path is None:
                 return None
             src = Path(path)
             try:
-                rgb = load_image(src, max_pixels=self.max_pixels)
+                rgb = load_image(src, max_pixels=self.model.max_pixels)
             except ImageError as e:  # name the file as the user knows it, not by its upload path
                 raise ImageError(str(e).replace(str(src), src.name)) from None
             digest = hashlib.sha1(rgb.tobytes()).hexdigest()[:16]
@@ -306,16 +305,16 @@ class Workbench(EditActions, LoopActions):
             return self._open(s, key, f"opened {src.name}")
         return self._run(s, action)
 
-    def open_example(self, s: EditorSession, index: int) -> Screen:
+    def open_example(self, s: BrowserSession, index: int) -> Screen:
         def action():
             if not 0 <= int(index) < len(self.examples):
-                raise ValueError(f"no example {index}")
+                raise UserError(f"no example {index}")
             path = self.examples[int(index)]
             key = s.workspace.add_image(path)
             return self._open(s, key, f"opened example {path.name}")
         return self._run(s, action)
 
-    def step(self, s: EditorSession, delta: int) -> Screen:
+    def step(self, s: BrowserSession, delta: int) -> Screen:
         """Next / previous image of the workspace (uploads and command-line images, in order)."""
         def action():
             before = s.workspace.current
@@ -327,28 +326,22 @@ class Workbench(EditActions, LoopActions):
             return self._open(s, key, "")
         return self._run(s, action)
 
-    def _open(self, s: EditorSession, key: str, message: str) -> str:
-        ws = s.workspace
-        ws.open(key)
-        s.selected, s.candidates = [], []
-        if self._outdated(s, key):  # the model was swapped since: its untouched annotation follows the model
-            ws.discard(key)
-        if ws.prediction() is None:
-            self._predict(s, key)
+    def _open(self, s: BrowserSession, key: str, message: str) -> str:
+        self.model.open_image(s, key)
         return message
 
     # ---------------------------------------------------------------------------- view options
-    def set_task(self, s: EditorSession, task: str) -> Screen:
+    def set_task(self, s: BrowserSession, task: str) -> Screen:
         """Switch task: re-rendered from the cached prediction, the model is not run."""
         def action():
             t = str(task).lower()
             if t not in TASKS:
-                raise ValueError(f"unknown task {task!r}")
+                raise UserError(f"unknown task {task!r}")
             s.workspace.task = t
             return None
         return self._run(s, action)
 
-    def set_view(self, s: EditorSession, opacity: float | None = None, outline: bool | None = None,
+    def set_view(self, s: BrowserSession, opacity: float | None = None, outline: bool | None = None,
                  uncertainty: bool | None = None) -> Screen:
         def action():
             if opacity is not None:
@@ -363,9 +356,79 @@ class Workbench(EditActions, LoopActions):
     def describe(self) -> str:
         """One line about the model, for the page header."""
         cfg = self.config
-        return (f"model: {self.weights_label or cfg.name} · {len(cfg.class_names)} classes · "
+        return (f"model: {self.model.label} · {len(cfg.class_names)} classes · "
                 f"device {self.predictor.device} · exports to {self.corrections_dir}")
 
     def info(self) -> dict:
         """Counters for tests and monitoring."""
-        return {"model_runs": self.model_runs, "weights": self.weights_label}
+        return {"model_runs": self.model.runs, "weights": self.model.weights_label}
+
+    # ---------------------------------------------------------------------------- clicks and edits (``edits``)
+    def click(self, s: BrowserSession, x: float, y: float, mode: str = "Select", *, brush_size: float = 10.0,
+              overwrite: bool = False, multi: bool = False, new_class: int | None = None) -> Screen:
+        """A click on the canvas at displayed pixel (x, y), interpreted by ``mode`` (``CLICK_MODES``)."""
+        return self._run(s, lambda: self.edits.click(s, x, y, mode, brush_size=brush_size, overwrite=overwrite,
+                                                     multi=multi, new_class=new_class))
+
+    def select_segment(self, s: BrowserSession, segment_id: int | None, multi: bool = False) -> Screen:
+        """Select by id (a click on the segment table)."""
+        return self._run(s, lambda: self.edits.select_segment(s, segment_id, multi))
+
+    def relabel(self, s: BrowserSession, class_id: int | None) -> Screen:
+        return self._run(s, lambda: self.edits.relabel(s, class_id))
+
+    def delete(self, s: BrowserSession) -> Screen:
+        return self._run(s, lambda: self.edits.delete(s))
+
+    def merge(self, s: BrowserSession) -> Screen:
+        return self._run(s, lambda: self.edits.merge(s))
+
+    def split(self, s: BrowserSession) -> Screen:
+        return self._run(s, lambda: self.edits.split(s))
+
+    def undo(self, s: BrowserSession) -> Screen:
+        return self._run(s, lambda: self.edits.undo(s))
+
+    def redo(self, s: BrowserSession) -> Screen:
+        return self._run(s, lambda: self.edits.redo(s))
+
+    def recover(self, s: BrowserSession, index: int, overwrite: bool = False) -> Screen:
+        return self._run(s, lambda: self.edits.recover(s, index, overwrite))
+
+    def apply_mask(self, s: BrowserSession, mask: np.ndarray, op: str, *, overwrite: bool = False,
+                   new_class: int | None = None) -> Screen:
+        return self._run(s, lambda: self.edits.apply_mask(s, mask, op, overwrite=overwrite, new_class=new_class))
+
+    # ---------------------------------------------------------------------------- the loop (``loop``)
+    def mark_reviewed(self, s: BrowserSession, reviewed: bool | None = None) -> Screen:
+        return self._run(s, lambda: self.loop.mark_reviewed(s, reviewed))
+
+    def export(self, s: BrowserSession, name: str, overwrite: bool = False, include_untouched: bool = False) -> Screen:
+        """``LoopController.export``; the ``Screen`` carries the zip (``export_file``) when it worked."""
+        zip_path: list[str] = []
+
+        def action() -> str:
+            message, path = self.loop.export(s, name, overwrite, include_untouched)
+            zip_path.append(path)
+            return message
+        return self._run(s, action, what="export failed: ", export_file=lambda: zip_path[0] if zip_path else None)
+
+    def start_finetune(self, s: BrowserSession, name: str, max_minutes: float | None = None,
+                       max_iter: int | None = None) -> Screen:
+        return self._run(s, lambda: self.loop.start_finetune(name, max_minutes, max_iter))
+
+    def finetune_view(self) -> FinetuneView:
+        return self._guarded(self.loop.finetune_view, lambda message: FinetuneView(message, "", False, False))
+
+    def cancel_finetune(self, wait: bool = True) -> str:
+        return self._guarded(lambda: self.loop.cancel_finetune(wait), lambda message: message)
+
+    def adopt(self, s: BrowserSession, anyway: bool = False, run_dir: str | Path | None = None) -> Screen:
+        return self._run(s, lambda: self.loop.adopt(s, anyway, run_dir))
+
+    def repredict(self, s: BrowserSession) -> Screen:
+        return self._run(s, lambda: self.loop.repredict(s))
+
+    def evaluate_on_dataset(self, limit: int = 20) -> str:
+        return self._guarded(lambda: self.loop.evaluate_on_dataset(limit), lambda message: message,
+                             what="evaluation failed: ")

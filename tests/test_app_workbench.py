@@ -5,6 +5,7 @@ The same crafted weights and scene as the browser tests (``app_helpers``); the m
 
 from __future__ import annotations
 
+import logging
 import zipfile
 
 import numpy as np
@@ -125,6 +126,44 @@ def test_bad_upload_is_a_status_message(wb, tmp_path):
     screen = wb.open_upload(s, bad)
     assert screen.canvas is None and s.model_runs == 0
     assert "notes.png: not an image" in screen.status and str(tmp_path) not in screen.status
+
+
+def test_user_error_is_a_plain_one_line_message(wb, assets, caplog):
+    """A user's mistake (nothing selected, an unknown class) is its one-line message, and nothing is logged."""
+    s, _ = opened(wb, assets)
+    with caplog.at_level(logging.ERROR, logger="app"):
+        first = wb.delete(s).status.split("\n")[0]
+        unknown = wb.click(s, 5, 5, "New segment", new_class=999).status.split("\n")[0]
+    assert first == "⚠️ select a segment first (click it on the image or in the table)"
+    assert unknown.startswith("⚠️ unknown class id 999") and "Internal error" not in unknown
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("error", [KeyError("segment 7"), ValueError("a bug deep in the code")])
+def test_internal_error_is_logged_and_named_as_such(predictor, assets, tmp_path, monkeypatch, caplog, error):
+    """A failure that is no user's mistake (even a plain ValueError) is logged with its traceback and the
+    status says "Internal error" and where the log is; it never reads as a user's mistake."""
+    from app.editing import EditSession
+
+    log_path = tmp_path / "app.log"
+    wb = Workbench(predictor, tmp_path / "corrections", work_dir=tmp_path / "work", min_side=0, log_path=log_path)
+    s, _ = opened(wb, assets)
+    sid, x, y = thing_point(s.workspace.session())
+    wb.click(s, x, y, "Select")
+
+    def broken(self, segment_id):  # deep in the edit engine: the annotation's own operation fails
+        raise error
+
+    monkeypatch.setattr(EditSession, "delete", broken)
+    with caplog.at_level(logging.ERROR, logger="app"):
+        status = wb.delete(s).status.split("\n")[0]
+    assert status.startswith(f"⚠️ Internal error: {type(error).__name__}") and str(log_path) in status
+    assert f"⚠️ {error}" not in status  # not dressed as a user's mistake
+    assert s.workspace.session().segment(sid)  # nothing changed
+    records = [r for r in caplog.records if r.exc_info and r.exc_info[1] is error]
+    assert len(records) == 1 and "Traceback" in caplog.text and "in broken" in caplog.text
+    # the app goes on: the next action works
+    assert wb.undo(s).status.startswith("nothing to undo")
 
 
 def test_pixel_limit(predictor, assets, tmp_path):
@@ -351,7 +390,7 @@ def test_adopt_repredicts_untouched_and_keeps_edits(browse_wb, assets, tmp_path)
                                                  "held_out": ["x.png"], "per_class_PQ": {}}))
     screen = wb.adopt(s, run_dir=run)
     assert "⚠️ not better on the held-out images (held-out PQ 40.0 → 39.0)" in screen.status
-    assert "Adopt anyway" in screen.status and wb.weights_label == "crafted"
+    assert "Adopt anyway" in screen.status and wb.model.weights_label == "crafted"
     screen = wb.adopt(s, anyway=True, run_dir=run)
     label = str(run / "model")
     assert wb.model_label == label and "adopted runs/by-hand/model" in screen.status
@@ -400,7 +439,7 @@ def test_adopt_repredicts_untouched_and_keeps_edits(browse_wb, assets, tmp_path)
 
 
 def test_finetune_panel_texts():
-    from app.workbench_loop import class_changes, gain_markdown
+    from app.loop_controller import class_changes, gain_markdown
 
     per_class = {"disc": {"before": 10.0, "after": 12.5}, "box": {"before": 30.0, "after": 30.4},
                  "sky": {"before": None, "after": 0.0}, "none": {"before": None, "after": None}}
@@ -474,14 +513,14 @@ def test_finetune_follow_finish_and_adopt(ft_wb):
     assert "finished after 2 iterations" in view.progress and view.adoptable, view.progress
     assert "held-out PQ by iteration: 0:" in view.progress
     assert "1 held-out image(s)" in view.result and "| PQ |" in view.result
-    result = wb.finetune_run.status().result
+    result = wb.loop.finetune_run.status().result
     assert result["iterations"] == 2 and len(result["held_out"]) == 1
     if result["recommendation"] != "adopt":
         assert "⚠️" in view.result and "Adopt anyway" in wb.adopt(s).status
     old = wb.predictor
     screen = wb.adopt(s, anyway=True)
     assert "adopted" in screen.status and wb.predictor is not old
-    assert wb.model_label == str(wb.finetune_run.run_dir / "model")
+    assert wb.model_label == str(wb.loop.finetune_run.run_dir / "model")
     assert "model: " + wb.model_label in wb.describe()
     # every image was edited: each keeps its edits and the prediction they were made on
     assert "predicted by: crafted (an earlier model, kept for your edits" in wb.screen(s).status
@@ -492,17 +531,17 @@ def test_finetune_cancel_leaves_adoptable_weights(ft_wb):
     from m2f_core.checkpoint import load_model
 
     wb = ft_wb
-    wb.finetune_max_iter = 500
+    wb.loop.finetune_max_iter = 500
     s = _four_edited_export(wb, "cancel")
     assert wb.cancel_finetune() == "no fine-tuning run is going on"
     wb.start_finetune(s, "cancel")
-    _wait(wb, lambda v: wb.finetune_run.status().progress.get("iteration", 0) >= 1 or not v.running)
+    _wait(wb, lambda v: wb.loop.finetune_run.status().progress.get("iteration", 0) >= 1 or not v.running)
     assert "cancelled" in wb.cancel_finetune()
     view = wb.finetune_view()
     assert not view.running and view.adoptable and "cancelled at iteration" in view.progress, view.progress
     from app.finetune import recommended_weights
 
-    load_model(recommended_weights(wb.finetune_run.run_dir))
+    load_model(recommended_weights(wb.loop.finetune_run.run_dir))
     assert "adopted" in wb.adopt(s, anyway=True).status
 
 
@@ -530,10 +569,10 @@ def test_evaluate_on_the_dataset_side_by_side(predictor, assets, tmp_path):
     (run / "exit_code").write_text("0\n")
     ended = subprocess.Popen(["true"])
     ended.wait()
-    wb.finetune_run = FineTuneRun(run, pid=ended.pid)  # a finished run, as the page finds it after a restart
-    wb.finetune_export = tmp_path / "export"
-    wb.finetune_export.mkdir()
-    (wb.finetune_export / "panoptic.json").write_text(json.dumps({"images": [{"file_name": "s0.png"},
+    wb.loop.finetune_run = FineTuneRun(run, pid=ended.pid)  # a finished run, as the page finds it after a restart
+    wb.loop.finetune_export = tmp_path / "export"
+    wb.loop.finetune_export.mkdir()
+    (wb.loop.finetune_export / "panoptic.json").write_text(json.dumps({"images": [{"file_name": "s0.png"},
                                                                              {"file_name": "s1.png"}]}))
     text = wb.evaluate_on_dataset(limit=5)
     # s0 was trained on; s1 was held out and s2 never exported: both are unseen

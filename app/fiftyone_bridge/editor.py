@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
+from app.errors import UserError
+
 from . import GT
 
 if TYPE_CHECKING:
-    from app.workbench import EditorSession, Screen, Workbench
+    from app.browser_session import BrowserSession, Screen
+    from app.workbench import Workbench
 
 __all__ = ["DEFAULT_EDITOR_URL", "editor_link", "editor_url", "open_from_query"]
 
@@ -72,21 +75,21 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _allowed(wb: Workbench, text: str, what: str, folder: bool = False) -> Path:
-    """``text`` as a resolved path the editor may read, else a ValueError naming why."""
+    """``text`` as a resolved path the editor may read, else a ``UserError`` naming why."""
     if not text or "\x00" in text:
-        raise ValueError(f"empty or invalid {what} path")
+        raise UserError(f"empty or invalid {what} path")
     path = Path(text).expanduser()
     if not path.is_absolute():
-        raise ValueError(f"the {what} path must be absolute: {text}")
+        raise UserError(f"the {what} path must be absolute: {text}")
     path = path.resolve()
     browse = {Path(p).resolve() for p in wb.browse}
     if not (path in browse or _inside(path, wb.corrections_dir.resolve())):
-        raise ValueError(f"{path} is not one of the app's images nor inside its corrections folder "
+        raise UserError(f"{path} is not one of the app's images nor inside its corrections folder "
                          f"{wb.corrections_dir} (start launch.py with --images, --dataset or --corrections-dir)")
     if folder and not path.is_dir():
-        raise ValueError(f"{path}: no such labels folder")
+        raise UserError(f"{path}: no such labels folder")
     if not folder and not path.is_file():
-        raise ValueError(f"{path}: no such image")
+        raise UserError(f"{path}: no such image")
     return path
 
 
@@ -102,28 +105,31 @@ def _labels_session(wb: Workbench, image: Path, labels: Path):
 
     ds = CorrectionsDataset(labels)
     if ds.panoptic is None:
-        raise ValueError(f"{labels}: no panoptic.json, nothing the editor can load")
+        raise UserError(f"{labels}: no panoptic.json, nothing the editor can load")
     record = next((r for r in (ds[i] for i in range(len(ds))) if Path(r.file_name).name == image.name), None)
     if record is None:
-        raise ValueError(f"{labels}: no labels for {image.name}")
+        raise UserError(f"{labels}: no labels for {image.name}")
     pan = record.panoptic
-    h, w = load_image(image, max_pixels=wb.max_pixels).shape[:2]
+    h, w = load_image(image, max_pixels=wb.model.max_pixels).shape[:2]
     if (pan.height, pan.width) != (h, w):
-        raise ValueError(f"{labels}: labels are {pan.width}x{pan.height}, the image {w}x{h}")
+        raise UserError(f"{labels}: labels are {pan.width}x{pan.height}, the image {w}x{h}")
     model = [{"name": n} for n in wb.config.class_names]
     to_model = class_mapping([c["name"] for c in ds.categories], None, model)
     used = sorted({s.category_id for s in pan.segments})
     unknown = [ds.categories[c]["name"] for c in used if to_model[c] < 0]
     if unknown:
-        raise ValueError(f"the labels use classes the model does not know ({', '.join(unknown[:5])}); "
+        raise UserError(f"the labels use classes the model does not know ({', '.join(unknown[:5])}); "
                          "start the editor with weights trained on the dataset's classes")
     for s in pan.segments:
         s.category_id = int(to_model[s.category_id])
     remapped = PanopticResult(np.asarray(pan.segment_map), pan.segments)
-    return EditSession.from_panoptic(remapped, wb.config, max_history=200)
+    try:
+        return EditSession.from_panoptic(remapped, wb.config, max_history=200)
+    except ValueError as e:  # the file's annotation does not hold together
+        raise UserError(f"{labels}: {' '.join(str(e).split())}") from e
 
 
-def open_from_query(wb: Workbench, s: EditorSession, params: Mapping[str, str]) -> Screen | None:
+def open_from_query(wb: Workbench, s: BrowserSession, params: Mapping[str, str]) -> Screen | None:
     """Page-load hook: open ``?image=`` (with ``&labels=`` as its annotation); None without ``image``.
 
     A refused or unreadable path, or labels that do not fit, give the normal start screen with the
@@ -137,9 +143,9 @@ def open_from_query(wb: Workbench, s: EditorSession, params: Mapping[str, str]) 
         image = _allowed(wb, image_text, "image")
         labels = _allowed(wb, labels_text, "labels", folder=True) if labels_text else None
         session = _labels_session(wb, image, labels) if labels is not None else None
-    except ValueError as e:  # DatasetError and ImageError are ValueErrors too
+    except Exception as e:  # noqa: BLE001  (a bad link is a status line; a bug is logged as an internal error)
         screen = wb.start(s)
-        screen.status = f"⚠️ cannot open the link: {' '.join(str(e).split())}\n\n{screen.status}"
+        screen.status = f"{wb.failure_message(e, 'cannot open the link: ')}\n\n{screen.status}"
         return screen
     with s.lock:
         key = s.workspace.add_image(image)

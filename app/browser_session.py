@@ -1,10 +1,13 @@
-"""What one browser session owns (``EditorSession``) and what the page shows after an action (``Screen``).
+"""What one browser session owns (``BrowserSession``) and what the page shows after an action (``Screen``).
 
-Why a module of its own: these plain dataclasses are shared by ``Workbench`` and its action
-mixins (``app.workbench_edits``, ``app.workbench_loop``) and by the Gradio and FiftyOne layers,
-which only read them; keeping them apart from the actions avoids import cycles. ``unique_name``
-(a free file or run name), ``short_label`` (weights for the status line) and ``_ms`` (timings) are the
-small helpers those modules share.
+Why a module of its own: these plain dataclasses are shared by ``Workbench`` and its parts
+(``app.shared_model``, ``app.edit_engine``, ``app.loop_controller``) and by the Gradio and FiftyOne
+layers, which only read them; keeping them apart from the actions avoids import cycles.
+``unique_name`` (a free file or run name), ``short_label`` (weights for the status line) and
+``milliseconds`` (timings) are the small helpers those modules share.
+
+Not to be confused with ``EditSession`` (``app.editing``): the editable annotation of one image. A
+browser session holds a workspace of images, each with its own ``EditSession``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from .state import WorkspaceState
 if TYPE_CHECKING:
     from m2f_core.structures import Candidate
 
-__all__ = ["EditorSession", "Screen", "short_label", "unique_name"]
+__all__ = ["BrowserSession", "Screen", "milliseconds", "short_label", "unique_name"]
 
 
 @dataclass
@@ -41,8 +44,9 @@ class Screen:
 
 
 @dataclass
-class EditorSession:
-    """What one browser session owns. Created per session by ``Workbench.new_session``."""
+class BrowserSession:
+    """What one browser session owns (its images, selection, view options, counters).
+    Created per session by ``Workbench.new_session``."""
 
     workspace: WorkspaceState
     upload_dir: Path
@@ -77,5 +81,6 @@ def short_label(label: str) -> str:
     return str(Path(*parts[-3:])) if "/" in label and len(parts) > 3 else label
 
 
-def _ms(seconds: float) -> float:
+def milliseconds(seconds: float) -> float:
+    """Seconds as milliseconds rounded to 0.1 (the status line's timings)."""
     return round(seconds * 1000.0, 1)
