@@ -56,6 +56,9 @@ RECIPES: dict[str, dict] = {
     "replay70_distill5": {"replay_fraction": 0.7, "distill_weight": 5.0},
     "surgical_early": {"train_only": ["backbone.patch_embed", "backbone.layers.0"]},
     "surgical_backbone": {"train_only": ["backbone."]},
+    "frozen_backbone_replay70_guard": {"backbone_multiplier": 0.0, "replay_fraction": 0.7, "retain_images": 48,
+                                       "retain_tolerance": 1.0},
+    "frozen_backbone_replay80": {"backbone_multiplier": 0.0, "replay_fraction": 0.8},
     "lr3e-4": {"lr": 3e-4},
 }
 

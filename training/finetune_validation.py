@@ -30,6 +30,9 @@ class Validator:
 
     The best weights have the best held-out score (by more than ``min_delta``; the starting weights
     count) among those whose score on the retained images fell by at most ``retain_tolerance``.
+    Early stopping follows the held-out score alone (``bad_evals``: validations since it last rose by
+    more than ``min_delta``), so a run whose retained score dips early, as it does while replay catches
+    up, goes on learning rather than stopping at the first rejected checkpoints.
     """
 
     def __init__(self, model, val_set, retain_set, device: str, recipe: FinetuneRecipe, metrics_file,
@@ -42,6 +45,7 @@ class Validator:
         self.best_state = self._state()
         self.retain_start: float | None = None
         self.bad_evals = 0
+        self.top_value: float | None = None  # the best held-out score seen, selected or not
         self.seconds: float | None = None
 
     def _state(self) -> dict[str, Any]:
@@ -76,6 +80,8 @@ class Validator:
                                                   or value > self.best["value"] + self.recipe.min_delta):
             self.best = {"iteration": it, "value": value, "metrics": m, "retained": kept, "result": result}
             self.best_state = self._state()
+        if value is not None and (self.top_value is None or value > self.top_value + self.recipe.min_delta):
+            self.top_value = value
             self.bad_evals = 0
         elif it > 0:
             self.bad_evals += 1
