@@ -190,7 +190,8 @@ def test_selection_bounds_what_the_model_forgets(tmp_path):
     # 20 lost 4 points of retained PQ; 30 is within 1 point but 40 is no better than 30 by min_delta (0.1)
     assert bounded.best["iteration"] == 30 and bounded.best_state["weight"].item() == 30
     assert bounded.best["retained"]["PQ"] == 69.2 and [c["iter"] for c in bounded.curve] == list(script)
-    assert bounded.bad_evals == 1
+    # early stopping reads the held-out score alone: 20 was its top (selected or not); 30 and 40 did not beat it
+    assert bounded.bad_evals == 2 and free.bad_evals == 2
 
 
 # ------------------------------------------------------------------------------------------------
