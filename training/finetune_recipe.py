@@ -15,7 +15,7 @@ class FinetuneRecipe:
     (``docs/finetuning.md``: compared on held-out shifted and original scenes)."""
 
     lr: float = 1e-4
-    backbone_multiplier: float = 1.0  # 0 freezes the backbone
+    backbone_multiplier: float = 0.0  # 0 freezes the backbone (the chosen default: forgets less, runs faster)
     train_only: list[str] | None = None  # parameter-name prefixes that train (None: all); e.g. the first blocks
     batch_size: int = 4
     schedule: str = "poly"
@@ -24,12 +24,12 @@ class FinetuneRecipe:
     min_iterations: int = 100
     max_iterations: int = 1000
     replay: str = "auto"  # "auto", "none", "synthetic", "untouched" or FORMAT:PATH
-    replay_fraction: float = 0.5  # share of each batch drawn from the replay data
+    replay_fraction: float = 0.7  # share of each batch drawn from the replay data
     replay_images: int = 200  # synthetic scenes generated for replay
     anchor_weight: float = 0.0  # L2-SP: weight of sum((w - w_start)^2) added to the loss
     distill_weight: float = 0.0  # weight of the distillation towards the starting model on replay images
-    retain_images: int = 24  # images the starting model handled (original scenes / untouched), validated too
-    retain_tolerance: float | None = None  # largest drop there (metric points) a selected model may have
+    retain_images: int = 48  # images the starting model handled (original scenes / untouched), validated too
+    retain_tolerance: float | None = 1.0  # largest drop there (metric points) a selected model may have
     retain_warning: float = 2.0  # a larger drop there and the run does not recommend its model
     holdout_fraction: float = 0.2
     min_images_for_holdout: int = 4  # fewer corrected images: no hold-out (and no validation)
