@@ -137,6 +137,14 @@ def finetune(train: Path, run: Path, recipe: dict, max_minutes: float) -> dict:
     return {"wall_s": round(wall, 1), **line}
 
 
+def _changes(recipe: dict) -> dict:
+    """The settings of a recipe that differ from the shipped default (the table's "recipe" column)."""
+    from training.finetune_recipe import FinetuneRecipe
+
+    default = FinetuneRecipe()
+    return {k: v for k, v in recipe.items() if getattr(default, k) != v}
+
+
 def markdown(results: dict) -> str:
     """The results as the table of docs/finetuning.md."""
     base = results["baseline"]
@@ -149,7 +157,7 @@ def markdown(results: dict) -> str:
     for name, e in results.get("runs", {}).items():
         r, sh, og = e["run"], e["shifted"], e["original"]
         held = (f"{r['before']['PQ']:.1f} -> {r['after']['PQ']:.1f}" if r.get("before") else "not measured")
-        changes = ", ".join(f"{k}={v}" for k, v in e["recipe"].items()) or "(defaults)"
+        changes = ", ".join(f"{k}={v}" for k, v in _changes(e["recipe"]).items()) or "(the shipped default)"
         rows.append(f"| {name} | {changes} | {sh['PQ']:.1f} ({sh['PQ'] - base['shifted']['PQ']:+.1f}) | "
                     f"{sh['PQ_th']:.1f} / {sh['PQ_st']:.1f} | "
                     f"{og['PQ']:.1f} ({og['PQ'] - base['original']['PQ']:+.1f}) | {og['PQ_th']:.1f} / "
@@ -194,7 +202,7 @@ def main() -> int:
 
             shutil.rmtree(run)
         line = finetune(train, run, recipe, args.max_minutes)
-        entry = {"recipe": recipe, "run": line,
+        entry = {"recipe": json.loads((run / "recipe.json").read_text()), "run": line,  # the effective recipe
                  "shifted": evaluate(str(run / "model"), sets["shifted"]),
                  "original": evaluate(str(run / "model"), sets["original"])}
         results.setdefault("runs", {})[name] = entry
