@@ -57,7 +57,8 @@ def test_benchmark_cli_end_to_end(tmp_path, capsys):
                          ("postprocess", "ours"), ("postprocess", "transformers"), ("switch", "ours")}
     assert rows["forward", "transformers"]["max_abs_diff"] < 1e-4  # same weights, same outputs
     # the reported differences are those of the saved outputs; bf16 autocast really ran (its outputs
-    # differ from fp32) and stays within bf16 rounding of them (8 mantissa bits, a few % after the layers)
+    # differ from fp32 far more than fp32 rounding does) and computes the same function (random weights:
+    # measured cosine 0.998-0.999, error about 5 % of the outputs' spread)
     import torch
 
     saved = {impl: torch.load(tmp_path / "work" / f"synthetic_small-64x64-forward-{impl}-0.pt", weights_only=True)
@@ -66,8 +67,11 @@ def test_benchmark_cli_end_to_end(tmp_path, capsys):
         diff = max((saved[impl][k].double() - saved["ours"][k].double()).abs().max().item()
                    for k in ("pred_logits", "pred_masks"))
         assert rows["forward", impl]["max_abs_diff"] == pytest.approx(diff, rel=1e-9, abs=1e-12)
-    scale = max(saved["ours"][k].abs().max().item() for k in ("pred_logits", "pred_masks"))
-    assert 0 < rows["forward", "ours-bf16"]["max_abs_diff"] < 0.05 * scale
+    fp32_noise = max(rows["forward", "transformers"]["max_abs_diff"], 1e-7)
+    assert rows["forward", "ours-bf16"]["max_abs_diff"] > 100 * fp32_noise
+    for k in ("pred_logits", "pred_masks"):
+        fp32, bf16 = saved["ours"][k].double().flatten(), saved["ours-bf16"][k].double().flatten()
+        assert torch.nn.functional.cosine_similarity(fp32, bf16, dim=0) > 0.99, k
     # speed-up = the peer's median / ours, from the rows' own medians
     for impl in ("ours", "ours-bf16"):
         assert rows["forward", impl]["speedup"] == pytest.approx(
