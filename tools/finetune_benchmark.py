@@ -137,31 +137,39 @@ def finetune(train: Path, run: Path, recipe: dict, max_minutes: float) -> dict:
     return {"wall_s": round(wall, 1), **line}
 
 
-def _changes(recipe: dict) -> dict:
-    """The settings of a recipe that differ from the shipped default (the table's "recipe" column)."""
+def _describe(recipe: dict) -> list[str]:
+    """A recipe as the table's columns: what trains, replay share, selection, other terms."""
     from training.finetune_recipe import FinetuneRecipe
 
-    default = FinetuneRecipe()
-    return {k: v for k, v in recipe.items() if getattr(default, k) != v}
+    r = FinetuneRecipe(**{k: v for k, v in recipe.items() if k in FinetuneRecipe.__dataclass_fields__})
+    if r.train_only:
+        trains = "only " + " + ".join(p.rstrip(".") for p in r.train_only)
+    else:
+        trains = "decoders" if r.backbone_multiplier == 0 else f"all (backbone lr x{r.backbone_multiplier:g})"
+    replay = "none" if r.replay == "none" or r.replay_fraction == 0 else f"{r.replay_fraction:.0%}"
+    select = (f"best held-out within {r.retain_tolerance:g} pt on {r.retain_images} retained"
+              if r.retain_tolerance is not None else "best held-out")
+    other = ", ".join(f"{k} {getattr(r, k):g}" for k in ("anchor_weight", "distill_weight") if getattr(r, k))
+    return [trains, replay, select, other or ""]
 
 
 def markdown(results: dict) -> str:
     """The results as the table of docs/finetuning.md."""
     base = results["baseline"]
-    rows = ["| run | recipe changes | shifted PQ | shifted PQ_th / PQ_st | original PQ | original PQ_th / PQ_st "
+    rows = ["| run | trains | replay | selection | other | shifted PQ (th / st) | original PQ (th / st) "
             "| held-out PQ before -> after | iterations (best) | stopped | wall |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-            f"| starting model | | {base['shifted']['PQ']:.1f} | {base['shifted']['PQ_th']:.1f} / "
-            f"{base['shifted']['PQ_st']:.1f} | {base['original']['PQ']:.1f} | {base['original']['PQ_th']:.1f} / "
-            f"{base['original']['PQ_st']:.1f} | | | | |"]
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+            f"| starting model | | | | | {base['shifted']['PQ']:.1f} ({base['shifted']['PQ_th']:.1f} / "
+            f"{base['shifted']['PQ_st']:.1f}) | {base['original']['PQ']:.1f} ({base['original']['PQ_th']:.1f} / "
+            f"{base['original']['PQ_st']:.1f}) | | | | |"]
     for name, e in results.get("runs", {}).items():
         r, sh, og = e["run"], e["shifted"], e["original"]
         held = (f"{r['before']['PQ']:.1f} -> {r['after']['PQ']:.1f}" if r.get("before") else "not measured")
-        changes = ", ".join(f"{k}={v}" for k, v in _changes(e["recipe"]).items()) or "(the shipped default)"
-        rows.append(f"| {name} | {changes} | {sh['PQ']:.1f} ({sh['PQ'] - base['shifted']['PQ']:+.1f}) | "
-                    f"{sh['PQ_th']:.1f} / {sh['PQ_st']:.1f} | "
-                    f"{og['PQ']:.1f} ({og['PQ'] - base['original']['PQ']:+.1f}) | {og['PQ_th']:.1f} / "
-                    f"{og['PQ_st']:.1f} | {held} | {r['iterations']} ({r['best_iteration']}) | "
+        rows.append(f"| {name} | {' | '.join(_describe(e['recipe']))} | "
+                    f"**{sh['PQ']:.1f}** ({sh['PQ'] - base['shifted']['PQ']:+.1f}; {sh['PQ_th']:.1f} / "
+                    f"{sh['PQ_st']:.1f}) | "
+                    f"**{og['PQ']:.1f}** ({og['PQ'] - base['original']['PQ']:+.1f}; {og['PQ_th']:.1f} / "
+                    f"{og['PQ_st']:.1f}) | {held} | {r['iterations']} ({r['best_iteration']}) | "
                     f"{r['stopped']} | {r['wall_s'] / 60:.1f} min |")
     return "\n".join(rows)
 
