@@ -182,15 +182,14 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
                              seed=recipe.seed, class_map="by_name") if replay_data is not None else None
     mixed = MixedTrainingSet(primary, replay, recipe.replay_fraction, recipe.seed)
 
+    def trainable(name: str) -> bool:
+        if recipe.backbone_multiplier == 0 and name.startswith("backbone."):  # a frozen backbone
+            return False
+        # surgical fine-tuning: only these parts of the model train
+        return not recipe.train_only or name.startswith(tuple(recipe.train_only))
+
     trainer = Trainer(model_cfg, train_cfg, mixed, run_dir, device=device, dist_info=dist_info, init_model=init_model,
-                      progress=False)
-    if recipe.backbone_multiplier == 0:
-        for p in trainer.model.backbone.parameters():
-            p.requires_grad_(False)
-    if recipe.train_only:  # surgical fine-tuning: only these parts of the model train
-        for name, p in trainer.model.named_parameters():
-            if not name.startswith(tuple(recipe.train_only)):
-                p.requires_grad_(False)
+                      progress=False, trainable=trainable)
     terms = []  # extra loss terms against forgetting
     if recipe.anchor_weight > 0:
         terms.append(anchor_loss(trainer.model, recipe.anchor_weight))

@@ -139,7 +139,9 @@ class Trainer:
     def __init__(self, model_cfg: Mask2FormerConfig, train_cfg: TrainConfig, train_set, run_dir: Path,
                  device: str = "cpu", dist_info: DistInfo | None = None, val_set=None,
                  init_model: Mask2Former | None = None, progress: bool = True,
-                 extra_loss: ExtraLoss | None = None):
+                 extra_loss: ExtraLoss | None = None, trainable: Callable[[str], bool] | None = None):
+        """``trainable(name)``: which parameters train (default all); the others are frozen before the
+        optimiser and DDP see the model (DDP expects a gradient for every parameter that requires one)."""
         from m2f_core.criterion import build_criterion
 
         self.model_cfg, self.cfg = model_cfg, train_cfg
@@ -153,6 +155,10 @@ class Trainer:
         self.fresh_classes: list[str] = []
         if init_model is not None:
             self.fresh_classes = transfer_weights(self.model, init_model)
+        if trainable is not None:
+            for name, p in self.model.named_parameters():
+                if not trainable(name):
+                    p.requires_grad_(False)
         self.model.to(self.device).train()
         self.criterion = build_criterion(model_cfg).to(self.device)
         self.optimizer = build_optimizer(self.model, train_cfg)
