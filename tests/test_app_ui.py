@@ -135,25 +135,29 @@ def canvas_bytes(page) -> bytes:
 def wait_editor_shows_view(page, timeout_s: float = 60) -> None:
     """Wait until the brush editor's canvas shows the current view: the editor draws its background
     some time after its value arrives, and a stroke drawn before that is lost. The canvas is WebGL,
-    so it is read from screenshots: shown means that the view's four most common colours cover at
-    least a quarter of as much of the canvas as they cover of the view (the editor scales the view
-    and may letterbox it)."""
+    so it is read from screenshots: shown means that it holds as many distinct colours as a textured
+    scene (the empty editor: white and its tool icons, about 500 colours; with the view, thousands)
+    and that the view's four most common colours cover at least a quarter of as much of the canvas
+    as they cover of the view (the editor scales the view and letterboxes it in white)."""
     from PIL import Image
 
     view = np.asarray(Image.open(io.BytesIO(canvas_bytes(page))).convert("RGB")).reshape(-1, 3)
     colours, counts = np.unique(view, axis=0, return_counts=True)
     top = np.argsort(counts)[-4:]
     dominant, share = colours[top].astype(int), counts[top].sum() / len(view)
+    enough = 1500  # measured: about 500 colours empty, 7800 with the example scene
     canvas = page.locator("#brush-editor canvas").first
     deadline = time.monotonic() + timeout_s
     while True:
         shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).reshape(-1, 3).astype(int)
+        distinct = len(np.unique(shot, axis=0))
         covered = (np.abs(shot[:, None] - dominant[None]).max(-1) <= 3).any(1).mean()
-        if covered >= 0.25 * share:
+        if distinct >= enough and covered >= 0.25 * share:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"the brush editor did not show the view within {timeout_s} s "
-                                 f"(its colours cover {covered:.0%} of the canvas, {share:.0%} of the view)")
+            raise AssertionError(f"the brush editor did not show the view within {timeout_s} s ({distinct} colours, "
+                                 f"{enough} expected; the view's main colours cover {covered:.0%} of it, "
+                                 f"{share:.0%} of the view)")
         page.wait_for_timeout(100)  # the poll interval, not a guess at how long drawing takes
 
 
