@@ -127,11 +127,11 @@ def make_examples(folder: Path, count: int = NUM_EXAMPLES) -> list[Path]:
     return paths
 
 
-def setup_logging(log_file: Path) -> Path | None:
-    """Log to stderr and to ``log_file`` (appended); returns the file, or None when it cannot be written."""
-    fmt = "%(asctime)s %(name)s %(levelname)s %(message)s"
-    logging.basicConfig(level=logging.INFO, format=fmt)  # stderr (a no-op where logging is set up already)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+def log_to_file(log_file: Path) -> Path | None:
+    """Also log to ``log_file`` (appended); returns the file, or None when it cannot be written."""
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file, encoding="utf-8")
@@ -139,16 +139,18 @@ def setup_logging(log_file: Path) -> Path | None:
         print(f"launch.py: warning: cannot log to {log_file} ({' '.join(str(e).split())}): stderr only",
               file=sys.stderr)
         return None
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.setLevel(logging.INFO)
     logging.getLogger().addHandler(handler)
     logging.getLogger("app").setLevel(logging.INFO)
+    logging.getLogger("app").info("logging to %s", log_file)
     return log_file
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    log_file = setup_logging(args.log_file or args.runs_dir / "app.log")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)  # stderr (a no-op where logging is set up already)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     from m2f_core.predictor import Predictor, list_images
     from m2f_core.runtime import tune_process
 
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.ui import CSS, build_app
     from app.workbench import Workbench
 
+    log_file = log_to_file(args.log_file or args.runs_dir / "app.log")  # the app started: its log file
     work_dir = Path(tempfile.mkdtemp(prefix="m2f-workbench-"))
     examples = [] if args.no_examples else make_examples(work_dir / "examples")
     wb = Workbench(predictor, args.corrections_dir, images=images, dataset=dataset, dataset_spec=spec,

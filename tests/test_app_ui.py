@@ -69,7 +69,8 @@ def _serve(assets, tmp_path_factory, *extra: str):
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "--weights", str(assets["weights"]),
                                  "--device", "cpu", "--port", str(port), "--no-browser",
-                                 "--corrections-dir", str(corrections), *extra],
+                                 "--corrections-dir", str(corrections), "--log-file", str(log.parent / "app.log"),
+                                 *extra],
                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180
