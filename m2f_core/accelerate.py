@@ -46,7 +46,7 @@ from torch import nn
 
 from .backbone.resnet import BasicStem
 from .backbone.swin import SwinTransformerBlock, WindowAttention, window_self_attention
-from .layers import Conv2d, FrozenBatchNorm2d
+from .layers import Conv2d, FrozenBatchNorm2d, norm_residual_activation
 from .ops import onednn
 from .ops.ms_deform_attn import MSDeformAttn, offset_normalizer
 
@@ -136,13 +136,7 @@ class InferenceConv2d(nn.Conv2d):
             x = onednn.conv2d(x, *args)
         else:
             x = self._conv_forward(x, self.weight, self.bias)
-        if self.norm is not None:
-            x = self.norm(x)
-        if residual is not None:
-            x = x + residual
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+        return norm_residual_activation(x, self.norm, residual, self.activation)
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
         """The weight in oneDNN's layout for inputs of ``x``'s shape, re-packed when the shape changes

@@ -72,14 +72,19 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``activation(norm(conv(x)) + residual)``; the residual, when given, is added before the activation."""
-        x = super().forward(x)
-        if self.norm is not None:
-            x = self.norm(x)
-        if residual is not None:
-            x = x + residual
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+        return norm_residual_activation(super().forward(x), self.norm, residual, self.activation)
+
+
+def norm_residual_activation(x: torch.Tensor, norm: nn.Module | None, residual: torch.Tensor | None,
+                             activation: nn.Module | None) -> torch.Tensor:
+    """What follows a convolution in ``Conv2d``: ``activation(norm(x) + residual)``, each part when given."""
+    if norm is not None:
+        x = norm(x)
+    if residual is not None:
+        x = x + residual
+    if activation is not None:
+        x = activation(x)
+    return x
 
 
 def c2_xavier_fill(module: nn.Module) -> None:
