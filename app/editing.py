@@ -28,6 +28,7 @@ session applies it). ``app.regions`` turns strokes and masks into crops and does
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,7 @@ __all__ = ["EditSession", "stroke_mask", "TASKS"]
 TASKS = ("panoptic", "instance", "semantic")
 MAX_SEGMENT_ID = 256**3 - 1  # the largest id a COCO panoptic PNG can hold
 IGNORE_LABEL = 255
+ERASE_FILLS = ("void", "neighbour")  # what erased pixels become (EditSession.erase)
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,16 +255,50 @@ class EditSession:
         values[sel] = sid
         return self._commit("paint", crop.box, values)
 
-    def erase(self, region: Any, radius: float = 5.0, segment_id: int | None = None) -> int:
-        """Make the pixels of ``region`` void (only those of ``segment_id`` if given). Returns pixels changed."""
+    def erase(self, region: Any, radius: float = 5.0, segment_id: int | None = None, fill: str = "void") -> int:
+        """Take the pixels of ``region`` from their segments (only those of ``segment_id`` if given).
+
+        ``fill="void"`` makes them void. ``fill="neighbour"`` gives each erased pixel to the segment
+        of the nearest (Euclidean) non-void pixel that is not erased, looking in a window of
+        ``max(8, ceil(2 * radius))`` pixels around the region's box (a brush that erases a wrong
+        boundary lets the neighbours grow into the gap instead of leaving a hole); with
+        ``segment_id`` the nearest OTHER segment. Pixels with no such neighbour in the window become
+        void. One history entry. Returns the number of pixels changed.
+        """
+        if fill not in ERASE_FILLS:
+            raise UserError(f"unknown erase fill {fill!r} (one of {', '.join(ERASE_FILLS)})")
         sid = None if segment_id is None else self._require_segment(segment_id)
         crop = self._region(region, radius)
         if crop is None:
             return 0
+        if fill == "neighbour":
+            return self._erase_to_neighbours(crop, sid, max(8, math.ceil(2 * float(radius))))
         y0, x0, y1, x1 = crop.box
         values = self._map[y0:y1, x0:x1].copy()
         values[crop.mask & ((values != 0) if sid is None else (values == sid))] = 0
         return self._commit("erase", crop.box, values)
+
+    def _erase_to_neighbours(self, crop: Crop, sid: int | None, margin: int) -> int:
+        """``erase(fill="neighbour")``: the erased pixels take the nearest kept pixel's segment (EDT on a window)."""
+        h, w = self.shape
+        y0, x0, y1, x1 = crop.box
+        box = (max(y0 - margin, 0), max(x0 - margin, 0), min(y1 + margin, h), min(x1 + margin, w))
+        wy0, wx0, wy1, wx1 = box
+        values = self._map[wy0:wy1, wx0:wx1].copy()  # (wh, ww) the window
+        erased = np.zeros(values.shape, dtype=bool)
+        inner = values[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
+        erased[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0] = crop.mask & ((inner != 0) if sid is None else (inner == sid))
+        if not erased.any():
+            return 0
+        source = (values != 0) & ~erased  # possible neighbours: kept, non-void pixels ...
+        if sid is not None:
+            source &= values != sid  # ... of another segment
+        if source.any():
+            iy, ix = ndimage.distance_transform_edt(~source, return_distances=False, return_indices=True)
+            values[erased] = values[iy[erased], ix[erased]]
+        else:
+            values[erased] = 0
+        return self._commit("erase", box, values)
 
     def new_segment(self, region: Any, category_id: int, overwrite_others: bool = False, score: float = 1.0,
                     radius: float = 5.0) -> int:

@@ -141,6 +141,50 @@ def test_erase_everything_or_one_segment():
     check_consistent(s)
 
 
+def test_erase_fill_neighbour_gives_pixels_to_the_nearest_segment():
+    s = new_session()
+    strip = s.new_segment(rect(10, 12, 0, 50), BOX)  # rows 10-11: the void gap between the sky and the disc
+    before = snapshot(s)
+    assert s.erase(rect(10, 12, 0, 50), fill="neighbour") == 100  # the strip (rows 10-11)
+    # row 10: the sky (row 9) is 1 px away; row 11: the disc (row 12, cols 5-14) is nearer than the sky
+    # (2 px) where within sqrt(2): cols 4-15
+    assert strip not in s and s.history_labels == ["new segment", "erase"]
+    m = s.segment_map
+    assert (m[10] == 1).all() and (m[11, 4:16] == 2).all() and (m[11, :4] == 1).all() and (m[11, 16:] == 1).all()
+    assert stats(s)[1] == (588, (0.0, 0.0, 50.0, 12.0), SKY, False, "edited")
+    assert stats(s)[2] == (92, (4.0, 11.0, 12.0, 9.0), DISC, True, "edited")
+    check_consistent(s)
+    after = snapshot(s)
+    s.undo()
+    assert snapshot(s) == before
+    s.redo()
+    assert snapshot(s) == after
+
+
+def test_erase_fill_neighbour_of_one_segment_goes_to_other_segments_or_void():
+    s = new_session()
+    assert s.erase(rect(0, 40, 0, 50), segment_id=2, fill="neighbour") == 80  # the whole disc
+    m = s.segment_map
+    assert 2 not in s and (m[12:20, 5:15] != 0).all()
+    # hand-checked: (12, 5) sky 3 px vs box 9.4; (13, 5) sky 4 vs 8.6; (19, 5) box (20, 10) 5.1 vs sky 10
+    assert (m[12, 5], m[13, 5], m[19, 5], m[14, 14], m[19, 14]) == (1, 1, 3, 3, 3)
+    ref = new_session().segment_map
+    src = np.argwhere((ref != 0) & (ref != 2))
+    src = src[(src[:, 0] >= 2) & (src[:, 0] < 30) & (src[:, 1] < 25)]  # the window: the disc's box + 10 px
+    for y, x in np.argwhere(ref == 2):  # each pixel took a segment at the minimal distance
+        d2 = ((src - (y, x)) ** 2).sum(axis=1)
+        assert m[y, x] in {int(ref[tuple(p)]) for p in src[d2 == d2.min()]}
+    check_consistent(s)
+    island = s.new_segment(rect(19, 21, 40, 45), BOX)  # 9 px from the grass, 9 from the sky: beyond the window
+    assert s.erase(rect(19, 21, 40, 45), segment_id=island, radius=0, fill="neighbour") == 10
+    assert island not in s and (s.segment_map[19:21, 40:45] == 0).all()
+    assert s.erase(rect(19, 21, 40, 45), fill="neighbour") == 0  # nothing to erase: no entry
+    assert s.history_labels == ["erase", "new segment", "erase"]
+    with pytest.raises(ValueError, match="unknown erase fill 'blur'"):
+        s.erase(rect(0, 5, 0, 5), fill="blur")
+    check_consistent(s)
+
+
 def test_new_segment_ids_are_never_reused_and_stuff_merges():
     s = new_session()
     a = s.new_segment(rect(26, 29, 40, 45), BOX)
@@ -268,7 +312,8 @@ def random_op(s: EditSession, rng: random.Random) -> None:
     elif kind == "paint_mask":
         s.paint(rng.choice(ids), box_mask(), overwrite_others=rng.random() < 0.5)
     elif kind == "erase":
-        s.erase(stroke(), radius=rng.uniform(0, 5), segment_id=rng.choice([None, rng.choice(ids)]))
+        s.erase(stroke(), radius=rng.uniform(0, 5), segment_id=rng.choice([None, rng.choice(ids)]),
+                fill=rng.choice(["void", "neighbour"]))
     elif kind == "new":
         s.new_segment(box_mask(), rng.randrange(4), overwrite_others=rng.random() < 0.5)
     elif kind == "delete":
