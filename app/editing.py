@@ -371,13 +371,17 @@ class EditSession:
         self._commit("merge", box, values, {first: self._segments[first]})
         return first
 
-    def split(self, segment_id: int) -> list[int]:
+    def split(self, segment_id: int, min_area: int = 0) -> list[int]:
         """Split a thing segment into its 8-connected components; returns their ids (the largest keeps the id).
 
         Other components get fresh ids in scan order (top to bottom, left to right) and the
-        original's class and score. Stuff is one segment per class, so splitting it is refused.
+        original's class and score. Components smaller than ``min_area`` pixels are not split off:
+        they stay with the original id (so brush specks do not become objects of their own; 0 splits
+        every component). Stuff is one segment per class, so splitting it is refused.
         """
         sid = self._require_segment(segment_id)
+        if isinstance(min_area, bool) or not isinstance(min_area, (int, np.integer)) or min_area < 0:
+            raise UserError(f"min_area must be an integer >= 0, got {min_area!r}")
         seg = self._segments[sid]
         if not seg.isthing:
             raise UserError(f"segment {sid} is stuff ({self.class_names[seg.category_id]}): stuff is one segment "
@@ -393,14 +397,38 @@ class EditSession:
         keep = int(np.argmax(sizes)) + 1
         out, rows = [sid], {}
         for comp in range(1, n + 1):
-            if comp == keep:
+            if comp == keep or sizes[comp - 1] < min_area:
                 continue
             new_id = self._fresh_id()
             values[labels == comp] = new_id
             rows[new_id] = dataclasses.replace(seg, id=new_id, area=0, bbox=(0.0, 0.0, 0.0, 0.0))
             out.append(new_id)
+        if not rows:
+            return [sid]
         self._commit("split", box, values, rows)
         return out
+
+    def fill_holes(self, segment_id: int, overwrite_others: bool = False) -> int:
+        """Fill the holes of a segment: the pixels it encloses (``binary_fill_holes`` on its box).
+
+        A hole is a region of other pixels that is not 4-connected to the outside of the segment's
+        box, so a ring closed only diagonally still counts as closed. Only void holes are filled
+        unless ``overwrite_others``: then enclosed pixels of other segments are taken too (a segment
+        left empty is removed). Returns the pixels changed (0, and no history entry, when none).
+        """
+        sid = self._require_segment(segment_id)
+        box = segment_box(self._segments[sid])
+        assert box is not None
+        y0, x0, y1, x1 = box
+        values = self._map[y0:y1, x0:x1].copy()  # (bh, bw) the segment's box
+        own = values == sid
+        holes = ndimage.binary_fill_holes(own) & ~own
+        if not overwrite_others:
+            holes &= values == 0
+        if not holes.any():
+            return 0
+        values[holes] = sid
+        return self._commit("fill holes", box, values)
 
     # ---------------------------------------------------------------------------- validation
     def _check_class(self, category_id: int) -> int:

@@ -252,6 +252,48 @@ def test_delete_merge_split():
     check_consistent(s)
 
 
+def test_split_leaves_pieces_under_min_area_with_the_original():
+    s = new_session()
+    s.erase(rect(0, 40, 9, 11), segment_id=2)  # left piece cols 5-8 (32 px), right piece cols 11-14
+    s.erase(rect(0, 40, 13, 15), segment_id=2)  # right piece now cols 11-12 (16 px)
+    s.paint(2, rect(26, 27, 40, 41))  # a 1-px speck far away
+    labels = s.history_labels
+    assert s.split(2, min_area=33) == [2] and s.history_labels == labels  # nothing big enough: no entry
+    ids = s.split(2, min_area=2)
+    assert ids == [2, 6] and s.history_labels == labels + ["split"]
+    assert stats(s)[2] == (33, (5.0, 12.0, 36.0, 15.0), DISC, True, "edited")  # the speck stays with 2
+    assert stats(s)[6] == (16, (11.0, 12.0, 2.0, 8.0), DISC, True, "edited")
+    check_consistent(s)
+    s.undo()
+    assert s.split(2) == [2, 7, 8]  # the default splits every piece (ids never reused)
+    with pytest.raises(ValueError, match="min_area must be an integer >= 0"):
+        s.split(7, min_area=-1)
+    check_consistent(s)
+
+
+def test_fill_holes_void_then_other_segments():
+    s = ring_session()  # ring id 6 around (20, 40): 9 < d2 <= 49; its hole d2 <= 9 is 29 void px
+    ring = stats(s)[6]
+    s.new_segment(rect(19, 22, 39, 42), DISC)  # id 7: 9 px inside the hole
+    before = snapshot(s)
+    assert s.fill_holes(6) == 20  # void only: the disc inside keeps its pixels
+    assert stats(s)[6][:2] == (ring[0] + 20, ring[1]) and stats(s)[7][0] == 9
+    assert s.fill_holes(6) == 0 and s.history_labels == ["new segment", "new segment", "fill holes"]
+    assert s.fill_holes(6, overwrite_others=True) == 9
+    assert 7 not in s and stats(s)[6][:2] == (149, (33.0, 13.0, 15.0, 15.0))  # the full disc d2 <= 49
+    check_consistent(s)
+    s.undo()
+    s.undo()
+    assert snapshot(s) == before
+    diamond = np.zeros((H, W), bool)  # |dy| + |dx| == 2 around (25, 30): closed only diagonally
+    yy, xx = np.mgrid[:H, :W]
+    diamond[np.abs(yy - 25) + np.abs(xx - 30) == 2] = True
+    d = s.new_segment(diamond, BOX)
+    assert s.fill_holes(d) == 5 and stats(s)[d][0] == 13
+    assert s.fill_holes(1) == 0  # the sky has no holes
+    check_consistent(s)
+
+
 def test_merge_into_stuff_takes_every_segment_of_that_class():
     pan = base_panoptic()
     pan.segment_map[26:29, 0:5] = 7  # a second sky segment (ground truth may have one): merged along
@@ -296,7 +338,7 @@ def random_op(s: EditSession, rng: random.Random) -> None:
     """One random edit (may raise ValueError, e.g. a new segment that covers no void pixel)."""
     ids = [seg.id for seg in s.segments]
     things = [seg.id for seg in s.segments if seg.isthing]
-    kind = rng.choice(["paint", "paint_mask", "erase", "new", "delete", "merge", "split", "relabel"])
+    kind = rng.choice(["paint", "paint_mask", "erase", "new", "delete", "merge", "split", "fill_holes", "relabel"])
     if not ids:
         kind = "new"
 
@@ -322,7 +364,9 @@ def random_op(s: EditSession, rng: random.Random) -> None:
         s.merge(rng.sample(ids, min(len(ids), rng.randint(2, 3))))
     elif kind == "split":
         if things:
-            s.split(rng.choice(things))
+            s.split(rng.choice(things), min_area=rng.choice([0, 0, 5]))
+    elif kind == "fill_holes":
+        s.fill_holes(rng.choice(ids), overwrite_others=rng.random() < 0.5)
     else:
         s.relabel(rng.choice(ids), rng.randrange(4))
 
