@@ -39,13 +39,13 @@ from m2f_core.structures import InstanceResult, PanopticResult, Segment, Semanti
 
 from .errors import UserError
 from .history import Change, UndoHistory
-from .regions import Box, Crop, segment_box, stroke_crop, stroke_mask, union_box
+from .regions import Box, Crop, Polygon, polygon_crop, segment_box, stroke_crop, stroke_mask, union_box
 
 if TYPE_CHECKING:
     from m2f_core.prediction import Prediction
     from m2f_core.structures import Candidate
 
-__all__ = ["EditSession", "stroke_mask", "TASKS"]
+__all__ = ["EditSession", "Polygon", "stroke_mask", "TASKS"]
 
 TASKS = ("panoptic", "instance", "semantic")
 MAX_SEGMENT_ID = 256**3 - 1  # the largest id a COCO panoptic PNG can hold
@@ -241,7 +241,8 @@ class EditSession:
         return target
 
     def paint(self, segment_id: int, region: Any, radius: float = 5.0, overwrite_others: bool = False) -> int:
-        """Add the pixels of ``region`` (an (H, W) bool mask or a stroke [(x, y), ...] of ``radius``) to a segment.
+        """Add the pixels of ``region`` (an (H, W) bool mask, a stroke [(x, y), ...] of ``radius`` or a ``Polygon``)
+        to a segment.
 
         With ``overwrite_others=False`` only void pixels change. Returns the number of pixels changed.
         """
@@ -445,22 +446,29 @@ class EditSession:
         return int(segment_id)
 
     def _region(self, region: Any, radius: float) -> Crop | None:
-        """A full-size mask or a stroke [(x, y), ...] as a crop (None when it covers no pixel)."""
+        """A full-size mask, a stroke [(x, y), ...] or a ``Polygon`` as a crop (None when it covers no pixel)."""
         if isinstance(region, np.ndarray):
             if region.shape != self.shape:
                 h, w = self.shape
-                raise ValueError(f"mask has shape {region.shape}, the image is {w}x{h} (expected ({h}, {w}))")
+                raise UserError(f"mask has shape {region.shape}, the image is {w}x{h} (expected ({h}, {w}))")
             mask = region.astype(bool, copy=False)
             ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
             if ys.size == 0:
                 return None
             return Crop(int(ys[0]), int(xs[0]), mask[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1].copy())
-        if isinstance(region, (list, tuple)):
-            crop = stroke_crop(region, radius, self.shape)
+        if isinstance(region, (list, tuple, Polygon)):
+            try:
+                if isinstance(region, Polygon):
+                    crop = polygon_crop(region.points, self.shape)
+                else:
+                    crop = stroke_crop(region, radius, self.shape)
+            except ValueError as e:  # a bad stroke or polygon is the user's mistake
+                raise UserError(str(e)) from e
             if crop is None or not crop.mask.any():
                 return None
             return crop
-        raise ValueError(f"expected an (H, W) bool mask or a stroke [(x, y), ...], got {type(region).__name__}")
+        raise UserError(f"expected an (H, W) bool mask, a stroke [(x, y), ...] or a Polygon, "
+                        f"got {type(region).__name__}")
 
     def _stuff_segment(self, category_id: int, exclude: Iterable[int] = ()) -> int | None:
         """The existing segment of stuff class ``category_id`` (lowest id), ignoring ``exclude``."""

@@ -1,4 +1,4 @@
-"""Regions of an edit: a brush stroke or a full-size mask reduced to a crop, and crop boxes.
+"""Regions of an edit: a brush stroke, a polygon or a full-size mask reduced to a crop, and crop boxes.
 
 Why a module of its own: every edit of ``EditSession`` touches only a box of the segment map, so
 strokes and masks are turned into crops here once, and the box arithmetic that keeps edits and
@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from m2f_core.structures import Segment
 
-__all__ = ["Box", "Crop", "segment_box", "stroke_crop", "stroke_mask", "union_box"]
+__all__ = ["Box", "Crop", "Polygon", "polygon_crop", "segment_box", "stroke_crop", "stroke_mask", "union_box"]
 
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive ends)
+POLYGON_SHIFT = 8  # cv2.fillPoly fixed-point bits: float vertices kept to 1/256 px
+MAX_POLYGON_COORD = 1_000_000  # farther vertices would overflow cv2's fixed-point int32 coordinates
 
 
 @dataclass
@@ -65,6 +68,44 @@ def stroke_crop(points: Sequence[tuple[float, float]], radius: float, shape: tup
         px, py = ax + t * dx - xs, ay + t * dy - ys
         mask |= px * px + py * py <= r2
     return Crop(y0, x0, mask)
+
+
+@dataclass(frozen=True)
+class Polygon:
+    """A polygon region for ``EditSession`` edits: its (x, y) vertices in image pixels (explicit, so a
+    vertex list is never mistaken for a brush stroke)."""
+
+    points: Sequence[tuple[float, float]]
+
+
+def polygon_crop(points: Sequence[tuple[float, float]], shape: tuple[int, int]) -> Crop | None:
+    """The filled polygon through ``points`` (x, y; at least 3, finite), clipped to the image (None: no pixel).
+
+    Rasterized by ``cv2.fillPoly`` with pixel centres at integer coordinates: a pixel is in when its
+    centre is inside the polygon or on cv2's rasterization of an edge (so the boundary is included:
+    the square (0, 0)-(4, 4) covers 5x5 pixels). Float vertices are not rounded: they are passed at
+    1/256-px precision (``shift=8``), so a sub-pixel drag moves the edge pixels it should.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3:
+        raise ValueError("a polygon needs at least 3 (x, y) vertices")
+    if not np.isfinite(pts).all():
+        raise ValueError("polygon vertices must be finite numbers")
+    if np.abs(pts).max() > MAX_POLYGON_COORD:
+        raise ValueError(f"polygon vertices must lie within {MAX_POLYGON_COORD} px of the image")
+    h, w = shape
+    x0 = max(int(np.floor(pts[:, 0].min())), 0)
+    x1 = min(int(np.ceil(pts[:, 0].max())) + 1, w)
+    y0 = max(int(np.floor(pts[:, 1].min())), 0)
+    y1 = min(int(np.ceil(pts[:, 1].max())) + 1, h)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    mask = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)  # (ch, cw) the vertices' box inside the image
+    fixed = np.round((pts - (x0, y0)) * (1 << POLYGON_SHIFT)).astype(np.int32)  # (n, 2) crop coordinates
+    cv2.fillPoly(mask, [fixed], 1, lineType=cv2.LINE_8, shift=POLYGON_SHIFT)
+    if not mask.any():
+        return None
+    return Crop(y0, x0, mask.view(bool))
 
 
 def stroke_mask(points: Sequence[tuple[float, float]], radius: float, shape: tuple[int, int]) -> np.ndarray:

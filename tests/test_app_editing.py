@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.editing import EditSession, stroke_mask
+from app.editing import EditSession, Polygon, stroke_mask
 from app.export import ExportError, export_corrections, sanitize_name, zip_export
 from app.state import WorkspaceState
 from m2f_core.config import Mask2FormerConfig
@@ -182,6 +182,27 @@ def test_erase_fill_neighbour_of_one_segment_goes_to_other_segments_or_void():
     assert s.history_labels == ["erase", "new segment", "erase"]
     with pytest.raises(ValueError, match="unknown erase fill 'blur'"):
         s.erase(rect(0, 5, 0, 5), fill="blur")
+    check_consistent(s)
+
+
+def test_polygons_create_paint_and_erase():
+    s = new_session()
+    tri = s.new_segment(Polygon([(30, 11), (36, 11), (30, 17)]), BOX)  # x + y <= 47 from (30, 11): 28 px, all void
+    assert stats(s)[tri] == (28, (30.0, 11.0, 7.0, 7.0), BOX, True, "edited")
+    assert s.select(36, 11) == tri and s.select(30, 17) == tri and s.select(36, 12) is None
+    assert s.paint(tri, Polygon([(30.0, 20.0), (34.0, 20.0), (34.0, 24.0), (30.0, 24.0)])) == 25
+    assert stats(s)[tri] == (53, (30.0, 11.0, 7.0, 14.0), BOX, True, "edited")
+    before = snapshot(s)
+    assert s.erase(Polygon([(-5, -5), (60, -5), (60, 3), (-5, 3)]), segment_id=1) == 200  # sky rows 0-3, clipped
+    assert stats(s)[1] == (300, (0.0, 4.0, 50.0, 6.0), SKY, False, "edited")
+    s.undo()
+    assert snapshot(s) == before
+    assert s.paint(tri, Polygon([(100, 100), (120, 100), (110, 120)])) == 0  # outside the image
+    for bad, msg in ((Polygon([(0, 0), (5, 5)]), "at least 3"), (Polygon([(0, 0), (5, np.nan), (1, 4)]), "finite")):
+        with pytest.raises(ValueError, match=msg) as err:
+            s.paint(tri, bad)
+        assert err.type.__name__ == "UserError"
+    assert snapshot(s) == before
     check_consistent(s)
 
 
