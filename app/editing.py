@@ -90,6 +90,7 @@ class EditSession:
             self._segments[s.id] = dataclasses.replace(s, isthing=self.is_thing[s.category_id])
         self._recompute_all_stats()
         self._next_id = max(self._segments, default=0) + 1
+        self._queries_epoch = 0
         self.model_queries = dict(model_queries or {})
 
     # ---------------------------------------------------------------------------- construction
@@ -142,6 +143,23 @@ class EditSession:
             ys, xs = sl
             bbox = (float(xs.start), float(ys.start), float(xs.stop - xs.start), float(ys.stop - ys.start))
             self._segments[sid] = dataclasses.replace(self._segments[sid], area=area, bbox=bbox)
+
+    # ---------------------------------------------------------------------------- model queries
+    @property
+    def model_queries(self) -> dict[int, list[int]]:
+        """Per segment id, the model's queries behind it (from the prediction, and each ``recover``)."""
+        return self._model_queries
+
+    @model_queries.setter
+    def model_queries(self, value: dict[int, list[int]]) -> None:
+        """Replace them (another model's output): undo/redo then leave them alone, old query numbers
+        would mean other queries of the new model."""
+        self._model_queries = {int(k): list(v) for k, v in dict(value).items()}
+        self._queries_epoch += 1
+
+    def used_queries(self) -> set[int]:
+        """Every query behind a segment, so that ``recover`` is never offered one already in the annotation."""
+        return {int(q) for qs in self._model_queries.values() for q in qs}
 
     # ---------------------------------------------------------------------------- read access
     @property
@@ -308,6 +326,22 @@ class EditSession:
         Only void pixels are taken unless ``overwrite_others``. For a stuff class that already has a
         segment, the pixels are added to it and its id is returned (one segment per stuff class).
         """
+        return self._add_segment(region, category_id, overwrite_others, score, radius)
+
+    def recover(self, candidate: Candidate, overwrite_others: bool = False) -> int:
+        """Add a query the post-processing dropped (``Prediction.candidates_at``) as a new segment.
+
+        Same rules as ``new_segment`` (void pixels only unless ``overwrite_others``; stuff merges);
+        the segment keeps the candidate's class and score, and ``model_queries`` records its query
+        (appended to the list of a stuff segment it merges into; undone with the edit), so
+        ``used_queries`` keeps it from being offered again and the relabel menu can read its classes.
+        """
+        return self._add_segment(np.asarray(candidate.mask), candidate.category_id, overwrite_others,
+                                 float(candidate.score), 5.0, query=int(candidate.query))
+
+    def _add_segment(self, region: Any, category_id: int, overwrite_others: bool, score: float, radius: float,
+                     query: int | None = None) -> int:
+        """``new_segment`` / ``recover``: the pixels go to a fresh id or to the class's stuff segment."""
         cat = self._check_class(category_id)
         crop = self._region(region, radius)
         if crop is None:
@@ -321,24 +355,15 @@ class EditSession:
         if not sel.any():
             raise UserError("the mask adds no pixels (it covers no void pixel; use overwrite_others=True "
                              "to take pixels from other segments)")
-        if target is not None:
-            values[sel] = target
-            self._commit("new segment", crop.box, values)
-            return target
-        sid = self._fresh_id()
+        sid = target if target is not None else self._fresh_id()
         values[sel] = sid
-        row = Segment(id=sid, category_id=cat, isthing=self.is_thing[cat], score=float(score), source="edited")
-        self._commit("new segment", crop.box, values, {sid: row})
+        rows = {} if target is not None else {
+            sid: Segment(id=sid, category_id=cat, isthing=self.is_thing[cat], score=float(score), source="edited")}
+        queries = None
+        if query is not None and query not in self._model_queries.get(sid, []):
+            queries = {sid: [*self._model_queries.get(sid, []), query]}
+        self._commit("new segment", crop.box, values, rows, queries)
         return sid
-
-    def recover(self, candidate: Candidate, overwrite_others: bool = False) -> int:
-        """Add a query the post-processing dropped (``Prediction.candidates_at``) as a new segment.
-
-        Same rules as ``new_segment`` (void pixels only unless ``overwrite_others``; stuff merges);
-        the segment keeps the candidate's class and score.
-        """
-        return self.new_segment(np.asarray(candidate.mask), candidate.category_id, overwrite_others=overwrite_others,
-                                score=float(candidate.score))
 
     def delete(self, segment_id: int) -> None:
         """Remove a segment: its pixels become void."""
@@ -493,8 +518,10 @@ class EditSession:
 
     # ---------------------------------------------------------------------------- the one writer
     def _commit(self, label: str, box: Box | None, new_crop: np.ndarray | None,
-                rows: dict[int, Segment] | None = None) -> int:
-        """Apply new map values inside ``box`` and new table rows; record the diff. Returns changed pixels.
+                rows: dict[int, Segment] | None = None, queries: dict[int, list[int]] | None = None) -> int:
+        """Apply new map values inside ``box``, new table rows and ``model_queries`` entries; record the diff.
+
+        Returns changed pixels.
 
         Every edit goes through here, so history, ``source="edited"``, areas and boxes are handled
         once. Nothing is changed if nothing would change (no history entry either).
@@ -558,8 +585,23 @@ class EditSession:
                 self._segments.pop(sid, None)
             else:
                 self._segments[sid] = seg
-        self.history.record(Change.of(label, changed_box, old_c, new_c, rows_before, rows_after))
+        q_before = {sid: self._queries_of(sid) for sid in queries or {}}
+        q_after = {sid: tuple(int(q) for q in qs) for sid, qs in (queries or {}).items()}
+        self._set_queries(q_after)
+        self.history.record(Change.of(label, changed_box, old_c, new_c, rows_before, rows_after,
+                                      q_before, q_after, self._queries_epoch))
         return n_changed
+
+    def _queries_of(self, segment_id: int) -> tuple[int, ...] | None:
+        qs = self._model_queries.get(segment_id)
+        return None if qs is None else tuple(qs)
+
+    def _set_queries(self, entries: dict[int, tuple[int, ...] | None]) -> None:
+        for sid, qs in entries.items():
+            if qs is None:
+                self._model_queries.pop(sid, None)
+            else:
+                self._model_queries[sid] = list(qs)
 
     # ---------------------------------------------------------------------------- undo / redo
     def _apply(self, change: Change, forward: bool) -> None:
@@ -573,6 +615,8 @@ class EditSession:
                 self._segments.pop(sid, None)
             else:
                 self._segments[sid] = seg
+        if change.queries_epoch == self._queries_epoch:  # else they were another model's: leave the new ones
+            self._set_queries(change.queries(forward))
 
     def undo(self) -> str | None:
         """Undo the last edit; returns its name (None when there is nothing to undo)."""

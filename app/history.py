@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,17 +40,25 @@ class Change:
     after: bytes
     rows_before: dict[int, Segment | None]  # None: the row did not exist
     rows_after: dict[int, Segment | None]
+    # the model queries recorded per segment id (``EditSession.model_queries``) before and after; None: no entry
+    queries_before: dict[int, tuple[int, ...] | None] = field(default_factory=dict)
+    queries_after: dict[int, tuple[int, ...] | None] = field(default_factory=dict)
+    queries_epoch: int = 0  # which ``model_queries`` they belong to (a new model's replace the old ones)
 
     @classmethod
     def of(cls, label: str, box: Box | None, old_crop: np.ndarray | None, new_crop: np.ndarray | None,
-           rows_before: dict[int, Segment | None], rows_after: dict[int, Segment | None]) -> Change:
+           rows_before: dict[int, Segment | None], rows_after: dict[int, Segment | None],
+           queries_before: dict[int, tuple[int, ...] | None] | None = None,
+           queries_after: dict[int, tuple[int, ...] | None] | None = None, queries_epoch: int = 0) -> Change:
         """Record an edit from the map crop (inside ``box``) before and after it, and the rows it touched."""
         return cls(label, box, _pack(old_crop) if old_crop is not None else b"",
-                   _pack(new_crop) if new_crop is not None else b"", dict(rows_before), dict(rows_after))
+                   _pack(new_crop) if new_crop is not None else b"", dict(rows_before), dict(rows_after),
+                   dict(queries_before or {}), dict(queries_after or {}), int(queries_epoch))
 
     @property
     def nbytes(self) -> int:
-        return len(self.before) + len(self.after) + 128 * (len(self.rows_before) + len(self.rows_after)) + 128
+        return (len(self.before) + len(self.after) + 128 * (len(self.rows_before) + len(self.rows_after))
+                + 64 * (len(self.queries_before) + len(self.queries_after)) + 128)
 
     def crop(self, forward: bool) -> np.ndarray | None:
         """The map inside ``box`` after the edit (``forward``) or before it; None when no pixel changed."""
@@ -63,6 +71,10 @@ class Change:
     def rows(self, forward: bool) -> dict[int, Segment | None]:
         """The touched rows after the edit (``forward``) or before it (None: no such row)."""
         return dict(self.rows_after if forward else self.rows_before)
+
+    def queries(self, forward: bool) -> dict[int, tuple[int, ...] | None]:
+        """The touched ``model_queries`` entries after the edit (``forward``) or before it (None: no entry)."""
+        return dict(self.queries_after if forward else self.queries_before)
 
 
 class UndoHistory:

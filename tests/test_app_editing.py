@@ -526,6 +526,40 @@ def test_from_prediction_and_recover_a_dropped_query():
     assert np.array_equal(s.segment_map, pan.segment_map)
 
 
+def test_recover_records_its_query_so_it_is_not_offered_again():
+    from m2f_core.structures import Candidate
+
+    pred = synthetic_prediction()
+    s = EditSession.from_prediction(pred)
+    sky = s.select(0, 0)
+    assert s.used_queries() == {0, 1, 2, 3} and sorted(s.model_queries[sky]) == [2, 3]
+    cand = pred.candidates_at(5, 55)[0]
+    assert cand.query == 4 and cand.query not in s.used_queries()
+    gid = s.recover(cand)
+    assert s.model_queries[gid] == [4] and s.used_queries() == {0, 1, 2, 3, 4}
+    s.undo()
+    assert gid not in s.model_queries and s.used_queries() == {0, 1, 2, 3}
+    s.redo()
+    assert s.model_queries[gid] == [4]
+    s.undo()
+    # a stuff candidate whose class has a segment merges into it: the query joins that segment's list
+    sky_queries = list(s.model_queries[sky])
+    mask = np.zeros(s.shape, bool)
+    mask[50:53, 0:4] = True
+    assert s.segment_map[50:53, 0:4].max() == 0
+    assert s.recover(Candidate(query=5, category_id=SKY, score=0.4, mask=mask)) == sky
+    assert s.model_queries[sky] == sky_queries + [5] and 5 in s.used_queries()
+    check_consistent(s)
+    s.undo()
+    assert s.model_queries[sky] == sky_queries and 5 not in s.used_queries()
+    s.redo()
+    s.model_queries = {}  # another model's output: the old query numbers are dropped ...
+    s.undo()  # ... and undo / redo leave the new (empty) ones alone
+    assert s.model_queries == {} and s.used_queries() == set()
+    s.redo()
+    assert s.model_queries == {}
+
+
 def test_workspace_keeps_edits_across_tasks_and_images():
     ws = WorkspaceState(max_predictions=1)
     a, b = ws.add_image("a.png"), ws.add_image("b.png")
