@@ -52,21 +52,29 @@ def stroke_crop(points: Sequence[tuple[float, float]], radius: float, shape: tup
     y1 = min(int(np.ceil(pts[:, 1].max() + radius)) + 1, h)
     if x0 >= x1 or y0 >= y1:
         return None
-    ys, xs = np.mgrid[y0:y1, x0:x1]
-    ys, xs = ys.astype(np.float64), xs.astype(np.float64)
-    mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)  # (ch, cw) the stroke's box inside the image
     r2 = radius * radius + 1e-9
+    reach = radius + 1.0  # a pixel centre within radius of ab lies in ab's box grown by this (with margin)
     starts = pts if len(pts) == 1 else pts[:-1]
     ends = pts if len(pts) == 1 else pts[1:]
     for (ax, ay), (bx, by) in zip(starts, ends):  # distance from each pixel centre to segment ab
+        # only ab's own box (+ radius) can be within reach: O(points x radius x length), not x crop area
+        sy0 = max(int(np.floor(min(ay, by) - reach)), y0)
+        sy1 = min(int(np.ceil(max(ay, by) + reach)) + 1, y1)
+        sx0 = max(int(np.floor(min(ax, bx) - reach)), x0)
+        sx1 = min(int(np.ceil(max(ax, bx) + reach)) + 1, x1)
+        if sy0 >= sy1 or sx0 >= sx1:
+            continue
+        ys = np.arange(sy0, sy1, dtype=np.float64)[:, None]  # (sh, 1)
+        xs = np.arange(sx0, sx1, dtype=np.float64)[None, :]  # (1, sw)
         dx, dy = bx - ax, by - ay
         length2 = dx * dx + dy * dy
         if length2 == 0:
-            t = 0.0
+            t: float | np.ndarray = 0.0
         else:
-            t = np.clip(((xs - ax) * dx + (ys - ay) * dy) / length2, 0.0, 1.0)
+            t = np.clip(((xs - ax) * dx + (ys - ay) * dy) / length2, 0.0, 1.0)  # (sh, sw)
         px, py = ax + t * dx - xs, ay + t * dy - ys
-        mask |= px * px + py * py <= r2
+        mask[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] |= px * px + py * py <= r2
     return Crop(y0, x0, mask)
 
 
