@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage
 
-from m2f_core.structures import InstanceResult, PanopticResult, Segment, SemanticResult, mask_bbox
+from m2f_core.structures import InstanceResult, PanopticResult, Segment, SemanticResult
 
 from .errors import UserError
 from .history import Change, UndoHistory
-from .regions import Box, Crop, Polygon, polygon_crop, segment_box, stroke_crop, stroke_mask, union_box
+from .regions import Box, Crop, Polygon, polygon_crop, segment_box, stroke_crop, stroke_mask, tight_box, union_box
 
 if TYPE_CHECKING:
     from m2f_core.prediction import Prediction
@@ -55,6 +55,19 @@ ERASE_FILLS = ("void", "neighbour")  # what erased pixels become (EditSession.er
 
 # --------------------------------------------------------------------------------------------
 # the session
+
+
+def _id_counts(values: np.ndarray) -> dict[int, int]:
+    """Pixels per non-zero id in a 1-D array of ids (a bincount when the ids are small, as they usually are)."""
+    if values.size == 0:
+        return {}
+    top = int(values.max())
+    if top < 1 << 20:
+        counts = np.bincount(values, minlength=top + 1)
+        ids = np.flatnonzero(counts)
+        return {int(i): int(counts[i]) for i in ids if i != 0}
+    vals, counts = np.unique(values, return_counts=True)
+    return {int(v): int(c) for v, c in zip(vals, counts) if v != 0}
 
 
 class EditSession:
@@ -544,9 +557,7 @@ class EditSession:
                 old_c = old_full[cy0:cy1, cx0:cx1].copy()
                 new_c = np.ascontiguousarray(new_crop[cy0:cy1, cx0:cx1], dtype=np.int32)
                 d = diff[cy0:cy1, cx0:cx1]
-                for src, dst in ((old_c[d], removed), (new_c[d], added)):
-                    vals, counts = np.unique(src, return_counts=True)
-                    dst.update({int(v): int(c) for v, c in zip(vals, counts) if v != 0})
+                removed, added = _id_counts(old_c[d]), _id_counts(new_c[d])
         touched = set(removed) | set(added) | set(rows)
         unknown = set(added) - set(self._segments) - set(rows)
         if unknown:  # an internal error, never a user's: every painted id needs a row
@@ -565,11 +576,10 @@ class EditSession:
                 new = None
             elif sid in added or sid in removed:
                 assert changed_box is not None
-                region = union_box(segment_box(old) if old is not None else None, changed_box)
-                assert region is not None
-                ry0, rx0, ry1, rx1 = region
-                x, y, w, h = mask_bbox(self._map[ry0:ry1, rx0:rx1] == sid)
-                new = dataclasses.replace(base, id=sid, area=area, bbox=(x + rx0, y + ry0, w, h), source="edited")
+                tight = self._new_box(sid, old, changed_box, sid in removed)
+                ty0, tx0, ty1, tx1 = tight
+                new = dataclasses.replace(base, id=sid, area=area, source="edited",
+                                          bbox=(float(tx0), float(ty0), float(tx1 - tx0), float(ty1 - ty0)))
             else:
                 new = dataclasses.replace(base, id=sid, area=old.area if old else 0,
                                           bbox=old.bbox if old else (0.0, 0.0, 0.0, 0.0), source="edited")
@@ -591,6 +601,22 @@ class EditSession:
         self.history.record(Change.of(label, changed_box, old_c, new_c, rows_before, rows_after,
                                       q_before, q_after, self._queries_epoch))
         return n_changed
+
+    def _new_box(self, sid: int, old: Segment | None, changed_box: Box, lost: bool) -> Box:
+        """The box of ``sid`` after an edit inside ``changed_box`` (the map already written).
+
+        A segment that only gained pixels keeps its old box grown by its pixels in the changed box
+        (no scan of a big segment's box); one that lost pixels is re-scanned from the sides inward.
+        """
+        old_box = segment_box(old) if old is not None else None
+        if lost or old_box is None:
+            region = union_box(old_box, changed_box)
+            assert region is not None
+            tight = tight_box(self._map, sid, region)
+        else:
+            tight = union_box(old_box, tight_box(self._map, sid, changed_box))
+        assert tight is not None
+        return tight
 
     def _queries_of(self, segment_id: int) -> tuple[int, ...] | None:
         qs = self._model_queries.get(segment_id)

@@ -26,8 +26,22 @@ from .regions import Box
 __all__ = ["Change", "UndoHistory"]
 
 
+_NARROW = {1: np.uint8, 2: np.uint16, 4: np.int32}  # bytes per id -> dtype
+
+
 def _pack(a: np.ndarray) -> bytes:
-    return zlib.compress(np.ascontiguousarray(a, dtype=np.int32).tobytes(), 1)
+    """zlib of the crop in the narrowest dtype its ids fit (segment ids are mostly small: compressing
+    a quarter or half of the bytes is what makes a big delete or merge cheap), after a 1-byte size tag."""
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    size = 4 if lo < 0 or hi >= 1 << 16 else 2 if hi >= 1 << 8 else 1
+    data = np.ascontiguousarray(a, dtype=_NARROW[size]).tobytes()
+    return bytes([size]) + zlib.compress(data, 1)
+
+
+def _unpack(packed: bytes, shape: tuple[int, int]) -> np.ndarray:
+    """The int32 crop ``_pack`` stored."""
+    narrow = np.frombuffer(zlib.decompress(packed[1:]), dtype=_NARROW[packed[0]]).reshape(shape)
+    return narrow.astype(np.int32)
 
 
 @dataclass(frozen=True)
@@ -65,8 +79,7 @@ class Change:
         if self.box is None:
             return None
         y0, x0, y1, x1 = self.box
-        data = self.after if forward else self.before
-        return np.frombuffer(zlib.decompress(data), dtype=np.int32).reshape(y1 - y0, x1 - x0)
+        return _unpack(self.after if forward else self.before, (y1 - y0, x1 - x0))
 
     def rows(self, forward: bool) -> dict[int, Segment | None]:
         """The touched rows after the edit (``forward``) or before it (None: no such row)."""

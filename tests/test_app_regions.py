@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.regions import polygon_crop, stroke_crop, stroke_mask
+from app.regions import polygon_crop, stroke_crop, stroke_mask, tight_box
+from m2f_core.structures import mask_bbox
 
 
 def full(crop, shape):
@@ -79,3 +80,18 @@ def test_stroke_matches_brute_force_on_random_polylines():
         radius = float(rng.choice([0.0, 0.5, 1.0, 2.5, rng.uniform(0, 12)]))
         assert np.array_equal(stroke_mask(pts, radius, shape), reference_stroke(pts, radius, shape)), (pts, radius)
     assert stroke_crop([(200, 200), (300, 300)], 3, shape) is None
+
+
+def test_tight_box_matches_a_full_scan():
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        m = np.zeros((90, 120), np.int32)
+        for _ in range(int(rng.integers(0, 4))):
+            y, x = int(rng.integers(0, 90)), int(rng.integers(0, 120))
+            m[y:y + int(rng.integers(1, 40)), x:x + int(rng.integers(1, 40))] = 7
+        y0, x0, y1, x1 = box = (int(rng.integers(0, 30)), int(rng.integers(0, 40)), int(rng.integers(50, 91)),
+                                int(rng.integers(70, 121)))
+        got = tight_box(m, 7, box, block=int(rng.choice([1, 5, 32, 16384])))
+        x, y, w, h = mask_bbox(m[y0:y1, x0:x1] == 7)
+        want = None if w == 0 else (int(y) + y0, int(x) + x0, int(y + h) + y0, int(x + w) + x0)
+        assert got == want, (box, got, want)
