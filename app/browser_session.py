@@ -18,27 +18,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from .canvas_sync import CanvasSync
 from .state import WorkspaceState
 
 if TYPE_CHECKING:
     from m2f_core.structures import Candidate
+
+    from .wand import WandClick
 
 __all__ = ["BrowserSession", "Screen", "milliseconds", "short_label", "unique_name"]
 
 
 @dataclass
 class Screen:
-    """Everything the page shows after an action (plain values; ``None`` canvas = no image open)."""
+    """Everything the page shows after an action, as plain values.
 
-    canvas: np.ndarray | None
+    ``canvas`` is the canvas payload (``app.canvas_sync``: what changed since the browser's last one;
+    ``{"empty": True}`` when no image is open)."""
+
+    canvas: dict
     rows: list[list]
     status: str
     relabel: list[tuple[str, int]]
     relabel_value: int | None
-    candidates: list[tuple[np.ndarray, str]]
-    ground_truth: np.ndarray | None
     position: str
     export_file: str | None = None
 
@@ -51,10 +53,12 @@ class BrowserSession:
     workspace: WorkspaceState
     upload_dir: Path
     selected: list[int] = field(default_factory=list)  # in click order; the first keeps its class on merge
-    candidates: list[Candidate] = field(default_factory=list)
-    opacity: float = 0.5
-    outline: bool = True
-    uncertainty: bool = False
+    candidates: list[Candidate] = field(default_factory=list)  # Recover's offer at the last clicked pixel
+    wand: WandClick | None = None  # the magic wand's last click (its region is previewed until Enter)
+    wand_threshold: float = 0.5
+    uncertainty: bool = False  # the canvas shows the model's uncertainty (sent once per image)
+    ground_truth: bool = False  # the canvas may show the dataset's ground truth (sent once per image)
+    sync: CanvasSync = field(default_factory=CanvasSync)  # what the browser's canvas holds
     model_runs: int = 0
     message: str = ""  # the last action's message (an action that changes nothing keeps it)
     timings: dict[str, float] = field(default_factory=dict)  # ms of the last model run / render / edit

@@ -37,14 +37,24 @@ from PIL import Image
 
 from m2f_core.atomic import remove_stale_temporaries
 from m2f_core.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from m2f_core.structures import Segment
 
 from .browser_session import BrowserSession, Screen, milliseconds, short_label, unique_name
+from .canvas_sync import (
+    candidate_payload,
+    class_payload,
+    encode_photo,
+    index_map_payload,
+    segment_color,
+    segment_rows_payload,
+    wand_payload,
+)
 from .dataset_images import DatasetImages
 from .edit_engine import CLICK_MODES, EditEngine
 from .editing import TASKS
 from .errors import UserError, internal_error_message, is_user_error
 from .loop_controller import FinetuneView, LoopController
-from .render import candidate_preview, relabel_choices, render_canvas, render_ground_truth, segment_rows
+from .render import relabel_choices, segment_rows
 from .shared_model import SharedModel
 from .state import WorkspaceState
 
@@ -52,6 +62,8 @@ if TYPE_CHECKING:
     from m2f_core.data.records import SegmentationDataset
     from m2f_core.prediction import Prediction
     from m2f_core.predictor import Predictor
+
+    from .editing import EditSession
 
 __all__ = ["CLICK_MODES", "BrowserSession", "Screen", "Workbench", "unique_name"]
 
@@ -68,7 +80,7 @@ class Workbench:
                  images: Sequence[str | Path] = (), dataset: SegmentationDataset | None = None,
                  dataset_spec: str | None = None, dataset_split: str | None = None,
                  examples: Sequence[str | Path] = (), work_dir: str | Path | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = 1600, min_side: int = 640,
+                 max_pixels: int = DEFAULT_MAX_PIXELS,
                  weights_label: str = "",
                  weights_source: str | None = None, runs_dir: str | Path = "runs", finetune_minutes: float = 10.0,
                  finetune_max_iter: int | None = None, finetune_args: Sequence[str] = (),
@@ -76,7 +88,7 @@ class Workbench:
         remove_stale_temporaries(Path(corrections_dir))  # an export killed mid-write: put the old one back
         self.model = SharedModel(predictor, weights_label, weights_source, max_pixels)
         self.source = DatasetImages(dataset, dataset_spec, dataset_split)
-        self.edits = EditEngine(self.model, max_side, min_side)
+        self.edits = EditEngine(self.model)
         self.loop = LoopController(self.model, corrections_dir, source=self.source, runs_dir=runs_dir,
                                    finetune_minutes=finetune_minutes, finetune_max_iter=finetune_max_iter,
                                    finetune_args=finetune_args)
@@ -113,14 +125,6 @@ class Workbench:
     def dataset(self) -> SegmentationDataset | None:
         return self.source.dataset
 
-    @property
-    def max_side(self) -> int:
-        return self.edits.max_side
-
-    @property
-    def min_side(self) -> int:
-        return self.edits.min_side
-
     # ---------------------------------------------------------------------------- sessions
     def new_session(self) -> BrowserSession:
         """A fresh per-browser state: the command line's images listed, nothing predicted yet."""
@@ -143,29 +147,50 @@ class Workbench:
 
     # ---------------------------------------------------------------------------- the screen
     def screen(self, s: BrowserSession, message: str = "", export_file: str | None = None) -> Screen:
-        """Render the current state (canvas timed as ``render``)."""
+        """What the page shows now; the canvas payload holds only what the browser does not have yet
+        (``canvas`` timed as ``render``)."""
         ws = s.workspace
         session = ws.session() if ws.current is not None else None
         pred = ws.prediction() if ws.current is not None else None
         position = self._position(s)
         if session is None or pred is None:
-            return Screen(None, [], self._status(s, message), [], None, [], None, position, export_file)
+            s.sync.reset()
+            return Screen({"empty": True}, [], self._status(s, message), [], None, position, export_file)
         s.selected = [i for i in s.selected if i in session]
         start = time.perf_counter()
-        canvas = render_canvas(pred.image, session, ws.task, self.config, opacity=s.opacity, outline=s.outline,
-                               selected=s.selected, uncertainty=pred.uncertainty() if s.uncertainty else None,
-                               max_side=self.max_side, min_side=self.min_side)
+        canvas = self._canvas(s, session, pred)
         s.timings["render"] = milliseconds(time.perf_counter() - start)
         primary = s.selected[-1] if s.selected else None
         # the model's ranking only from the prediction the annotation started from (same query numbers)
         ranking = pred if ws.predicted_by() == ws.item().weights else None
         choices = relabel_choices(session, ranking, primary) if primary is not None else []
         value = session.segment(primary).category_id if primary is not None else None
-        color = self.config.colors
-        cands = [(candidate_preview(pred.image, c, color[c.category_id] if c.category_id < len(color) else (255, 0, 0)),
-                  f"{self.config.class_names[c.category_id]} {c.score:.2f}") for c in s.candidates]
-        return Screen(canvas, segment_rows(session, s.selected), self._status(s, message), choices, value, cands,
-                      self._ground_truth(s, pred), position, export_file)
+        return Screen(canvas, segment_rows(session, s.selected), self._status(s, message), choices, value,
+                      position, export_file)
+
+    def _canvas(self, s: BrowserSession, session: EditSession, pred: Prediction) -> dict:
+        """The canvas payload (``app.canvas_sync``): photo and full map for a new image, else what changed."""
+        ws, cfg = s.workspace, self.config
+        key = str(ws.current)
+        segments = session.segments
+        map_update, new_image = s.sync.map_update(key, session.segment_map, [seg.id for seg in segments])
+        h, w = session.shape
+        payload: dict = {"key": key, "name": self._name(s), "size": [w, h], "task": ws.task, "map": map_update,
+                         "segments": segment_rows_payload(segments, s.sync.index_of, cfg.colors),
+                         "selected": list(s.selected), "show_uncertainty": s.uncertainty,
+                         "has_ground_truth": self.source.index(ws.item().path) is not None,
+                         "candidates": [candidate_payload(i, c) for i, c in enumerate(s.candidates)],
+                         "wand": wand_payload(s.wand, s.wand_threshold) if s.wand is not None else None}
+        if new_image:
+            payload["image"] = {"key": key, **encode_photo(pred.image)}
+            payload["classes"] = class_payload(cfg.class_names, cfg.colors, cfg.is_thing)
+        if s.uncertainty and "uncertainty" not in s.sync.extras:
+            payload["uncertainty"] = index_map_payload(np.round(pred.uncertainty() * 255).astype(np.uint8))
+            s.sync.extras.add("uncertainty")
+        if s.ground_truth and "ground_truth" not in s.sync.extras:
+            payload["ground_truth"] = self._ground_truth(s, (h, w))
+            s.sync.extras.add("ground_truth")
+        return payload
 
     def _position(self, s: BrowserSession) -> str:
         ws = s.workspace
@@ -216,25 +241,50 @@ class Workbench:
             text += " (an earlier model, kept for your edits or review: ⟳ Re-predict starts again from the current one)"
         return text
 
-    def _ground_truth(self, s: BrowserSession, pred: Prediction) -> np.ndarray | None:
+    def _ground_truth(self, s: BrowserSession, shape: tuple[int, int]) -> dict:
+        """The dataset's ground truth of the current image for the canvas: its segment map as indices and
+        its segments with the model class of the same name (-1: none), or ``missing`` saying why not."""
         if self.dataset is None:
-            return None
-        item = s.workspace.item()
-        index = self.source.index(item.path)
+            return {"missing": "no --dataset: no ground truth"}
+        index = self.source.index(s.workspace.item().path)
         if index is None:
-            return None
+            return {"missing": "this image is not from the dataset"}
         try:
             sample = self.dataset[index]
-        except ValueError:
-            return None
+        except ValueError as e:
+            return {"missing": f"its ground truth cannot be read: {e}"}
         cats = self.dataset.categories
-        names = [c["name"] for c in cats]
-        colors = [c.get("color") for c in cats] if all(c.get("color") for c in cats) else None
-        is_thing = [bool(c.get("isthing", True)) for c in cats]
-        if sample.panoptic is not None and sample.panoptic.segment_map.shape != pred.image.shape[:2]:
-            return None
-        return render_ground_truth(pred.image, sample.panoptic, sample.semantic, names, colors, is_thing,
-                                   s.opacity, self.max_side, self.min_side)
+        model_class = {name: i for i, name in enumerate(self.config.class_names)}
+        if sample.panoptic is not None:
+            seg_map = np.asarray(sample.panoptic.segment_map)
+            rows = [(int(g.id), int(g.category_id)) for g in sample.panoptic.segments]
+        elif sample.semantic is not None:  # one segment per class; the dataset's ignore label stays void
+            classes = np.asarray(sample.semantic).astype(np.int64)
+            valid = (classes >= 0) & (classes < len(cats))
+            seg_map = np.where(valid, classes + 1, 0)
+            rows = [(int(c) + 1, int(c)) for c in np.unique(classes[valid])]
+        else:
+            return {"missing": "the dataset has no annotation for this image"}
+        if seg_map.shape != shape:
+            return {"missing": f"its ground truth is {seg_map.shape[1]}x{seg_map.shape[0]}, the image "
+                               f"{shape[1]}x{shape[0]}"}
+        index_of = {sid: i + 1 for i, (sid, _) in enumerate(rows)}
+        lut_keys = np.array(sorted(index_of), dtype=np.int64)
+        indices = np.zeros(seg_map.shape, dtype=np.uint32)
+        if lut_keys.size:
+            pos = np.clip(np.searchsorted(lut_keys, seg_map), 0, len(lut_keys) - 1)
+            found = lut_keys[pos] == seg_map
+            indices[found] = np.array([index_of[k] for k in lut_keys.tolist()], dtype=np.uint32)[pos[found]]
+        segments = []
+        for sid, cat in rows:
+            info = cats[cat] if 0 <= cat < len(cats) else {"name": str(cat)}
+            name = str(info.get("name", cat))
+            color = info.get("color") or (self.config.colors[model_class[name]] if name in model_class else (255, 0, 0))
+            thing = bool(info.get("isthing", True))
+            color = segment_color(Segment(id=sid, category_id=0, isthing=thing), [color])
+            segments.append({"i": index_of[sid], "id": sid, "c": model_class.get(name, -1), "name": name,
+                             "model_class": model_class.get(name, -1), "t": thing, "col": color})
+        return {"map": index_map_payload(indices), "segments": segments}
 
     def failure_message(self, e: Exception, what: str = "", where: str = "") -> str:
         """The status line of a failed action: a user's mistake as its message (``what`` in front:
@@ -264,7 +314,8 @@ class Workbench:
                 return self.screen(s, s.message, export_file=export_file() if export_file is not None else None)
             except Exception as e:  # noqa: BLE001  (a rendering bug: the page still says what happened)
                 s.message = self.failure_message(e, where="Workbench.screen")
-                return Screen(None, [], s.message, [], None, [], None, "", None)
+                s.sync.reset()
+                return Screen({"empty": True}, [], s.message, [], None, "", None)
 
     def _guarded(self, action: Callable[[], T], on_failure: Callable[[str], T], what: str = "") -> T:
         """An action of no session (the fine-tune panel), with ``_run``'s handling of failures."""
@@ -341,15 +392,22 @@ class Workbench:
             return None
         return self._run(s, action)
 
-    def set_view(self, s: BrowserSession, opacity: float | None = None, outline: bool | None = None,
-                 uncertainty: bool | None = None) -> Screen:
+    def set_view(self, s: BrowserSession, uncertainty: bool | None = None, ground_truth: bool | None = None
+                 ) -> Screen:
+        """What the canvas may show besides the annotation (its data is sent once per image); opacity,
+        outlines and labels are the browser's own."""
         def action():
-            if opacity is not None:
-                s.opacity = float(min(1.0, max(0.0, opacity)))
-            if outline is not None:
-                s.outline = bool(outline)
             if uncertainty is not None:
                 s.uncertainty = bool(uncertainty)
+            if ground_truth is not None:
+                s.ground_truth = bool(ground_truth)
+            return None
+        return self._run(s, action)
+
+    def resync(self, s: BrowserSession) -> Screen:
+        """The browser's canvas lost track (a payload it never got): send it everything again."""
+        def action():
+            s.sync.reset()
             return None
         return self._run(s, action)
 
@@ -366,7 +424,7 @@ class Workbench:
     # ---------------------------------------------------------------------------- clicks and edits (``edits``)
     def click(self, s: BrowserSession, x: float, y: float, mode: str = "Select", *, brush_size: float = 10.0,
               overwrite: bool = False, multi: bool = False, new_class: int | None = None) -> Screen:
-        """A click on the canvas at displayed pixel (x, y), interpreted by ``mode`` (``CLICK_MODES``)."""
+        """A click at image pixel (x, y), interpreted by ``mode`` (``CLICK_MODES``)."""
         return self._run(s, lambda: self.edits.click(s, x, y, mode, brush_size=brush_size, overwrite=overwrite,
                                                      multi=multi, new_class=new_class))
 
@@ -383,8 +441,57 @@ class Workbench:
     def merge(self, s: BrowserSession) -> Screen:
         return self._run(s, lambda: self.edits.merge(s))
 
-    def split(self, s: BrowserSession) -> Screen:
-        return self._run(s, lambda: self.edits.split(s))
+    def split(self, s: BrowserSession, min_area: int = 0) -> Screen:
+        return self._run(s, lambda: self.edits.split(s, min_area))
+
+    def fill_holes(self, s: BrowserSession, overwrite: bool = False) -> Screen:
+        return self._run(s, lambda: self.edits.fill_holes(s, overwrite))
+
+    def select_ids(self, s: BrowserSession, ids) -> Screen:
+        """The selection made on the canvas (shift-click adds), in click order."""
+        return self._run(s, lambda: self.edits.select_ids(s, ids))
+
+    def recover_at(self, s: BrowserSession, x: float, y: float) -> Screen:
+        return self._run(s, lambda: self.edits.recover_at(s, x, y))
+
+    def stroke(self, s: BrowserSession, tool: str, points, radius: float, *, ids=None, overwrite: bool = False,
+               fill: str = "neighbour", new_class: int | None = None) -> Screen:
+        """A brush or eraser stroke dragged on the canvas (``ids``: the canvas's selection when it was drawn)."""
+        def action():
+            if ids is not None:
+                self.edits.select_ids(s, ids)
+            return self.edits.stroke(s, tool, points, radius, overwrite=overwrite, fill=fill, new_class=new_class)
+        return self._run(s, action)
+
+    def polygon(self, s: BrowserSession, points, *, overwrite: bool = False, new_class: int | None = None) -> Screen:
+        return self._run(s, lambda: self.edits.polygon(s, points, overwrite=overwrite, new_class=new_class))
+
+    def wand(self, s: BrowserSession, x: float, y: float, threshold: float) -> Screen:
+        return self._run(s, lambda: self.edits.wand(s, x, y, threshold))
+
+    def wand_commit(self, s: BrowserSession, mode: str = "new", *, ids=None, overwrite: bool = False,
+                    new_class: int | None = None) -> Screen:
+        def action():
+            if ids is not None:
+                self.edits.select_ids(s, ids)
+            return self.edits.wand_commit(s, mode, overwrite=overwrite, new_class=new_class)
+        return self._run(s, action)
+
+    def canvas_action(self, s: BrowserSession, op: str, ids=None, *, min_area: int = 0,
+                      overwrite: bool = False) -> Screen:
+        """A keyboard action on the canvas's selection ``ids``: delete, merge, split, fill_holes, undo, redo."""
+        ops = {"delete": lambda: self.edits.delete(s), "merge": lambda: self.edits.merge(s),
+               "split": lambda: self.edits.split(s, min_area),
+               "fill_holes": lambda: self.edits.fill_holes(s, overwrite),
+               "undo": lambda: self.edits.undo(s), "redo": lambda: self.edits.redo(s)}
+
+        def action():
+            if op not in ops:
+                raise UserError(f"unknown action {op!r}")
+            if ids is not None and op not in ("undo", "redo"):
+                self.edits.select_ids(s, ids)
+            return ops[op]()
+        return self._run(s, action)
 
     def undo(self, s: BrowserSession) -> Screen:
         return self._run(s, lambda: self.edits.undo(s))

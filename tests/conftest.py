@@ -78,3 +78,30 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------ the app in a browser
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory):
+    from app_helpers import app_assets
+
+    return app_assets(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def expected(assets):
+    """The prediction the app will show for the test scene (same weights, same machine)."""
+    from m2f_core.predictor import Predictor
+
+    pred = Predictor(str(assets["weights"]), device="cpu").predict(str(assets["scene"]))
+    return pred
+
+
+@pytest.fixture(scope="session")
+def server(assets, tmp_path_factory):
+    """``launch.py`` in a subprocess: yields (url, corrections dir, log file)."""
+    from browser_helpers import serve
+
+    yield from serve(assets, tmp_path_factory)

@@ -154,6 +154,7 @@ def open_from_query(wb: Workbench, s: BrowserSession, params: Mapping[str, str])
         s.workspace.open(key)
         s.selected, s.candidates = [], []
     wb.start(s)  # runs the model once on the opened image; a loaded annotation is kept
+    s.sync.reset()  # that screen is not shown: the one returned below sends the image
     message = f"opened {image.name}" + (f" with the labels of {labels.name}" if labels is not None else "")
     s.message = message
     return wb.screen(s, message)
