@@ -2,10 +2,10 @@
 
 The Gradio app is built in-process (``build_app``, queued as ``launch.py`` does) on a free port with
 the built-in model, and driven over HTTP by ``gradio_client``: one ``Client`` per simulated browser,
-so each has its own Gradio session (its own ``gr.State``). Events that need click coordinates
-(``gr.SelectData``) get them as ``event_data``, which the public ``Client.predict`` cannot send:
-those calls go through the client's endpoint function directly (gradio_client internals, pinned
-with gradio in this environment).
+so each has its own Gradio session (its own ``gr.State``). Events of the canvas carry their data
+(the canvas's ``trigger(name, data)``: a selection is its segment ids) as ``event_data``, which the
+public ``Client.predict`` cannot send: those calls go through the client's endpoint function
+directly (gradio_client internals, pinned with gradio in this environment).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("sessions")
     predictor = Predictor(None, device="cpu", min_size=64, max_size=128)  # the built-in model, small inputs
-    wb = Workbench(predictor, root / "corrections", work_dir=root / "work", min_side=0)
+    wb = Workbench(predictor, root / "corrections", work_dir=root / "work")
     demo = build_app(wb)
     demo.queue(default_concurrency_limit=4)  # as launch.py
     port = _free_port()
@@ -85,8 +85,9 @@ def _expected(server, image: Path) -> dict:
         wb.click(s, x, y, "Select")
         screen = wb.delete(s)
         assert f"deleted #{sid}" in screen.status
-        return {"xy": (x, y), "sid": sid, "rows": [[v for v in row[1:]] for row in screen.rows],
-                "size": f"{image.name} {s.workspace.session().shape[1]}×{s.workspace.session().shape[0]}"}
+        h, w = s.workspace.session().shape
+        return {"sid": sid, "rows": [[v for v in row[1:]] for row in screen.rows], "wh": [w, h],
+                "size": f"{image.name} {w}×{h}"}
     finally:
         wb.close_session(s)
 
@@ -97,15 +98,13 @@ def _browser(server, image: Path, expected: dict, barrier: threading.Barrier) ->
 
     demo = server["demo"]
     client = Client(server["url"], verbose=False, httpx_kwargs={"timeout": 120})  # a loaded 2-core machine
-    upload, click = _fn_index(demo, "image-input", "upload"), _fn_index(demo, "canvas", "select")
+    upload, pick = _fn_index(demo, "image-input", "upload"), _fn_index(demo, "canvas", "pick")
     delete, task = _fn_index(demo, "delete", "click"), _fn_index(demo, "task", "change")
     barrier.wait(timeout=120)  # every user starts at once
     shown = {"upload": client.predict(handle_file(str(image)), fn_index=upload)}
-    x, y = expected["xy"]
-    select = client.endpoints[click].make_end_to_end_fn(client.new_helper(click))
-    # inputs of the canvas click: mode, brush size, paint over others, add to selection, new class
-    shown["click"] = select("Select", 20, False, False, 0, event_data={"index": [x, y], "value": None,
-                                                                      "selected": True})
+    select = client.endpoints[pick].make_end_to_end_fn(client.new_helper(pick))
+    # a click on the canvas: the browser finds the segment under it and sends the selection's ids
+    shown["click"] = select(event_data={"ids": [expected["sid"]]})
     shown["delete"] = client.predict(fn_index=delete)
     shown["instance"] = client.predict("Instance", fn_index=task)
     shown["panoptic"] = client.predict("Panoptic", fn_index=task)
@@ -114,7 +113,7 @@ def _browser(server, image: Path, expected: dict, barrier: threading.Barrier) ->
 
 
 def _status(output: tuple) -> str:
-    return output[2]  # (canvas, table, status, relabel menu, recover gallery, ground truth, position)
+    return output[2]  # (canvas payload, table, status, relabel menu, position)
 
 
 def _rows(output: tuple) -> list[list]:
@@ -140,6 +139,10 @@ def test_eight_concurrent_sessions_keep_their_own_state(server, tmp_path):
         for step in ("upload", "click", "delete", "instance", "panoptic"):  # always this user's image
             assert exp["size"] in statuses[step], (step, statuses[step])
         assert "model runs: 1" in statuses["panoptic"] and "Instance" in statuses["instance"]
+        canvas = {step: o[0] for step, o in out.items()}  # this user's canvas payloads
+        assert "image" in canvas["upload"] and canvas["upload"]["size"] == exp["wh"]
+        assert canvas["delete"]["map"]["base"] == canvas["upload"]["map"]["version"]  # a patch of its own map
+        assert canvas["instance"]["task"] == "instance" and canvas["instance"]["map"] is None
         assert _rows(out["delete"]) == _rows(out["panoptic"]) == exp["rows"]  # this user's edit, no one else's
         assert exp["sid"] not in [row[0] for row in _rows(out["panoptic"])]
     assert wb.model_runs - runs_before == SESSIONS  # one model run per user, nothing repeated or lost

@@ -63,7 +63,7 @@ def workbench(predictor, tmp_path_factory):
     from app.workbench import Workbench
 
     root = tmp_path_factory.mktemp("bad_inputs_app")
-    return Workbench(predictor, root / "corrections", work_dir=root / "work", min_side=0)
+    return Workbench(predictor, root / "corrections", work_dir=root / "work")
 
 
 def _check_refusal(case, message: str, shown_name: str) -> None:
@@ -130,7 +130,7 @@ def test_app_upload(case, corpus, workbench, predictor, request):
     try:
         screen = workbench.open_upload(s, corpus[case.name])  # never raises: the page shows a status
         message = screen.status.split("\n\n")[0]
-        if screen.canvas is None:
+        if screen.canvas.get("empty"):
             assert message.startswith("⚠️"), message
             _check_refusal(case, message, case.file_name)
             assert str(corpus[case.name].parent) not in screen.status  # no server paths shown
@@ -139,6 +139,7 @@ def test_app_upload(case, corpus, workbench, predictor, request):
             assert case.size is not None, f"{case.name}: accepted, must be refused"
             assert message == f"opened {case.file_name}"
             assert s.workspace.session().shape == case.size
+            assert screen.canvas["size"] == [case.size[1], case.size[0]] and "image" in screen.canvas
     finally:
         workbench.close_session(s)
 

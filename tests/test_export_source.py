@@ -44,7 +44,7 @@ def predictor():
 def wb(source, predictor, tmp_path_factory) -> Workbench:
     tmp = tmp_path_factory.mktemp("wb")
     return Workbench(predictor, tmp / "corrections", dataset=synthetic_dataset(source.parent, "val"),
-                     dataset_spec=f"corrections:{source}", work_dir=tmp / "work", min_side=0,
+                     dataset_spec=f"corrections:{source}", work_dir=tmp / "work",
                      weights_label="built-in", weights_source="builtin")
 
 
@@ -59,7 +59,7 @@ def corrected(wb, tmp_path_factory):
     assert "marked reviewed" in wb.mark_reviewed(s).status
     wb.step(s, 1)
     upload = make_test_scene(tmp_path_factory.mktemp("upload") / "scene.png")
-    assert wb.open_upload(s, upload).canvas is not None
+    assert "image" in wb.open_upload(s, upload).canvas
     assert "marked reviewed" in wb.mark_reviewed(s).status
     return s
 
