@@ -87,13 +87,17 @@ def segment_rows_payload(segments: Sequence[Segment], index_of: dict[int, int],
 
 
 def index_map_payload(indices: np.ndarray, box: tuple[int, int, int, int] | None = None, **extra: Any) -> dict:
-    """An index map (or the crop of one at ``box`` = y0, x0, y1, x1) as a payload: uint16 when it fits."""
+    """An index map (or the crop of one at ``box`` = y0, x0, y1, x1) as a payload: uint8 masks stay uint8,
+    indices are uint16 when they fit."""
     h, w = indices.shape
     y0, x0 = (0, 0) if box is None else box[:2]
-    small = int(indices.max(initial=0)) < 65536
-    data = indices.astype(np.uint16 if small else np.uint32, copy=False)
-    return {"box": [int(x0), int(y0), int(w), int(h)], "dtype": "u16" if small else "u32",
-            "data": encode_array(data), **extra}
+    if indices.dtype == np.uint8:
+        data, dtype = indices, "u8"
+    elif int(indices.max(initial=0)) < 65536:
+        data, dtype = indices.astype(np.uint16, copy=False), "u16"
+    else:
+        data, dtype = indices.astype(np.uint32, copy=False), "u32"
+    return {"box": [int(x0), int(y0), int(w), int(h)], "dtype": dtype, "data": encode_array(data), **extra}
 
 
 def mask_crop_payload(mask: np.ndarray) -> dict | None:

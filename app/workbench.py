@@ -281,7 +281,7 @@ class Workbench:
             name = str(info.get("name", cat))
             color = info.get("color") or (self.config.colors[model_class[name]] if name in model_class else (255, 0, 0))
             thing = bool(info.get("isthing", True))
-            color = segment_color(Segment(id=sid, category_id=0, isthing=thing), [color])
+            color = segment_color(Segment(id=sid, category_id=0, isthing=thing, score=1.0), [color])
             segments.append({"i": index_of[sid], "id": sid, "c": model_class.get(name, -1), "name": name,
                              "model_class": model_class.get(name, -1), "t": thing, "col": color})
         return {"map": index_map_payload(indices), "segments": segments}

@@ -316,9 +316,6 @@ def test_browse_images_and_dataset(predictor, assets, tmp_path):
     assert screen.canvas["has_ground_truth"] and "ground_truth" not in screen.canvas  # sent when asked for
 
 
-@pytest.mark.xfail(strict=True, reason="app/workbench.py Workbench._ground_truth builds Segment(id=, category_id=, "
-                   "isthing=) without the required score: TypeError, every screen is an internal error while the "
-                   "ground truth is shown")
 def test_ground_truth_is_sent_once_with_model_classes(predictor, assets, tmp_path):
     maker = Workbench(predictor, tmp_path / "gt", work_dir=tmp_path / "w0")
     s = maker.new_session()
