@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage
 
-from m2f_core.structures import InstanceResult, PanopticResult, Segment, SemanticResult
+from m2f_core.structures import InstanceResult, PanopticResult, Segment, SemanticResult, segment_stats
 
 from .errors import UserError
 from .history import Change, UndoHistory
@@ -137,17 +137,10 @@ class EditSession:
 
     def _recompute_all_stats(self) -> None:
         """Areas and boxes of every segment from the map in one pass; ids without a row are an error."""
-        seg_map = self._map
-        ids, inverse = np.unique(seg_map, return_inverse=True)
-        inverse = inverse.reshape(seg_map.shape)
-        if int(ids.min(initial=0)) < 0:
-            raise ValueError("the segment map has negative ids")
-        orphans = sorted(set(ids.tolist()) - set(self._segments) - {0})
+        stats = segment_stats(self._map)
+        orphans = sorted(set(stats) - set(self._segments) - {0})
         if orphans:
             raise ValueError(f"the segment map has ids {orphans[:6]} with no segment row")
-        counts = np.bincount(inverse.ravel(), minlength=len(ids))
-        slices = ndimage.find_objects(inverse + 1)
-        stats = {int(i): (int(counts[k]), slices[k]) for k, i in enumerate(ids.tolist())}
         for sid in list(self._segments):
             area, sl = stats.get(sid, (0, None))
             if area == 0:  # a row without pixels is dropped: it cannot be exported or edited

@@ -125,7 +125,7 @@ def test_a_new_image_sends_the_photo_and_the_full_map(wb):
     assert canvas["image"]["shown"] == [w, h]  # small: shown at full size
     update = canvas["map"]
     assert update["box"] == [0, 0, w, h] and update["base"] is None and update["version"] == 1
-    assert update["dtype"] == "u16"  # a few segments: indices fit in 16 bits
+    assert update["dtype"] == "u8"  # a few segments: indices fit in 8 bits
     rows = canvas["segments"]
     assert sorted(r["id"] for r in rows) == [seg.id for seg in session.segments]
     assert sorted(r["i"] for r in rows) == list(range(1, len(rows) + 1))  # indices 1..n, 0 is void

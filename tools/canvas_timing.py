@@ -17,6 +17,7 @@ a repaint whose map version or status changed). Numbers are medians over ``--rep
 Never run it while something else loads the machine: the app and the browser share its cores.
 """
 
+# ruff: noqa: B023  (each lambda runs at once, inside the loop step that defines its variables)
 from __future__ import annotations
 
 import argparse
@@ -136,6 +137,14 @@ def segment_points(page) -> list[tuple[int, int, int, int]]:
     }""")
 
 
+def wait_status(page, text: str) -> None:
+    try:
+        page.wait_for_function("t => document.querySelector('#status').innerText.includes(t)", arg=text,
+                               timeout=60_000)
+    except Exception as e:
+        raise RuntimeError(f"status never said {text!r}: {page.inner_text('#status')!r}") from e
+
+
 def measure(page, photo: Path, repeat: int) -> dict[str, list[float]]:
     p = Page(page)
     times: dict[str, list[float]] = {}
@@ -148,7 +157,7 @@ def measure(page, photo: Path, repeat: int) -> dict[str, list[float]]:
     ms = p.react(lambda: page.set_input_files("#image-input input[type=file]", str(photo)),
                  f"(r.image || '').startsWith({json.dumps(photo.stem)})", timeout_ms=300_000)
     add("upload to first paint", ms)
-    page.wait_for_function("() => document.querySelector('#status').innerText.includes('model runs')")
+    wait_status(page, "model runs")
     status = page.inner_text("#status")
     model = re.search(r"model (\d+) ms", status)
     add("model (status line)", float(model.group(1)) if model else float("nan"))
@@ -171,13 +180,13 @@ def measure(page, photo: Path, repeat: int) -> dict[str, list[float]]:
         task = "instance" if i % 2 == 0 else "panoptic"
         add("task switch", p.react(lambda: page.keyboard.press("2" if task == "instance" else "1"),
                                    f"r.task === '{task}'"))
-        page.wait_for_function(f"() => document.querySelector('#status').innerText.includes('{task.capitalize()}')")
+        wait_status(page, f"{task.capitalize()}")
     page.keyboard.press("1")
-    page.wait_for_function("() => document.querySelector('#status').innerText.includes('Panoptic')")
+    wait_status(page, "Panoptic")
     for i in range(repeat):
         a = points[i % len(points)]
         page.mouse.click(*p.point(a[1] + 0.5, a[2] + 0.5))
-        page.wait_for_function(f"() => document.querySelector('#status').innerText.includes('selected #{a[0]} ')")
+        wait_status(page, f"selected #{a[0]} ")
         page.keyboard.press("b")
         start = p.point(a[1] + 0.5, a[2] + 0.5)
         span = 120 * float(p.data()["zoom"])  # 120 image pixels
@@ -195,21 +204,21 @@ def measure(page, photo: Path, repeat: int) -> dict[str, list[float]]:
         option = page.locator("[role=option]").nth(1 + i % 3)
         add("relabel", p.react(lambda: option.click(), "r.status.includes('relabelled') || r.status !== b.status"))
         page.keyboard.press("Control+z")  # the relabel may have merged stuff: back to the model's segments
-        page.wait_for_function("() => document.querySelector('#status').innerText.includes('undid relabel')")
+        wait_status(page, "undid relabel")
         page.mouse.click(*p.point(a[1] + 0.5, a[2] + 0.5))
-        page.wait_for_function(f"() => document.querySelector('#status').innerText.includes('selected #{a[0]} ')")
+        wait_status(page, f"selected #{a[0]} ")
         add("delete", p.react(lambda: page.keyboard.press("Delete"), "r.version > b.version"))
         add("undo", p.react(lambda: page.keyboard.press("Control+z"), "r.version > b.version"))
         c, d = points[0], points[1]
         page.mouse.click(*p.point(c[1] + 0.5, c[2] + 0.5))
-        page.wait_for_function(f"() => document.querySelector('#status').innerText.includes('selected #{c[0]} ')")
+        wait_status(page, f"selected #{c[0]} ")
         page.keyboard.down("Shift")
         page.mouse.click(*p.point(d[1] + 0.5, d[2] + 0.5))
         page.keyboard.up("Shift")
-        page.wait_for_function(f"() => document.querySelector('#status').innerText.includes('#{d[0]} ')")
+        wait_status(page, f"#{d[0]} ")
         add("merge", p.react(lambda: page.keyboard.press("m"), "r.version > b.version || r.status.includes('merge')"))
         page.keyboard.press("Control+z")
-        page.wait_for_function("() => document.querySelector('#status').innerText.includes('undid')")
+        wait_status(page, "undid")
     return times
 
 
@@ -240,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 page.set_default_timeout(120_000)
                 page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
                 page.wait_for_selector("#canvas .m2f-stage")
-                page.wait_for_function("() => document.querySelector('#status').innerText.includes('Upload')")
+                wait_status(page, "Upload")
                 page.evaluate(RECORDER)
                 size = photo.stem.split("_")[1]
                 results[size] = measure(page, photo, args.repeat)
