@@ -169,3 +169,43 @@ def segment_count(st: str) -> int:
     return int(st.split(" segments")[0].rsplit("· ", 1)[1])
 
 
+
+
+# ------------------------------------------------------------------------------------------ canvas helpers
+
+
+def table_areas(page) -> dict[int, int]:
+    """{segment id: area} of the segment table's rows (the table is virtual: rows out of view are missing;
+    compare the count with ``data-segments`` where it matters)."""
+    return {int(k): int(v) for k, v in page.evaluate(TABLE_AREAS_JS).items()}
+
+
+TABLE_AREAS_JS = """() => {
+    const out = {};
+    document.querySelectorAll('#segments .virtual-body [role=row]').forEach(r => {
+        const c = Array.from(r.querySelectorAll('[role=gridcell]')).map(x => x.innerText.trim());
+        if (c.length > 5 && c[1] !== '') out[c[1]] = c[5];
+    });
+    return out;
+}"""
+
+
+def hover_pixel(page, x: float, y: float) -> None:
+    """Move the mouse over image pixel (x, y)."""
+    page.mouse.move(*client_point(page, x, y))
+
+
+def wheel_at(page, x: float, y: float, delta_y: float) -> None:
+    """One wheel step over image pixel (x, y) (negative ``delta_y``: up, zooms in)."""
+    hover_pixel(page, x, y)
+    page.mouse.wheel(0, delta_y)
+
+
+def stage_png(page) -> bytes:
+    return page.locator("#canvas .m2f-stage").screenshot()
+
+
+def set_range(page, selector: str, value: float) -> None:
+    """Move a range input (a slider) to ``value`` as a drag of its thumb would: its value, then "input"."""
+    page.eval_on_selector(selector, "(e, v) => { e.value = String(v); e.dispatchEvent(new Event('input', "
+                                    "{bubbles: true})); }", value)

@@ -90,7 +90,8 @@ async function apply(p) {
   S.cands = await Promise.all((p.candidates || []).map(async (c) => ({...c, mask: await decodeMap(c.mask)})));
   S.candHover = S.cands.length ? 0 : -1;
   S.wand = p.wand ? {...p.wand, mask: await decodeMap(p.wand.mask)} : null;
-  if (p.wand) S.wandThr = p.wand.threshold;
+  // the server's threshold, unless the wheel moved on while it answered (a request is queued: keep the newer)
+  if (p.wand && !S.wandQueued) S.wandThr = p.wand.threshold;
   S.stroke = null; S.pendingPreview = false;
   if (S.wandQueued) { const q = S.wandQueued; S.wandQueued = null; trigger('wand', q); } else S.wandPending = false;
   syncControls();
@@ -193,7 +194,9 @@ function render() {
   resize();
   const {cw, ch} = S;
   photoCtx.setTransform(1, 0, 0, 1, 0, 0); photoCtx.clearRect(0, 0, cw, ch);
-  const img = overlayCtx.createImageData(cw, ch);
+  if (!S.imageData || S.imageData.width !== cw || S.imageData.height !== ch) S.imageData = overlayCtx.createImageData(cw, ch);
+  const img = S.imageData;
+  new Uint32Array(img.data.buffer).fill(0);
   if (S.photo && S.ids) {
     photoCtx.imageSmoothingEnabled = S.z < S.dpr * 2;
     photoCtx.drawImage(S.photo, S.ox, S.oy, S.W * S.z, S.H * S.z);
@@ -236,37 +239,60 @@ function composeOverlay(out) {
   }
   const WHITE = pack(255, 255, 255, 255), YELLOW = pack(255, 221, 0, 255), RED = pack(255, 32, 32, 255);
   const diffAt = (p) => { const g = gtCls[ids[p]]; return g >= 0 && predCls[S.ids[p]] !== g; };
+  const fill = L.fill, edge = L.edge, group = L.group, sel = L.sel, anySel = L.dim || hover > 0;
   for (let sy = 0; sy < ch; sy++) {
     const iy = ys[sy];
     if (iy < 0) continue;
     const row = iy * W, rowOut = sy * cw;
-    const iyb = ys[sy + 1], iyt = sy > 0 ? ys[sy - 1] : -1;
-    for (let sx = 0; sx < cw; sx++) {
+    const iyb = ys[sy + 1], iyt = sy > 0 ? ys[sy - 1] : -1, rowB = iyb * W, rowT = iyt * W;
+    for (let sx = 0; sx < cw; sx++) {  // the hot loop: typed-array reads only, no allocation
       const ix = xs[sx];
       if (ix < 0) continue;
       const p = row + ix, idx = ids[p];
-      let c = unc ? uncLut[unc[p]] : L.fill[idx];
-      const g = L.group[idx];
-      const ixr = xs[sx + 1], ixl = sx > 0 ? xs[sx - 1] : -1;
-      const gr = ixr >= 0 ? L.group[ids[row + ixr]] : g, gb = iyb >= 0 ? L.group[ids[iyb * W + ix]] : g;
-      if (outline && g >= 0 && (g !== gr || g !== gb)) c = L.edge[idx];
-      if (L.sel[idx] || (hover && idx === hover)) {  // selection: white, hover: yellow, two screen pixels wide
-        const gl = ixl >= 0 ? ids[row + ixl] : idx, gt = iyt >= 0 ? ids[iyt * W + ix] : idx;
-        const nr = ixr >= 0 ? ids[row + ixr] : idx, nb = iyb >= 0 ? ids[iyb * W + ix] : idx;
-        if (gl !== idx || gt !== idx || nr !== idx || nb !== idx) c = L.sel[idx] ? WHITE : YELLOW;
+      let c = unc ? uncLut[unc[p]] : fill[idx];
+      const ixr = xs[sx + 1];
+      if (outline) {
+        const g = group[idx];
+        if (g >= 0 && ((ixr >= 0 && group[ids[row + ixr]] !== g) || (iyb >= 0 && group[ids[rowB + ix]] !== g))) {
+          c = edge[idx];
+        }
       }
-      if (showGt) {
-        const d = diffAt(p);
-        if ((ixr >= 0 && diffAt(row + ixr) !== d) || (iyb >= 0 && diffAt(iyb * W + ix) !== d)) c = RED;
-      }
-      for (const pv of previews) {
-        const m = pv.m, mx = ix - m.x, my = iy - m.y;
-        if (mx < 0 || my < 0 || mx >= m.w || my >= m.h || !m.data[my * m.w + mx]) continue;
-        const inR = ixr >= 0 && ixr - m.x < m.w && m.data[my * m.w + ixr - m.x];
-        const inB = iyb >= 0 && iyb - m.y < m.h && m.data[(iyb - m.y) * m.w + mx];
-        c = inR && inB ? pv.fill : pv.edge;
+      if (anySel && (sel[idx] || idx === hover) && idx) {  // selection: white, hover: yellow, 2 px wide
+        const ixl = sx > 0 ? xs[sx - 1] : -1;
+        if ((ixl >= 0 && ids[row + ixl] !== idx) || (iyt >= 0 && ids[rowT + ix] !== idx)
+            || (ixr >= 0 && ids[row + ixr] !== idx) || (iyb >= 0 && ids[rowB + ix] !== idx)) {
+          c = sel[idx] ? WHITE : YELLOW;
+        }
       }
       out[rowOut + sx] = c;
+    }
+  }
+  if (showGt) {  // the ground truth's disagreement with the annotation, outlined in red
+    for (let sy = 0; sy < ch; sy++) {
+      const iy = ys[sy], iyb = ys[sy + 1];
+      if (iy < 0) continue;
+      for (let sx = 0; sx < cw; sx++) {
+        const ix = xs[sx], ixr = xs[sx + 1];
+        if (ix < 0) continue;
+        const d = diffAt(iy * W + ix);
+        if ((ixr >= 0 && diffAt(iy * W + ixr) !== d) || (iyb >= 0 && diffAt(iyb * W + ix) !== d)) out[sy * cw + sx] = RED;
+      }
+    }
+  }
+  for (const pv of previews) {  // wand / candidate: only the screen pixels over the mask's box
+    const m = pv.m;
+    const sx0 = Math.max(0, Math.floor(ox + m.x * z)), sx1 = Math.min(cw, Math.ceil(ox + (m.x + m.w) * z));
+    const sy0 = Math.max(0, Math.floor(oy + m.y * z)), sy1 = Math.min(ch, Math.ceil(oy + (m.y + m.h) * z));
+    const inside = (x, y) => x >= 0 && y >= 0 && x < m.w && y < m.h && m.data[y * m.w + x];
+    for (let sy = sy0; sy < sy1; sy++) {
+      const my = ys[sy] - m.y, myb = ys[sy + 1] - m.y;
+      if (ys[sy] < 0) continue;
+      for (let sx = sx0; sx < sx1; sx++) {
+        const mx = xs[sx] - m.x;
+        if (xs[sx] < 0 || !inside(mx, my)) continue;
+        const inR = xs[sx + 1] >= 0 && inside(xs[sx + 1] - m.x, my), inB = ys[sy + 1] >= 0 && inside(mx, myb);
+        out[sy * cw + sx] = inR && inB ? pv.fill : pv.edge;
+      }
     }
   }
 }
