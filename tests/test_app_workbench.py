@@ -12,17 +12,12 @@ import zlib
 
 import numpy as np
 import pytest
-from app_helpers import SCENE_SIZE, app_assets, make_test_scene
+from app_helpers import SCENE_SIZE, make_test_scene
 
 from app.render import SELECTED_MARK, TABLE_HEADERS, relabel_choices, segment_rows
 from app.workbench import Workbench, unique_name
 from m2f_core.data.corrections import CorrectionsDataset
 from m2f_core.data.specs import open_dataset
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    return app_assets(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

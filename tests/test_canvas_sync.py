@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 import pytest
-from app_helpers import app_assets, make_test_scene
+from app_helpers import make_test_scene
 from PIL import Image
 
 from app.canvas_sync import CanvasSync, encode_photo
@@ -80,11 +80,6 @@ class Browser:
         for i, sid in self.id_of.items():
             lut[i] = sid
         return lut[self.indices]
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    return app_assets(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
