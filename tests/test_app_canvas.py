@@ -9,6 +9,7 @@ Waits are on conditions, never sleeps. Helpers and the app server: ``browser_hel
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
@@ -26,7 +27,9 @@ from browser_helpers import (
     open_app,
     rendered,
     segment_count,
+    serve,
     set_range,
+    stage_png,
     status,
     table_areas,
     table_rows,
@@ -35,14 +38,14 @@ from browser_helpers import (
     wait_status,
     wheel_at,
 )
+from PIL import Image
+from scipy import ndimage
 
 from app.regions import stroke_mask
 from app.wand import wand_click
 
 pytestmark = BROWSER_MARKS
 
-# rows 8..67, columns 170..300 of the test scene are void in ``expected`` (checked where used)
-VOID_BOX = (170, 8, 300, 67)  # x0, y0, x1, y1 (inclusive)
 
 
 @pytest.fixture
@@ -72,6 +75,11 @@ def select(page, pan, segment) -> None:
 def press_tool(page, key: str, tool: str) -> None:
     page.keyboard.press(key)
     wait_canvas(page, "d.tool === arg", tool)
+
+
+def segments_in(st: str) -> int:
+    """The segment count of the status line (its last line: the message above may say "segments" too)."""
+    return segment_count(st.rsplit("\n", 1)[-1])
 
 
 def number(pattern: str, text: str) -> int:
@@ -155,12 +163,12 @@ def test_brush_new_segment_and_eraser_fills(page, server, assets, pan):
     y, x0, x1 = 30, 180, 260
     assert_void(pan, x0 - 10, y - 10, x1 + 10, y + 10)
     st = opened(page, server, assets)
-    n0 = segment_count(st)
+    n0 = segments_in(st)
     press_tool(page, "b", "brush")
     drag_pixels(page, [(x, y) for x in range(x0, x1 + 1, 10)])
     st = wait_status(page, "new segment #")
     sid = number(r"new segment #(\d+)", st)
-    assert "(disc)" in st and segment_count(st) == n0 + 1  # the default class of a new segment
+    assert "(disc)" in st and segments_in(st) == n0 + 1  # the default class of a new segment
     area = stroke_pixels(pan, [(x0, y), (x1, y)], 10)
     wait_areas(page, sid, area)
     row = next(r for r in table_rows(page) if r[1] == str(sid))
@@ -288,28 +296,28 @@ def test_polygon_closed_by_enter_and_by_double_click(page, server, assets, pan):
     second = [(180, 44), (290, 44), (235, 64)]
     assert_void(pan, 180, 12, 290, 64)
     st = opened(page, server, assets)
-    n0 = segment_count(st)
+    n0 = segments_in(st)
     press_tool(page, "p", "polygon")
     for x, y in first:
         click_pixel(page, x, y)
     page.keyboard.press("Enter")
     st = wait_status(page, "new segment #")
     sid = number(r"new segment #(\d+)", st)
-    assert segment_count(st) == n0 + 1
+    assert segments_in(st) == n0 + 1
     assert wait_row(page, sid)[sid] == pytest.approx(shoelace(first), rel=0.1)
 
     for x, y in second[:-1]:
         click_pixel(page, x, y)
     page.mouse.dblclick(*client_point(page, *second[-1]))  # its two clicks add one vertex
     st = wait_status(page, f"new segment #{sid + 1}")
-    assert segment_count(st) == n0 + 2
+    assert segments_in(st) == n0 + 2
     assert wait_row(page, sid + 1)[sid + 1] == pytest.approx(shoelace(second), rel=0.1)
 
 
 def test_wand_preview_threshold_commit_and_cancel(page, server, assets, expected, pan, largest_thing):
     x, y = inner_point(pan.segment_map == largest_thing.id)
     st = opened(page, server, assets)
-    n0 = segment_count(st)
+    n0 = segments_in(st)
     fit_zoom = float(canvas_data(page)["zoom"])
     press_tool(page, "w", "wand")
     assert page.locator("#wand-threshold").is_visible()
@@ -339,7 +347,7 @@ def test_wand_preview_threshold_commit_and_cancel(page, server, assets, expected
     page.keyboard.press("Enter")  # a new segment of the region's void pixels (not "over others")
     st = wait_status(page, "new segment #")
     sid = number(r"new segment #(\d+)", st)
-    assert segment_count(st) == n0 + 1 and "(disc)" in st
+    assert segments_in(st) == n0 + 1 and "(disc)" in st
     wait_canvas(page, "d.wandArea === '0'")
     region = wand_click(expected, x, y).region(0.95)
     assert wait_row(page, sid)[sid] == int((region & (pan.segment_map == 0)).sum())
@@ -350,4 +358,213 @@ def test_wand_preview_threshold_commit_and_cancel(page, server, assets, expected
     page.keyboard.press("Escape")
     wait_canvas(page, "d.wandArea === '0'")
     page.keyboard.press("Enter")  # nothing to commit any more
-    assert segment_count(status(page)) == n0 + 1
+    assert segments_in(status(page)) == n0 + 1
+
+
+# ------------------------------------------------------------------------------------------ keyboard
+
+
+def test_keys_switch_task_tool_brush_and_views(page, server, assets):
+    opened(page, server, assets)
+    for key, task in (("2", "instance"), ("3", "semantic"), ("1", "panoptic")):
+        page.keyboard.press(key)
+        wait_canvas(page, "d.task === arg", task)
+        wait_status(page, task.capitalize())
+        assert page.locator(f"#task input[value={task.capitalize()}]").is_checked()
+    for key, tool in (("b", "brush"), ("e", "eraser"), ("p", "polygon"), ("w", "wand"), ("r", "recover"),
+                      ("s", "select")):
+        press_tool(page, key, tool)
+        assert page.get_attribute(f"#canvas button[data-tool={tool}]", "class") == "active"
+
+    page.keyboard.press("]")  # brush 20 -> 26 -> 21 (image pixels)
+    assert page.input_value("#brush") == "26"
+    page.keyboard.press("[")
+    assert page.input_value("#brush") == "21" and page.inner_text("#canvas .m2f-brush-value") == "21"
+
+    st = status(page)  # outlines and labels are drawn in the page: no server round trip
+    for key, box in (("o", "#outline"), ("l", "#labels")):
+        on = page.is_checked(box)
+        r = rendered(page)
+        page.keyboard.press(key)
+        wait_canvas(page, "+d.rendered > arg", r)
+        assert page.is_checked(box) != on
+        page.keyboard.press(key)
+        assert page.is_checked(box) == on
+    assert status(page) == st
+
+    help_box = page.locator("#canvas .m2f-help")
+    assert not help_box.is_visible()
+    page.keyboard.press("?")
+    assert help_box.is_visible() and "Keyboard" in help_box.inner_text()
+    page.keyboard.press("?")
+    assert not help_box.is_visible()
+
+    page.keyboard.press("u")  # the uncertainty view, its colour bar; U again goes back
+    wait_canvas(page, "d.view === 'uncertainty'")
+    wait_status(page, "(uncertainty)")
+    assert page.locator("#canvas .m2f-colorbar").is_visible() and page.is_checked("#uncertainty")
+    page.keyboard.press("u")
+    wait_canvas(page, "d.view === 'annotation'")
+    page.wait_for_function("() => !document.querySelector('#status').innerText.includes('(uncertainty)')")
+    assert not page.locator("#canvas .m2f-colorbar").is_visible()
+
+
+def test_keys_go_to_previous_and_next_image(page, server, assets):
+    opened(page, server, assets)
+    page.locator("#examples .thumbnail-item").first.click()
+    wait_status(page, "opened example scene_00.png")
+    wait_canvas(page, "d.image === 'scene_00.png'")
+    for key, name in (("a", "scene.png"), ("d", "scene_00.png"), ("ArrowLeft", "scene.png"),
+                      ("ArrowRight", "scene_00.png")):
+        page.keyboard.press(key)
+        wait_canvas(page, "d.image === arg", name)
+        page.wait_for_function("n => document.querySelector('#position').innerText.includes(n)", arg=name)
+    assert "image 2 / 2" in page.inner_text("#position")
+
+
+def test_keys_edit_the_selection_and_export(page, server, assets, pan, largest_thing):
+    st = opened(page, server, assets)
+    n0 = segments_in(st)
+    target = largest_thing
+    x, y = inner_point(pan.segment_map == target.id)
+
+    # H fills holes: first whatever the prediction has, then a hole erased to void in the middle
+    select(page, pan, target)
+    page.keyboard.press("h")
+    wait_status(page, "holes")
+    area = int(table_areas(page)[target.id])
+    press_tool(page, "e", "eraser")
+    page.select_option("#erase-fill", "void")
+    click_pixel(page, x, y)  # one dab of radius 10, only the selected segment's pixels
+    st = wait_status(page, "(to void)")
+    n = number(rf"erased (\d+) px of #{target.id}", st)
+    assert n == int(stroke_mask([(x, y)], 10, pan.segment_map.shape).sum())  # all inside the segment
+    wait_areas(page, target.id, area - n)
+    page.keyboard.press("h")
+    wait_status(page, f"filled {n} px of holes")
+    wait_areas(page, target.id, area)
+
+    # X splits a segment in pieces, M merges them back, Delete deletes it
+    press_tool(page, "s", "select")
+    pieces = max((s for s in pan.segments if s.isthing and s.id != target.id),
+                 key=lambda s: ndimage.label(pan.segment_map == s.id)[1])
+    select(page, pan, pieces)
+    page.keyboard.press("x")
+    st = wait_status(page, "split into")
+    k = number(r"split into (\d+) segments", st)
+    assert k > 1 and segments_in(st) == n0 + k - 1
+    wait_canvas(page, "d.selected.split(',').length === arg", k)
+    page.keyboard.press("m")
+    st = wait_status(page, "merged")
+    assert segments_in(st) == n0
+    merged = number(r"into #(\d+)", st)
+    wait_canvas(page, "d.selected === arg", str(merged))
+    page.keyboard.press("Delete")
+    st = wait_status(page, f"deleted #{merged}")
+    assert segments_in(st) == n0 - 1 and "export status: edited" in st
+
+    # Ctrl+S exports (not while typing in a text box)
+    name_box = page.locator("#export-name textarea, #export-name input").first
+    name_box.fill("canvas-keys")
+    name_box.blur()
+    page.keyboard.press("Control+s")
+    wait_status(page, "exported 1 image")
+    assert (server["corrections"] / "canvas-keys" / "panoptic.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------ hover, opacity
+
+
+def test_hover_shows_the_segment_under_the_cursor(page, server, assets, expected, pan):
+    opened(page, server, assets)
+    info = page.locator("#canvas .m2f-info")
+    for seg in sorted(pan.segments, key=lambda s: -s.area)[:3]:
+        hover_pixel(page, *inner_point(pan.segment_map == seg.id))
+        wait_canvas(page, "d.hover === arg", str(seg.id))
+        name = expected.config.class_names[seg.category_id]
+        text = info.inner_text()
+        assert info.is_visible() and text.startswith(f"#{seg.id} {name}") and text.endswith(f"· {seg.area} px")
+        assert ("thing" if seg.isthing else "stuff") in text
+    hover_pixel(page, 230, 40)  # void
+    wait_canvas(page, "d.hover === ''")
+    assert not info.is_visible()
+    page.mouse.move(1, 1)  # off the canvas
+    wait_canvas(page, "d.hover === ''")
+
+
+def test_opacity_slider_redraws_in_the_page(page, server, assets):
+    opened(page, server, assets)
+    page.mouse.move(1, 1)
+    st, r, before = status(page), rendered(page), stage_png(page)
+    slider = page.locator("#opacity")
+    box = slider.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.95, box["y"] + box["height"] / 2)  # near the right end
+    assert float(slider.input_value()) >= 0.9
+    wait_canvas(page, "+d.rendered > arg", r)
+    assert stage_png(page) != before
+    assert status(page) == st  # no server round trip
+
+
+# ------------------------------------------------------------------------------------------ ground truth
+
+
+@pytest.fixture(scope="module")
+def relabelled(expected):
+    """The thing the ground truth gives another class: the largest one of a class other than disc."""
+    pan = expected.panoptic()
+    return max((s for s in pan.segments if s.isthing and s.category_id != 0), key=lambda s: s.area)
+
+
+@pytest.fixture(scope="module")
+def gt_server(assets, expected, relabelled, tmp_path_factory):
+    """An app with ``--dataset``: the test scene, its ground truth the prediction with ``relabelled`` a disc."""
+    from app.editing import EditSession
+    from app.export import export_corrections
+
+    session = EditSession.from_prediction(expected)
+    session.relabel(relabelled.id, 0)
+    folder = export_corrections([(assets["scene"], session)], expected.config, tmp_path_factory.mktemp("gt"),
+                                "truth")
+    yield from serve(assets, tmp_path_factory, "--dataset", f"corrections:{folder}")
+
+
+def red_pixels(png: bytes) -> np.ndarray:
+    """(y, x) of the screenshot's pixels of the ground-truth difference outline (255, 32, 32)."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return np.argwhere((np.abs(rgb - np.array([255, 32, 32])) <= 2).all(axis=-1))
+
+
+def test_ground_truth_view_outlines_the_differences(page, gt_server, expected, relabelled):
+    pan = expected.panoptic()
+    page.set_default_timeout(60_000)
+    page.goto(gt_server["url"], wait_until="load")
+    st = wait_status(page, "model runs: 1")  # the dataset's first image opens with the page
+    wait_canvas(page, "d.image === 'scene.png' && d.view === 'annotation'")
+    assert page.locator("#canvas .m2f-gt-toggle").is_visible()
+    page.mouse.move(1, 1)
+    off = red_pixels(stage_png(page))
+
+    page.keyboard.press("g")
+    d = wait_canvas(page, "d.view === 'ground-truth'")
+    assert page.is_checked("#gt") and d["segments"] == str(len(pan.segments))
+    page.wait_for_function("s => document.querySelector('#status').innerText !== s", arg=st)
+    st = wait_status(page, "model runs: 1")
+    assert "⚠️" not in st
+    on = red_pixels(stage_png(page))
+
+    # where the red pixels lie in the image: next to the relabelled segment's border
+    d = canvas_data(page)
+    z, ox, oy = float(d["zoom"]), float(d["offsetX"]), float(d["offsetY"])
+    target = pan.segment_map == relabelled.id
+    border = ndimage.binary_dilation(target, iterations=2) & ~ndimage.binary_erosion(target, iterations=2)
+    ix = np.floor((on[:, 1] + 0.5 - ox) / z).astype(int)
+    iy = np.floor((on[:, 0] + 0.5 - oy) / z).astype(int)
+    inside = (ix >= 0) & (iy >= 0) & (ix < target.shape[1]) & (iy < target.shape[0])
+    near = np.zeros(len(on), bool)
+    near[inside] = border[iy[inside], ix[inside]]
+    assert near.sum() > 100 and near.sum() > 10 * len(off), (near.sum(), len(off))
+    assert (~near).sum() <= len(off) + 5, ((~near).sum(), len(off))
+
+    page.keyboard.press("g")
+    wait_canvas(page, "d.view === 'annotation'")
+    assert len(red_pixels(stage_png(page))) == len(off)
