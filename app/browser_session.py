@@ -58,6 +58,7 @@ class BrowserSession:
     wand_threshold: float = 0.5
     uncertainty: bool = False  # the canvas shows the model's uncertainty (sent once per image)
     ground_truth: bool = False  # the canvas may show the dataset's ground truth (sent once per image)
+    full_photo: bool = False  # the canvas zoomed in past the display copy: send the photo at full size
     sync: CanvasSync = field(default_factory=CanvasSync)  # what the browser's canvas holds
     model_runs: int = 0
     message: str = ""  # the last action's message (an action that changes nothing keeps it)

@@ -237,7 +237,8 @@ def build_app(wb: Workbench) -> gr.Blocks:
 
         def on_view(s, evt: gr.EventData):
             s, d = session(s), _data(evt)
-            return show(s, wb.set_view(s, uncertainty=d.get("uncertainty"), ground_truth=d.get("ground_truth")))
+            return show(s, wb.set_view(s, uncertainty=d.get("uncertainty"), ground_truth=d.get("ground_truth"),
+                                       full_photo=d.get("full_photo")))
 
         def on_resync(s):
             s = session(s)

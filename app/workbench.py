@@ -201,8 +201,12 @@ class Workbench:
                          "candidates": [candidate_payload(i, c) for i, c in enumerate(s.candidates)],
                          "wand": wand_payload(s.wand, s.wand_threshold) if s.wand is not None else None}
         if new_image:
+            s.full_photo = False  # asked for again when the canvas zooms into this image
             payload["image"] = {"key": key, **encode_photo(pred.image)}
             payload["classes"] = class_payload(cfg.class_names, cfg.colors, cfg.is_thing)
+        if s.full_photo and "full_photo" not in s.sync.extras and not new_image:
+            payload["photo_full"] = {"key": key, **encode_photo(pred.image, display_side=max(h, w))}
+            s.sync.extras.add("full_photo")
         if s.uncertainty and "uncertainty" not in s.sync.extras:
             payload["uncertainty"] = index_map_payload(np.round(pred.uncertainty() * 255).astype(np.uint8))
             s.sync.extras.add("uncertainty")
@@ -409,11 +413,14 @@ class Workbench:
             return None
         return self._run(s, action)
 
-    def set_view(self, s: BrowserSession, uncertainty: bool | None = None, ground_truth: bool | None = None
-                 ) -> Screen:
-        """What the canvas may show besides the annotation (its data is sent once per image); opacity,
-        outlines and labels are the browser's own."""
+    def set_view(self, s: BrowserSession, uncertainty: bool | None = None, ground_truth: bool | None = None,
+                 full_photo: bool | None = None) -> Screen:
+        """What the canvas may show besides the annotation (its data is sent once per image): the
+        uncertainty, the ground truth, the photo at full resolution (zoomed in past the display copy);
+        opacity, outlines and labels are the browser's own."""
         def action():
+            if full_photo is not None:
+                s.full_photo = bool(full_photo)
             if uncertainty is not None:
                 s.uncertainty = bool(uncertainty)
             if ground_truth is not None:

@@ -285,6 +285,22 @@ def test_encode_photo_downscales_a_large_photo():
     assert small["shown"] == [40, 30]
 
 
+def test_the_full_size_photo_is_sent_once_when_asked(predictor, tmp_path):
+    """A photo larger than the display copy: zooming in asks for it at full size, once per image."""
+    wide = make_test_scene(tmp_path / "wide.png", seed=3, size=(96, 2700))
+    wb = Workbench(predictor, tmp_path / "corrections", images=[wide], work_dir=tmp_path / "w")
+    s = wb.new_session()
+    first = wb.start(s).canvas
+    assert first["image"]["shown"] == [2560, 91]  # 2700 x 96 scaled by 2560 / 2700
+    assert "photo_full" not in first
+    full = wb.set_view(s, full_photo=True).canvas
+    assert full["photo_full"]["shown"] == [2700, 96] and full["photo_full"]["key"] == first["key"]
+    head, data = full["photo_full"]["src"].split(",", 1)
+    with Image.open(io.BytesIO(base64.b64decode(data))) as img:
+        assert img.size == (2700, 96)
+    assert "photo_full" not in wb.screen(s).canvas  # sent once
+
+
 # ------------------------------------------------------------------------------------------ (h) the wand
 
 

@@ -65,6 +65,7 @@ async function apply(p) {
     const [photo, map] = await Promise.all([loadImage(p.image.src), decodeMap(p.map)]);
     S.photo = photo; S.key = p.image.key; S.W = p.size[0]; S.H = p.size[1];
     S.ids = new Uint32Array(S.W * S.H); S.ids.set(map.data); S.version = p.map.version;
+    S.fullAsked = false;  // a new image starts from its display copy
     S.uncMap = null; S.gtData = null; S.cands = []; S.wand = null; S.wandAt = null; S.poly = []; S.stroke = null;
     if (p.classes) S.classes = p.classes;
     S.fitted = true;
@@ -75,6 +76,7 @@ async function apply(p) {
     for (let r = 0; r < m.h; r++) S.ids.set(m.data.subarray(r * m.w, (r + 1) * m.w), (m.y + r) * S.W + m.x);
     S.version = p.map.version;
   }
+  if (p.photo_full && p.photo_full.key === S.key) S.photo = await loadImage(p.photo_full.src);
   if (p.name !== undefined) S.name = p.name;
   if (p.segments) { S.segs = p.segments; indexSegments(); }
   if (p.task && !S.taskOverride) S.task = p.task;
@@ -199,6 +201,10 @@ function render() {
   new Uint32Array(img.data.buffer).fill(0);
   if (S.photo && S.ids) {
     photoCtx.imageSmoothingEnabled = S.z < S.dpr * 2;
+    if (!S.fullAsked && S.photo.naturalWidth < S.W && S.z * S.W / S.photo.naturalWidth > S.dpr) {
+      S.fullAsked = true;  // zoomed in past the display copy: the full-size photo, once per image
+      trigger('view', {full_photo: true});
+    }
     photoCtx.drawImage(S.photo, S.ox, S.oy, S.W * S.z, S.H * S.z);
     composeOverlay(new Uint32Array(img.data.buffer));
   }
