@@ -10,7 +10,6 @@ Waits are on conditions, never sleeps. Helpers and the app server: ``browser_hel
 from __future__ import annotations
 
 import io
-import json
 import re
 
 import numpy as np
@@ -120,8 +119,10 @@ def wait_row(page, sid: int) -> dict[int, int]:
 
 def wait_table_change(page, before: dict[int, int]) -> dict[int, int]:
     """Wait until the table's areas differ from ``before``; all of them."""
-    page.wait_for_function(f"before => JSON.stringify(({TABLE_AREAS_JS})()) !== before",
-                           arg=json.dumps({str(k): str(v) for k, v in before.items()}))
+    page.wait_for_function(f"""before => {{ const now = ({TABLE_AREAS_JS})();
+        return Object.keys(now).length !== Object.keys(before).length
+            || Object.entries(now).some(([k, v]) => before[k] !== v); }}""",
+                           arg={str(k): str(v) for k, v in before.items()})
     return all_areas(page)
 
 
