@@ -78,7 +78,7 @@ async function apply(p) {
   }
   if (p.photo_full && p.photo_full.key === S.key) S.photo = await loadImage(p.photo_full.src);
   if (p.name !== undefined) S.name = p.name;
-  if (p.segments) { S.segs = p.segments; indexSegments(); }
+  if (p.segments) { S.segs = p.segments; indexSegments(); showInfo(S.hover); }  // the hover text follows edits
   if (p.task && !S.taskOverride) S.task = p.task;
   if (p.task === S.taskOverride) S.taskOverride = null;
   if (p.selected) S.selected = p.selected.filter((id) => S.byId.has(id));
@@ -487,7 +487,8 @@ uiCanvas.addEventListener('pointerup', (e) => {
   const [sx, sy] = screenPoint(e), [ix, iy] = toImage(sx, sy);
   const x = Math.floor(ix), y = Math.floor(iy);
   if (S.stroke) {
-    const st = S.stroke;
+    const st = S.stroke, last = st.points[st.points.length - 1];
+    if (x !== last[0] || y !== last[1]) st.points.push([x, y]);  // where the button was released
     trigger('stroke', {tool: st.tool, points: st.points, radius: st.radius, ids: S.selected,
       overwrite: $('#overwrite').checked, fill: $('#erase-fill').value});
     S.pendingPreview = true; return;
@@ -563,6 +564,7 @@ function typing(e) {
 }
 document.addEventListener('keydown', (e) => {
   if (typing(e) || !root.isConnected) return;
+  if (e.target && e.target.type === 'range' && e.key.startsWith('Arrow')) return;  // a focused slider moves
   const k = e.key, ctrl = e.ctrlKey || e.metaKey;
   let handled = true;
   if (ctrl && (k === 'z' || k === 'Z')) action(e.shiftKey ? 'redo' : 'undo');
