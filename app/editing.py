@@ -76,11 +76,13 @@ class EditSession:
     Build it with ``from_prediction`` (the model's panoptic result) or ``from_panoptic`` (ground
     truth or a previous export). Class ids are the model's contiguous ids; ``is_thing[c]`` decides
     whether class ``c`` is a thing (one segment per object) or stuff (one segment per class).
+    ``stats_known``: the rows' areas and boxes are exact for the map (a prediction's), so the
+    one-pass recount of a 12-megapixel map (a third of a second) is skipped.
     """
 
     def __init__(self, panoptic: PanopticResult, is_thing: Sequence[bool], class_names: Sequence[str] | None = None,
                  max_history: int = 200, max_history_bytes: int = 64 * 1024 * 1024,
-                 model_queries: dict[int, list[int]] | None = None) -> None:
+                 model_queries: dict[int, list[int]] | None = None, stats_known: bool = False) -> None:
         self.is_thing = [bool(v) for v in is_thing]
         if not self.is_thing:
             raise ValueError("the class list is empty")
@@ -101,7 +103,10 @@ class EditSession:
                 raise ValueError(f"segment id {s.id} outside 1..{MAX_SEGMENT_ID}")
             self._check_class(s.category_id)
             self._segments[s.id] = dataclasses.replace(s, isthing=self.is_thing[s.category_id])
-        self._recompute_all_stats()
+        if stats_known:  # the rows' areas and boxes are exact already (a prediction's): keep those with pixels
+            self._segments = {i: seg for i, seg in self._segments.items() if seg.area > 0}
+        else:
+            self._recompute_all_stats()
         self._next_id = max(self._segments, default=0) + 1
         self._queries_epoch = 0
         self.model_queries = dict(model_queries or {})
@@ -118,8 +123,9 @@ class EditSession:
         pan = pred.panoptic(object_mask_threshold, overlap_threshold)
         queries = pred.segment_queries(object_mask_threshold, overlap_threshold)
         cfg = pred.config
+        # its areas and boxes come from the same pass over the map (``PanopticResult.update_stats``)
         return cls(pan, cfg.is_thing, cfg.class_names, model_queries={k: list(v) for k, v in queries.items()},
-                   **kwargs)
+                   stats_known=True, **kwargs)
 
     @classmethod
     def from_panoptic(cls, panoptic: PanopticResult, classes: Any, **kwargs: Any) -> EditSession:
