@@ -53,6 +53,7 @@ class BrowserSession:
     workspace: WorkspaceState
     upload_dir: Path
     selected: list[int] = field(default_factory=list)  # in click order; the first keeps its class on merge
+    selection_seq: int = 0  # the canvas's number of its last selection (its answers carry it back)
     candidates: list[Candidate] = field(default_factory=list)  # Recover's offer at the last clicked pixel
     wand: WandClick | None = None  # the magic wand's last click (its region is previewed until Enter)
     wand_threshold: float = 0.5

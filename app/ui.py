@@ -201,7 +201,9 @@ def build_app(wb: Workbench) -> gr.Blocks:
         # canvas events: each carries its data (``trigger(name, data)`` in canvas.js)
         def on_pick(s, evt: gr.EventData):
             s = session(s)
-            return show(s, wb.select_ids(s, _data(evt).get("ids") or []))
+            d = _data(evt)
+            seq = d.get("seq")
+            return show(s, wb.select_ids(s, d.get("ids") or [], int(seq) if isinstance(seq, (int, float)) else None))
 
         def on_stroke(s, cls, evt: gr.EventData):
             s, d = session(s), _data(evt)

@@ -117,6 +117,7 @@ class Workbench:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = Path(log_path) if log_path is not None else None  # named by internal errors
         self._session_ids = itertools.count(1)
+        self._revisions = itertools.count(1)  # every canvas payload differs, so the page always applies it
 
     # read-only views of the parts, for the page and for tests
     @property
@@ -196,7 +197,8 @@ class Workbench:
         h, w = session.shape
         payload: dict = {"key": key, "name": self._name(s), "size": [w, h], "task": ws.task, "map": map_update,
                          "segments": segment_rows_payload(segments, s.sync.index_of, cfg.colors),
-                         "selected": list(s.selected), "show_uncertainty": s.uncertainty,
+                         "selected": list(s.selected), "selection_seq": s.selection_seq,
+                         "rev": next(self._revisions), "show_uncertainty": s.uncertainty,
                          "has_ground_truth": self.source.index(ws.item().path) is not None,
                          "candidates": [candidate_payload(i, c) for i, c in enumerate(s.candidates)],
                          "wand": wand_payload(s.wand, s.wand_threshold) if s.wand is not None else None}
@@ -471,9 +473,13 @@ class Workbench:
     def fill_holes(self, s: BrowserSession, overwrite: bool = False) -> Screen:
         return self._run(s, lambda: self.edits.fill_holes(s, overwrite))
 
-    def select_ids(self, s: BrowserSession, ids) -> Screen:
-        """The selection made on the canvas (shift-click adds), in click order."""
-        return self._run(s, lambda: self.edits.select_ids(s, ids))
+    def select_ids(self, s: BrowserSession, ids, seq: int | None = None) -> Screen:
+        """The selection made on the canvas (shift-click adds), in click order; ``seq`` numbers it."""
+        def action():
+            if seq is not None:
+                s.selection_seq = max(s.selection_seq, int(seq))
+            return self.edits.select_ids(s, ids)
+        return self._run(s, action)
 
     def recover_at(self, s: BrowserSession, x: float, y: float) -> Screen:
         return self._run(s, lambda: self.edits.recover_at(s, x, y))

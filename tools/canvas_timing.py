@@ -40,12 +40,13 @@ REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO.parent / "shared" / "data" / "real" / "ade20k_full_csail" / "dataset" / "ADE20K_2021_17_01" / \
     "images" / "ADE" / "training" / "urban" / "street" / "ADE_train_00016900.jpg"
 SIZES = ("640x480", "1920x1080", "4000x3000")
+SERVER_ACTIONS = ("brush stroke", "delete", "merge")  # sent by the canvas itself (trigger -> answer)
 
 RECORDER = """() => {
   if (window.__timing) return;
   const T = window.__timing = {input: 0, renders: []};
   for (const type of ['pointerdown', 'pointerup', 'keydown', 'input', 'change', 'wheel', 'pointermove']) {
-    document.addEventListener(type, () => { T.input = performance.now(); }, true);
+    window.addEventListener(type, () => { T.input = performance.now(); }, true);  // before the page's own
   }
   const root = document.querySelector('#canvas');
   new MutationObserver(() => {
@@ -138,11 +139,15 @@ def segment_points(page) -> list[tuple[int, int, int, int]]:
 
 
 def wait_status(page, text: str) -> None:
+    """Wait for the status line to say ``text`` and for the canvas to have drawn what came with it."""
     try:
         page.wait_for_function("t => document.querySelector('#status').innerText.includes(t)", arg=text,
                                timeout=60_000)
+        page.evaluate("() => window.m2fCanvas.settled()")
     except Exception as e:
-        raise RuntimeError(f"status never said {text!r}: {page.inner_text('#status')!r}") from e
+        state = page.evaluate("() => ({...document.querySelector('#canvas').dataset, "
+                              "focus: document.activeElement && document.activeElement.outerHTML.slice(0, 120)})")
+        raise RuntimeError(f"status never said {text!r}: {page.inner_text('#status')!r}; canvas {state}") from e
 
 
 def measure(page, photo: Path, repeat: int) -> dict[str, list[float]]:
@@ -151,6 +156,10 @@ def measure(page, photo: Path, repeat: int) -> dict[str, list[float]]:
 
     def add(name: str, ms: float) -> None:
         times.setdefault(name, []).append(round(ms, 1))
+        if name in SERVER_ACTIONS:  # how much of it was the wait for the server's answer
+            answer = page.evaluate("() => (window.m2fCanvas.state.lastAnswer || {}).server")
+            if answer is not None:
+                times.setdefault(f"{name}: server answer", []).append(round(float(answer), 1))
 
     # upload: the file input's change event -> the first paint of the new image
     name = photo.name  # stored as a PNG of the same stem
@@ -203,6 +212,7 @@ def measure(page, photo: Path, repeat: int) -> dict[str, list[float]]:
         page.click("#relabel input")
         option = page.locator("[role=option]").nth(1 + i % 3)
         add("relabel", p.react(lambda: option.click(), "r.status.includes('relabelled') || r.status !== b.status"))
+        page.click("#position")  # the dropdown lets the focus go (keys go to the canvas again)
         page.keyboard.press("Control+z")  # the relabel may have merged stuff: back to the model's segments
         wait_status(page, "undid relabel")
         page.mouse.click(*p.point(a[1] + 0.5, a[2] + 0.5))

@@ -32,6 +32,10 @@ const S = {
 };
 let queue = Promise.resolve();
 let frame = 0;
+function send(name, data) {  // an event for the server; its answer comes back as a new value
+  S.sentAt = performance.now();
+  trigger(name, data);
+}
 
 // ------------------------------------------------------------------------------------------ decoding
 async function inflate(b64) {
@@ -57,6 +61,8 @@ function loadImage(src) {
 // ------------------------------------------------------------------------------------------ payloads
 async function apply(p) {
   if (!p || typeof p !== 'object') return;
+  const arrived = performance.now();
+  if (S.sentAt) { S.lastAnswer = {server: arrived - S.sentAt}; S.sentAt = 0; }
   if (p.empty) {  // no image open
     S.key = null; S.ids = null; S.photo = null; S.segs = []; indexSegments();
     $('.m2f-empty').hidden = false; requestRender(); return;
@@ -71,7 +77,7 @@ async function apply(p) {
     S.fitted = true;
     $('.m2f-empty').hidden = true;
   } else if (p.map) {
-    if (!S.ids || p.map.base !== S.version) { trigger('resync', {have: S.version}); return; }
+    if (!S.ids || p.map.base !== S.version) { send('resync', {have: S.version}); return; }
     const m = await decodeMap(p.map);
     for (let r = 0; r < m.h; r++) S.ids.set(m.data.subarray(r * m.w, (r + 1) * m.w), (m.y + r) * S.W + m.x);
     S.version = p.map.version;
@@ -81,7 +87,7 @@ async function apply(p) {
   if (p.segments) { S.segs = p.segments; indexSegments(); showInfo(S.hover); }  // the hover text follows edits
   if (p.task && !S.taskOverride) S.task = p.task;
   if (p.task === S.taskOverride) S.taskOverride = null;
-  if (p.selected) S.selected = p.selected.filter((id) => S.byId.has(id));
+  if (p.selected && (p.selection_seq || 0) >= (S.selSeq || 0)) S.selected = p.selected.filter((id) => S.byId.has(id));
   if (p.uncertainty) { const m = await decodeMap(p.uncertainty); S.uncMap = m.data; }
   if (p.show_uncertainty !== undefined) { S.unc = !!p.show_uncertainty && !!S.uncMap; }
   if (p.ground_truth) {
@@ -95,11 +101,12 @@ async function apply(p) {
   // the server's threshold, unless the wheel moved on while it answered (a request is queued: keep the newer)
   if (p.wand && !S.wandQueued) S.wandThr = p.wand.threshold;
   S.stroke = null; S.pendingPreview = false;
-  if (S.wandQueued) { const q = S.wandQueued; S.wandQueued = null; trigger('wand', q); } else S.wandPending = false;
+  if (S.cursor) { S.hover = indexAt(...S.cursor); showInfo(S.hover); }  // the map under a still cursor changed
+  if (S.wandQueued) { const q = S.wandQueued; S.wandQueued = null; send('wand', q); } else S.wandPending = false;
   syncControls();
   renderCandidates();
   if (S.fitted) fit();
-  requestRender();
+  renderNow();
 }
 
 function indexSegments() {
@@ -118,7 +125,7 @@ function resize() {
   S.cw = w; S.ch = h;
   for (const c of [photoCanvas, overlayCanvas, uiCanvas]) { c.width = w; c.height = h; }
   if (S.fitted) fit();
-  requestRender();
+  renderNow();
 }
 function fit() {
   if (!S.W) return;
@@ -190,26 +197,36 @@ function luts(segs, task, n, selected, alphaFill) {  // per index: fill colour, 
 
 // ------------------------------------------------------------------------------------------ rendering
 function requestRender() { if (!frame) frame = requestAnimationFrame(render); }
+function renderNow() {  // a discrete action (key, click, slider): draw in this event, not the next frame
+  if (frame) { cancelAnimationFrame(frame); frame = 0; }
+  render();
+}
 
 function render() {
   frame = 0;
+  const t0 = performance.now();
   resize();
   const {cw, ch} = S;
   photoCtx.setTransform(1, 0, 0, 1, 0, 0); photoCtx.clearRect(0, 0, cw, ch);
   if (!S.imageData || S.imageData.width !== cw || S.imageData.height !== ch) S.imageData = overlayCtx.createImageData(cw, ch);
   const img = S.imageData;
   new Uint32Array(img.data.buffer).fill(0);
+  let t1 = performance.now();
   if (S.photo && S.ids) {
     photoCtx.imageSmoothingEnabled = S.z < S.dpr * 2;
     if (!S.fullAsked && S.photo.naturalWidth < S.W && S.z * S.W / S.photo.naturalWidth > S.dpr) {
       S.fullAsked = true;  // zoomed in past the display copy: the full-size photo, once per image
-      trigger('view', {full_photo: true});
+      send('view', {full_photo: true});
     }
     photoCtx.drawImage(S.photo, S.ox, S.oy, S.W * S.z, S.H * S.z);
+    t1 = performance.now();
     composeOverlay(new Uint32Array(img.data.buffer));
   }
+  const t2 = performance.now();
   overlayCtx.putImageData(img, 0, 0);
+  const t3 = performance.now();
   drawUi();
+  S.lastRender = {photo: t1 - t0, compose: t2 - t1, put: t3 - t2, ui: performance.now() - t3};
   S.rendered += 1;
   publish();
 }
@@ -369,6 +386,7 @@ window.m2fCanvas = {
     return [r.left + (S.ox + x * S.z) / S.dpr, r.top + (S.oy + y * S.z) / S.dpr];
   },
   state: S,
+  settled: () => queue.then(() => true),  // resolves once every payload received so far is drawn
 };
 
 function syncControls() {
@@ -400,7 +418,7 @@ function renderCandidates() {
       candBox.querySelectorAll('.m2f-candidate').forEach((o) => o.classList.toggle('active', o === b));
       requestRender();
     });
-    b.addEventListener('click', () => { trigger('recover', {index: c.index, overwrite: $('#overwrite').checked}); });
+    b.addEventListener('click', () => { send('recover', {index: c.index, overwrite: $('#overwrite').checked}); });
     candBox.appendChild(b);
   });
 }
@@ -422,17 +440,20 @@ function setTool(tool) {
 function setTask(task) {
   if (!TASKS.includes(task) || task === S.task) return;
   S.task = task; S.taskOverride = task;
-  requestRender();
+  renderNow();
   const label = TASK_LABELS[task];  // the page's task control follows (and tells the server)
   const input = Array.from(document.querySelectorAll('#task input')).find((i) => i.value === label);
   if (input) input.click();
 }
-function sendSelection() { trigger('pick', {ids: S.selected}); }
-function action(op, extra = {}) { trigger('action', {op, ids: S.selected, ...extra}); }
+function sendSelection() {  // numbered: an answer to an older event never undoes a newer local selection
+  S.selSeq = (S.selSeq || 0) + 1;
+  send('pick', {ids: S.selected, seq: S.selSeq});
+}
+function action(op, extra = {}) { send('action', {op, ids: S.selected, ...extra}); }
 function pageButton(id) { const b = document.querySelector(`#${id}`); if (b) b.click(); }
 function finishPolygon() {
   if (S.poly.length >= 3) {
-    trigger('polygon', {points: S.poly, ids: S.selected, overwrite: $('#overwrite').checked});
+    send('polygon', {points: S.poly, ids: S.selected, overwrite: $('#overwrite').checked});
     S.pendingPreview = true;
   }
   if (S.poly.length < 3) S.poly = [];
@@ -442,7 +463,7 @@ function wandAt(x, y) {
   const msg = {x, y, threshold: S.wandThr};
   S.wandAt = [x, y];
   if (S.wandPending) { S.wandQueued = msg; return; }
-  S.wandPending = true; trigger('wand', msg);
+  S.wandPending = true; send('wand', msg);
 }
 
 // ------------------------------------------------------------------------------------------ pointer
@@ -478,7 +499,7 @@ uiCanvas.addEventListener('pointermove', (e) => {
   }
   if (S.tool === 'polygon' && S.poly.length) { S.polyCursor = [ix, iy]; }
   const idx = indexAt(ix, iy);
-  if (idx !== S.hover) { S.hover = idx; showInfo(idx); requestRender(); } else drawUi();
+  if (idx !== S.hover) { S.hover = idx; showInfo(idx); renderNow(); } else drawUi();
 });
 uiCanvas.addEventListener('pointerleave', () => { S.cursor = null; S.hover = 0; showInfo(0); requestRender(); });
 uiCanvas.addEventListener('pointerup', (e) => {
@@ -489,7 +510,7 @@ uiCanvas.addEventListener('pointerup', (e) => {
   if (S.stroke) {
     const st = S.stroke, last = st.points[st.points.length - 1];
     if (x !== last[0] || y !== last[1]) st.points.push([x, y]);  // where the button was released
-    trigger('stroke', {tool: st.tool, points: st.points, radius: st.radius, ids: S.selected,
+    send('stroke', {tool: st.tool, points: st.points, radius: st.radius, ids: S.selected,
       overwrite: $('#overwrite').checked, fill: $('#erase-fill').value});
     S.pendingPreview = true; return;
   }
@@ -500,13 +521,13 @@ uiCanvas.addEventListener('pointerup', (e) => {
     if (!s) { if (!add) S.selected = []; } else if (add) {
       S.selected = S.selected.includes(s.id) ? S.selected.filter((i) => i !== s.id) : [...S.selected, s.id];
     } else S.selected = [s.id];
-    requestRender(); sendSelection();
+    renderNow(); sendSelection();
   } else if (S.tool === 'polygon') {
     S.poly.push([ix, iy]); drawUi();
   } else if (S.tool === 'wand') {
     wandAt(x, y);
   } else if (S.tool === 'recover') {
-    trigger('recover_at', {x, y});
+    send('recover_at', {x, y});
   }
 });
 uiCanvas.addEventListener('dblclick', (e) => {
@@ -533,9 +554,9 @@ element.querySelectorAll('[data-tool]').forEach((b) => b.addEventListener('click
 element.querySelector('[data-act=fit]').addEventListener('click', () => { fit(); requestRender(); });
 element.querySelector('[data-act=one]').addEventListener('click', () => { oneToOne(); requestRender(); });
 element.querySelector('[data-act=help]').addEventListener('click', () => { help.hidden = !help.hidden; });
-$('#opacity').addEventListener('input', (e) => { S.opacity = +e.target.value; requestRender(); });
-$('#outline').addEventListener('change', (e) => { S.outline = e.target.checked; requestRender(); });
-$('#labels').addEventListener('change', (e) => { S.labels = e.target.checked; requestRender(); });
+$('#opacity').addEventListener('input', (e) => { S.opacity = +e.target.value; renderNow(); });
+$('#outline').addEventListener('change', (e) => { S.outline = e.target.checked; renderNow(); });
+$('#labels').addEventListener('change', (e) => { S.labels = e.target.checked; renderNow(); });
 $('#uncertainty').addEventListener('change', (e) => toggleUncertainty(e.target.checked));
 $('#gt').addEventListener('change', (e) => toggleGt(e.target.checked));
 $('#brush').addEventListener('input', (e) => { S.brush = +e.target.value; syncControls(); drawUi(); });
@@ -544,13 +565,13 @@ $('#wand-threshold').addEventListener('input', (e) => {
 });
 
 function toggleUncertainty(on) {
-  if (on && !S.uncMap) { trigger('view', {uncertainty: true}); return; }  // sent once per image
+  if (on && !S.uncMap) { send('view', {uncertainty: true}); return; }  // sent once per image
   S.unc = on; syncControls(); requestRender();
-  trigger('view', {uncertainty: on});
+  send('view', {uncertainty: on});
 }
 function toggleGt(on) {
   S.gt = on;
-  if (on && !S.gtData) trigger('view', {ground_truth: true});
+  if (on && !S.gtData) send('view', {ground_truth: true});
   syncControls(); requestRender();
 }
 
@@ -585,8 +606,8 @@ document.addEventListener('keydown', (e) => {
   else if (k === 'h' || k === 'H') action('fill_holes');
   else if (k === '[') { S.brush = Math.max(1, Math.round(S.brush / 1.25)); syncControls(); drawUi(); }
   else if (k === ']') { S.brush = Math.min(400, Math.round(S.brush * 1.25) + 1); syncControls(); drawUi(); }
-  else if (k === 'o' || k === 'O') { S.outline = !S.outline; syncControls(); requestRender(); }
-  else if (k === 'l' || k === 'L') { S.labels = !S.labels; syncControls(); requestRender(); }
+  else if (k === 'o' || k === 'O') { S.outline = !S.outline; syncControls(); renderNow(); }
+  else if (k === 'l' || k === 'L') { S.labels = !S.labels; syncControls(); renderNow(); }
   else if (k === 'u' || k === 'U') toggleUncertainty(!S.unc);
   else if (k === 'g' || k === 'G') { if (S.hasGt) toggleGt(!S.gt); }
   else if (k === 'a' || k === 'A' || k === 'ArrowLeft') pageButton('prev');
@@ -597,7 +618,7 @@ document.addEventListener('keydown', (e) => {
   else if (k === ' ') S.space = true;
   else if (k === 'Enter') {
     if (S.tool === 'polygon' && S.poly.length) finishPolygon();
-    else if (S.wand) { trigger('wand_commit', {mode: e.shiftKey ? 'add' : 'new', ids: S.selected,
+    else if (S.wand) { send('wand_commit', {mode: e.shiftKey ? 'add' : 'new', ids: S.selected,
       overwrite: $('#overwrite').checked}); }
     else handled = false;
   } else if (k === 'Escape') {
