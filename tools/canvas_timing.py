@@ -113,8 +113,12 @@ class Page:
                                     "return {version: +d.version, task: d.task, image: d.image, selected: d.selected, "
                                     "hover: d.hover, status: document.querySelector('#status').innerText}; }")
         act()
-        self.page.wait_for_function(f"b => window.__timing.renders.some(r => {done})", arg=before,
-                                    timeout=timeout_ms)
+        try:
+            self.page.wait_for_function(f"b => window.__timing.renders.some(r => {done})", arg=before,
+                                        timeout=timeout_ms)
+        except Exception as e:
+            raise RuntimeError(f"no repaint satisfied {done!r} (before: {before}; now: {self.data()}, status "
+                               f"{self.page.inner_text('#status')!r})") from e
         return float(self.page.evaluate(f"b => {{ const T = window.__timing; "
                                         f"const r = T.renders.find(r => {done}); return r.t - T.input; }}", before))
 
@@ -192,10 +196,12 @@ def measure(page, photo: Path, repeat: int) -> dict[str, list[float]]:
         wait_status(page, f"{task.capitalize()}")
     page.keyboard.press("1")
     wait_status(page, "Panoptic")
+    page.check("#overwrite")  # strokes take pixels of other segments: every stroke changes the map
     for i in range(repeat):
         a = points[i % len(points)]
         page.mouse.click(*p.point(a[1] + 0.5, a[2] + 0.5))
         wait_status(page, f"selected #{a[0]} ")
+        page.keyboard.press("Escape")  # nothing selected: the stroke makes a new segment (over the others)
         page.keyboard.press("b")
         start = p.point(a[1] + 0.5, a[2] + 0.5)
         span = 120 * float(p.data()["zoom"])  # 120 image pixels
@@ -206,9 +212,11 @@ def measure(page, photo: Path, repeat: int) -> dict[str, list[float]]:
             for k in range(1, 13):
                 page.mouse.move(start[0] + span * k / 12, start[1] + span * 0.3 * np.sin(k / 2))
             page.mouse.up()
-        add("brush stroke", p.react(stroke, "r.version > b.version || r.status !== b.status"))
+        add("brush stroke", p.react(stroke, "r.version > b.version"))
         page.keyboard.press("s")
         add("undo", p.react(lambda: page.keyboard.press("Control+z"), "r.status.includes('undid')"))
+        page.mouse.click(*p.point(a[1] + 0.5, a[2] + 0.5))
+        wait_status(page, f"selected #{a[0]} ")
         page.click("#relabel input")
         option = page.locator("[role=option]").nth(1 + i % 3)
         add("relabel", p.react(lambda: option.click(), "r.status.includes('relabelled') || r.status !== b.status"))
