@@ -100,7 +100,8 @@ async function apply(p) {
   S.wand = p.wand ? {...p.wand, mask: await decodeMap(p.wand.mask)} : null;
   // the server's threshold, unless the wheel moved on while it answered (a request is queued: keep the newer)
   if (p.wand && !S.wandQueued) S.wandThr = p.wand.threshold;
-  S.stroke = null; S.pendingPreview = false;
+  if (S.stroke && S.stroke.sent) S.stroke = null;  // an answer never cancels a stroke being drawn
+  S.pendingPreview = false;
   if (S.cursor) { S.hover = indexAt(...S.cursor); showInfo(S.hover); }  // the map under a still cursor changed
   if (S.wandQueued) { const q = S.wandQueued; S.wandQueued = null; send('wand', q); } else S.wandPending = false;
   syncControls();
@@ -512,6 +513,7 @@ uiCanvas.addEventListener('pointerup', (e) => {
     if (x !== last[0] || y !== last[1]) st.points.push([x, y]);  // where the button was released
     send('stroke', {tool: st.tool, points: st.points, radius: st.radius, ids: S.selected,
       overwrite: $('#overwrite').checked, fill: $('#erase-fill').value});
+    st.sent = true;  // its preview stays until the answer replaces it
     S.pendingPreview = true; return;
   }
   if (x < 0 || y < 0 || x >= S.W || y >= S.H) return;
