@@ -192,8 +192,8 @@ def test_recover_paint_merge_delete(page, server, assets, expected):
     for s in things:  # shift-click adds to the selection
         click_pixel(page, *inner_point(pan.segment_map == s.id), shift=True)
     wait_canvas(page, "d.selected === arg", f"{things[0].id},{things[1].id}")
-    st = wait_status(page, f"selected #{things[0].id}")
-    assert f"#{things[1].id}" in st
+    st = wait_status(page, f", #{things[1].id} ")  # the status follows the canvas (both selected)
+    assert f"selected #{things[0].id} " in st
     page.keyboard.press("m")
     st = wait_status(page, f"into #{things[0].id}")
     assert segment_count(st) == n0
