@@ -31,12 +31,14 @@ import cv2
 import numpy as np
 
 from m2f_core.structures import Candidate, Segment
+from m2f_core.visualize import segment_color
 
 if TYPE_CHECKING:
     from .wand import WandClick
 
-__all__ = ["CanvasSync", "candidate_payload", "class_payload", "encode_array", "encode_photo", "index_map_payload",
-           "mask_crop_payload", "segment_color", "segment_rows_payload", "wand_payload"]
+__all__ = ["CanvasSync", "candidate_payload", "class_color", "class_payload", "encode_array", "encode_photo",
+           "ground_truth_payload", "index_map_payload", "lookup_indices", "mask_crop_payload", "segment_rows_payload",
+           "wand_payload"]
 
 DISPLAY_SIDE = 2560  # the photo's longest side as sent for display (the map stays full size)
 JPEG_QUALITY = 90
@@ -63,14 +65,9 @@ def encode_photo(image: np.ndarray, display_side: int = DISPLAY_SIDE) -> dict[st
             "shown": [shown.shape[1], shown.shape[0]]}
 
 
-def segment_color(segment: Segment, class_colors: Sequence[Sequence[int]]) -> list[int]:
-    """The overlay colour of a segment: its class colour, varied per thing instance so neighbours differ."""
-    base = np.asarray(class_colors[segment.category_id] if segment.category_id < len(class_colors)
-                      else (255, 0, 0), dtype=np.int32)[:3]
-    if not segment.isthing:
-        return [int(v) for v in base]
-    rng = np.random.default_rng(int(segment.id))  # the same id keeps its colour across edits
-    return [int(v) for v in np.clip(base + rng.integers(-60, 61, size=3), 0, 255)]
+def class_color(category_id: int, class_colors: Sequence[Sequence[int]]) -> Sequence[int]:
+    """A class's colour (red for a class the list does not have)."""
+    return class_colors[category_id] if 0 <= category_id < len(class_colors) else (255, 0, 0)
 
 
 def class_payload(names: Sequence[str], colors: Sequence[Sequence[int]], is_thing: Sequence[bool]) -> dict:
@@ -83,7 +80,8 @@ def segment_rows_payload(segments: Sequence[Segment], index_of: dict[int, int],
     """One dict per segment: index in the map (``i``), id, class, thing, score, area, box [x, y, w, h], colour."""
     return [{"i": index_of[s.id], "id": int(s.id), "c": int(s.category_id), "t": bool(s.isthing),
              "s": round(float(s.score), 4), "a": int(s.area), "b": [round(float(v), 1) for v in s.bbox],
-             "src": s.source, "col": segment_color(s, class_colors)} for s in segments]
+             "src": s.source, "col": list(segment_color(class_color(s.category_id, class_colors), s.id, s.isthing))}
+            for s in segments]
 
 
 def index_map_payload(indices: np.ndarray, box: tuple[int, int, int, int] | None = None, **extra: Any) -> dict:
@@ -108,6 +106,54 @@ def mask_crop_payload(mask: np.ndarray) -> dict | None:
         return None
     y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
     return index_map_payload(mask[y0:y1, x0:x1].astype(np.uint8), (y0, x0, y1, x1), area=int(mask.sum()))
+
+
+def lookup_indices(ids: np.ndarray, index_of: dict[int, int]) -> np.ndarray:
+    """(H, W) segment ids -> the indices ``index_of`` gives them (ids it lacks, and 0, -> 0 = void): through a
+    dense table when the ids are small (a model's), else a sorted search (COCO ids encode RGB, up to 2**24)."""
+    keys = np.array(sorted(index_of), dtype=np.int64)
+    values = np.array([index_of[k] for k in keys.tolist()], dtype=np.int64)
+    if keys.size and int(ids.max(initial=0)) <= int(keys[-1]) <= 1 << 22:
+        lut = np.zeros(int(keys[-1]) + 1, dtype=np.uint32)
+        lut[keys] = values
+        return lut[ids]
+    out = np.zeros(ids.shape, dtype=np.uint32)
+    if keys.size:
+        pos = np.clip(np.searchsorted(keys, ids), 0, len(keys) - 1)
+        found = keys[pos] == ids
+        out[found] = values[pos[found]]
+    return out
+
+
+def ground_truth_payload(sample: Any, categories: Sequence[dict], class_names: Sequence[str],
+                         class_colors: Sequence[Sequence[int]], shape: tuple[int, int]) -> dict:
+    """A dataset sample's ground truth for the canvas: its segment map as indices and its segments, each
+    with the model class of the same name (-1: none), or ``missing`` saying why there is none."""
+    model_class = {name: i for i, name in enumerate(class_names)}
+    if sample.panoptic is not None:
+        seg_map = np.asarray(sample.panoptic.segment_map)
+        rows = [(int(g.id), int(g.category_id)) for g in sample.panoptic.segments]
+    elif sample.semantic is not None:  # one segment per class; the dataset's ignore label stays void
+        classes = np.asarray(sample.semantic).astype(np.int64)
+        valid = (classes >= 0) & (classes < len(categories))
+        seg_map = np.where(valid, classes + 1, 0)
+        rows = [(int(c) + 1, int(c)) for c in np.unique(classes[valid])]
+    else:
+        return {"missing": "the dataset has no annotation for this image"}
+    if seg_map.shape != shape:
+        return {"missing": f"its ground truth is {seg_map.shape[1]}x{seg_map.shape[0]}, the image "
+                           f"{shape[1]}x{shape[0]}"}
+    index_of = {sid: i + 1 for i, (sid, _) in enumerate(rows)}
+    segments = []
+    for sid, cat in rows:
+        info = categories[cat] if 0 <= cat < len(categories) else {"name": str(cat)}
+        name = str(info.get("name", cat))
+        base = info.get("color") or class_color(model_class.get(name, -1), class_colors)
+        thing = bool(info.get("isthing", True))
+        segments.append({"i": index_of[sid], "id": sid, "c": model_class.get(name, -1), "name": name,
+                         "model_class": model_class.get(name, -1), "t": thing,
+                         "col": list(segment_color(base, sid, thing))})
+    return {"map": index_map_payload(lookup_indices(seg_map, index_of)), "segments": segments}
 
 
 def candidate_payload(index: int, candidate: Candidate) -> dict:
@@ -155,18 +201,7 @@ class CanvasSync:
 
     def _indices(self, ids: np.ndarray) -> np.ndarray:
         """Segment ids -> stable indices (0 and ids not registered -> 0 = void)."""
-        keys = np.array(sorted(self.index_of), dtype=np.int64)
-        values = np.array([self.index_of[k] for k in keys.tolist()], dtype=np.int64)
-        if keys.size and int(keys[-1]) <= 1 << 22:  # a dense table is the fastest lookup
-            lut = np.zeros(int(keys[-1]) + 1, dtype=np.uint32)
-            lut[keys] = values
-            return lut[ids]
-        out = np.zeros(ids.shape, dtype=np.uint32)
-        if keys.size:
-            pos = np.clip(np.searchsorted(keys, ids), 0, len(keys) - 1)
-            found = keys[pos] == ids
-            out[found] = values[pos[found]]
-        return out
+        return lookup_indices(ids, self.index_of)
 
     def map_update(self, key: str, ids: np.ndarray, segment_ids: Sequence[int]) -> tuple[dict | None, bool]:
         """The map payload for the segment map ``ids`` (whose table holds ``segment_ids``) of image ``key``:

@@ -294,7 +294,7 @@ class EditEngine:
             pred = self.model.prediction(s)
             s.wand = self._timed(s, lambda: wand_click(pred, xi, yi))
         s.wand_threshold = min(1.0, max(0.0, t))
-        area = int(s.wand.region(s.wand_threshold).sum())
+        area = int(s.wand.crop(s.wand_threshold)[1].sum())  # the payload's crop reuses it (no full-size mask)
         return f"wand at ({xi}, {yi}): {area} px at threshold {s.wand_threshold:.2f} (wheel to change; Enter adds " \
                "it as a new segment, Shift+Enter into the selection)"
 

@@ -37,15 +37,14 @@ from PIL import Image
 
 from m2f_core.atomic import remove_stale_temporaries
 from m2f_core.images import DEFAULT_MAX_PIXELS, ImageError, load_image
-from m2f_core.structures import Segment
 
 from .browser_session import BrowserSession, Screen, milliseconds, short_label, unique_name
 from .canvas_sync import (
     candidate_payload,
     class_payload,
     encode_photo,
+    ground_truth_payload,
     index_map_payload,
-    segment_color,
     segment_rows_payload,
     wand_payload,
 )
@@ -267,8 +266,8 @@ class Workbench:
         return text
 
     def _ground_truth(self, s: BrowserSession, shape: tuple[int, int]) -> dict:
-        """The dataset's ground truth of the current image for the canvas: its segment map as indices and
-        its segments with the model class of the same name (-1: none), or ``missing`` saying why not."""
+        """The dataset's ground truth of the current image for the canvas (``ground_truth_payload``), or
+        ``missing`` saying why there is none."""
         if self.dataset is None:
             return {"missing": "no --dataset: no ground truth"}
         index = self.source.index(s.workspace.item().path)
@@ -278,38 +277,8 @@ class Workbench:
             sample = self.dataset[index]
         except ValueError as e:
             return {"missing": f"its ground truth cannot be read: {e}"}
-        cats = self.dataset.categories
-        model_class = {name: i for i, name in enumerate(self.config.class_names)}
-        if sample.panoptic is not None:
-            seg_map = np.asarray(sample.panoptic.segment_map)
-            rows = [(int(g.id), int(g.category_id)) for g in sample.panoptic.segments]
-        elif sample.semantic is not None:  # one segment per class; the dataset's ignore label stays void
-            classes = np.asarray(sample.semantic).astype(np.int64)
-            valid = (classes >= 0) & (classes < len(cats))
-            seg_map = np.where(valid, classes + 1, 0)
-            rows = [(int(c) + 1, int(c)) for c in np.unique(classes[valid])]
-        else:
-            return {"missing": "the dataset has no annotation for this image"}
-        if seg_map.shape != shape:
-            return {"missing": f"its ground truth is {seg_map.shape[1]}x{seg_map.shape[0]}, the image "
-                               f"{shape[1]}x{shape[0]}"}
-        index_of = {sid: i + 1 for i, (sid, _) in enumerate(rows)}
-        lut_keys = np.array(sorted(index_of), dtype=np.int64)
-        indices = np.zeros(seg_map.shape, dtype=np.uint32)
-        if lut_keys.size:
-            pos = np.clip(np.searchsorted(lut_keys, seg_map), 0, len(lut_keys) - 1)
-            found = lut_keys[pos] == seg_map
-            indices[found] = np.array([index_of[k] for k in lut_keys.tolist()], dtype=np.uint32)[pos[found]]
-        segments = []
-        for sid, cat in rows:
-            info = cats[cat] if 0 <= cat < len(cats) else {"name": str(cat)}
-            name = str(info.get("name", cat))
-            color = info.get("color") or (self.config.colors[model_class[name]] if name in model_class else (255, 0, 0))
-            thing = bool(info.get("isthing", True))
-            color = segment_color(Segment(id=sid, category_id=0, isthing=thing, score=1.0), [color])
-            segments.append({"i": index_of[sid], "id": sid, "c": model_class.get(name, -1), "name": name,
-                             "model_class": model_class.get(name, -1), "t": thing, "col": color})
-        return {"map": index_map_payload(indices), "segments": segments}
+        return ground_truth_payload(sample, self.dataset.categories, self.config.class_names, self.config.colors,
+                                    shape)
 
     def failure_message(self, e: Exception, what: str = "", where: str = "") -> str:
         """The status line of a failed action: a user's mistake as its message (``what`` in front:
