@@ -28,7 +28,7 @@ const S = {
   labels: false, unc: false, uncMap: null, gt: false, gtData: null, hasGt: false, cands: [], candHover: -1, wand: null,
   wandAt: null, wandThr: 0.5, wandPending: false, wandQueued: null, tool: 'select', brush: 20, hover: 0, z: 1, ox: 0,
   oy: 0, fitted: true, stroke: null, poly: [], polyCursor: null, cursor: null, space: false, drag: null,
-  rendered: 0, dpr: 1, cw: 0, ch: 0, pendingPreview: false,
+  rendered: 0, dpr: 1, cw: 0, ch: 0,
 };
 let queue = Promise.resolve();
 let frame = 0;
@@ -84,7 +84,7 @@ async function apply(p) {
   }
   if (p.photo_full && p.photo_full.key === S.key) S.photo = await loadImage(p.photo_full.src);
   if (p.name !== undefined) S.name = p.name;
-  if (p.segments) { S.segs = p.segments; indexSegments(); showInfo(S.hover); }  // the hover text follows edits
+  if (p.segments) { S.segs = p.segments; indexSegments(); }
   if (p.task && !S.taskOverride) S.task = p.task;
   if (p.task === S.taskOverride) S.taskOverride = null;
   if (p.selected && (p.selection_seq || 0) >= (S.selSeq || 0)) S.selected = p.selected.filter((id) => S.byId.has(id));
@@ -92,7 +92,7 @@ async function apply(p) {
   if (p.show_uncertainty !== undefined) { S.unc = !!p.show_uncertainty && !!S.uncMap; }
   if (p.ground_truth) {
     const g = p.ground_truth;
-    S.gtData = g.map ? {ids: (await decodeMap(g.map)).data, segs: g.segments, classLut: null} : {missing: g.missing};
+    S.gtData = g.map ? {ids: (await decodeMap(g.map)).data, segs: g.segments} : {missing: g.missing};
   }
   if (p.has_ground_truth !== undefined) S.hasGt = !!p.has_ground_truth;
   S.cands = await Promise.all((p.candidates || []).map(async (c) => ({...c, mask: await decodeMap(c.mask)})));
@@ -101,8 +101,8 @@ async function apply(p) {
   // the server's threshold, unless the wheel moved on while it answered (a request is queued: keep the newer)
   if (p.wand && !S.wandQueued) S.wandThr = p.wand.threshold;
   if (S.stroke && S.stroke.sent) S.stroke = null;  // an answer never cancels a stroke being drawn
-  S.pendingPreview = false;
-  if (S.cursor) { S.hover = indexAt(...S.cursor); showInfo(S.hover); }  // the map under a still cursor changed
+  if (S.cursor) S.hover = indexAt(...S.cursor);  // the map under a still cursor may have changed
+  showInfo(S.hover);  // and the hover text follows edits
   if (S.wandQueued) { const q = S.wandQueued; S.wandQueued = null; send('wand', q); } else S.wandPending = false;
   syncControls();
   renderCandidates();
@@ -205,14 +205,12 @@ function renderNow() {  // a discrete action (key, click, slider): draw in this 
 
 function render() {
   frame = 0;
-  const t0 = performance.now();
   resize();
   const {cw, ch} = S;
   photoCtx.setTransform(1, 0, 0, 1, 0, 0); photoCtx.clearRect(0, 0, cw, ch);
   if (!S.imageData || S.imageData.width !== cw || S.imageData.height !== ch) S.imageData = overlayCtx.createImageData(cw, ch);
   const img = S.imageData;
   new Uint32Array(img.data.buffer).fill(0);
-  let t1 = performance.now();
   if (S.photo && S.ids) {
     photoCtx.imageSmoothingEnabled = S.z < S.dpr * 2;
     if (!S.fullAsked && S.photo.naturalWidth < S.W && S.z * S.W / S.photo.naturalWidth > S.dpr) {
@@ -220,14 +218,10 @@ function render() {
       send('view', {full_photo: true});
     }
     photoCtx.drawImage(S.photo, S.ox, S.oy, S.W * S.z, S.H * S.z);
-    t1 = performance.now();
     composeOverlay(new Uint32Array(img.data.buffer));
   }
-  const t2 = performance.now();
   overlayCtx.putImageData(img, 0, 0);
-  const t3 = performance.now();
   drawUi();
-  S.lastRender = {photo: t1 - t0, compose: t2 - t1, put: t3 - t2, ui: performance.now() - t3};
   S.rendered += 1;
   publish();
 }
@@ -453,12 +447,8 @@ function sendSelection() {  // numbered: an answer to an older event never undoe
 function action(op, extra = {}) { send('action', {op, ids: S.selected, ...extra}); }
 function pageButton(id) { const b = document.querySelector(`#${id}`); if (b) b.click(); }
 function finishPolygon() {
-  if (S.poly.length >= 3) {
-    send('polygon', {points: S.poly, ids: S.selected, overwrite: $('#overwrite').checked});
-    S.pendingPreview = true;
-  }
-  if (S.poly.length < 3) S.poly = [];
-  S.polyCursor = null; requestRender();
+  if (S.poly.length >= 3) send('polygon', {points: S.poly, ids: S.selected, overwrite: $('#overwrite').checked});
+  S.poly = []; S.polyCursor = null; requestRender();  // the answer draws the new segment
 }
 function wandAt(x, y) {
   const msg = {x, y, threshold: S.wandThr};
@@ -514,7 +504,7 @@ uiCanvas.addEventListener('pointerup', (e) => {
     send('stroke', {tool: st.tool, points: st.points, radius: st.radius, ids: S.selected,
       overwrite: $('#overwrite').checked, fill: $('#erase-fill').value});
     st.sent = true;  // its preview stays until the answer replaces it
-    S.pendingPreview = true; return;
+    return;
   }
   if (x < 0 || y < 0 || x >= S.W || y >= S.H) return;
   if (S.tool === 'select') {
