@@ -62,54 +62,114 @@ def _save_png(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, encode_png(array))
 
 
-def run(weights: str | None, out: Path, images: list[str], tasks: tuple[str, ...], config: str | None = None,
-        device: str | None = None, overlays: bool = True, compile: bool = False) -> int:
-    from .data.categories import categories_from_config
-    from .data.coco_instances import write_coco_instance_results
-    from .data.coco_panoptic import write_coco_panoptic
-    from .data.records import Sample
+def _predict_one(predictor, path: Path, name: str, out: Path, tasks: tuple[str, ...], categories: list[dict],
+                 overlays: bool) -> dict:
+    """Predict one image and write its PNGs; returns its JSON record (the entries of the merged JSON files).
+
+    Why a record: the COCO JSON files list every image, so they are written once from the records of
+    all images, in input order, whichever process predicted them (``m2f_core.parallel``).
+    """
+    from .data.coco_instances import instance_results_to_coco
+    from .data.coco_panoptic import coco_panoptic_segments_info, write_panoptic_png
     from .data.semantic import write_semantic_png
-    from .predictor import Predictor
     from .visualize import draw_instances, draw_panoptic, draw_semantic
 
-    paths = _collect_images(images)
-    predictor = Predictor(weights, device=device, config=config, compile=compile)
+    try:
+        pred = predictor.predict(path)
+    except ValueError as e:  # unreadable or odd image: report it, go on with the others
+        return {"error": str(e)}
     cfg = predictor.config
-    categories = categories_from_config(cfg)
+    h, w = pred.size
+    record: dict = {"error": None}
+    if "panoptic" in tasks:
+        pan = pred.panoptic()
+        png = out / "panoptic" / f"{name}.png"
+        record["image"] = {"id": image_id_for(name), "file_name": name + path.suffix, "height": h, "width": w}
+        record["annotation"] = {"image_id": image_id_for(name), "file_name": png.name,
+                                "segments_info": coco_panoptic_segments_info(pan, categories, source=png)}
+        write_panoptic_png(png, pan.segment_map)
+        if overlays:
+            _save_png(out / "overlays" / f"{name}_panoptic.png",
+                      draw_panoptic(pred.image, pan, cfg.class_names, cfg.colors, cfg.is_thing))
+    if "instance" in tasks:
+        ins = pred.instance()
+        record["instances"] = instance_results_to_coco(image_id_for(name), ins, categories)
+        if overlays:
+            _save_png(out / "overlays" / f"{name}_instance.png",
+                      draw_instances(pred.image, ins, cfg.class_names, cfg.colors))
+    if "semantic" in tasks:
+        sem = pred.semantic()
+        write_semantic_png(out / "semantic" / f"{name}.png", sem.label_map.astype(np.uint8))
+        if overlays:
+            _save_png(out / "overlays" / f"{name}_semantic.png",
+                      draw_semantic(pred.image, sem.label_map, cfg.class_names, cfg.colors))
+    return record
+
+
+def _write_json(out: Path, records: list[dict], tasks: tuple[str, ...], categories: list[dict]) -> None:
+    """The COCO panoptic JSON and the instance results of every predicted image, in input order (atomic)."""
+    from .atomic import atomic_write_json
+    from .data.coco_json import categories_for_json
+    from .data.errors import DatasetError
+
+    done = [r for r in records if r["error"] is None]
+    if "panoptic" in tasks and done:
+        ids = [r["image"]["id"] for r in done]
+        if len(set(ids)) != len(ids):
+            raise DatasetError(out / "panoptic.json", "two images have the same image id (e.g. 7.jpg and 007.jpg)")
+        atomic_write_json(out / "panoptic.json", {"images": [r["image"] for r in done],
+                                                  "annotations": [r["annotation"] for r in done],
+                                                  "categories": categories_for_json(categories)})
+    if "instance" in tasks and done:
+        atomic_write_json(out / "instances.json", [e for r in done for e in r["instances"]])
+
+
+def _manifest(paths: list[Path], tasks: tuple[str, ...], overlays: bool, weights: str | None, cfg) -> dict:
+    """What a resumed run must share with the killed one: the same images, options, weights and config."""
+    from .parallel import weights_fingerprint
+
+    return {"program": "predict", "images": [str(p.resolve()) for p in paths], "tasks": list(tasks),
+            "overlays": overlays, "weights": weights_fingerprint(weights), "config": cfg.to_dict()}
+
+
+def run(weights: str | None, out: Path, images: list[str], tasks: tuple[str, ...], config: str | None = None,
+        device: str | None = None, overlays: bool = True, compile: bool = False) -> int:
+    """Predict every image and write the outputs; under torchrun the images are split over the processes
+    and ``OUT/.shards`` keeps the finished chunks so that a killed run resumes (``m2f_core.parallel``)."""
+    from . import parallel
+    from .atomic import remove_stale_temporaries
+    from .data.categories import categories_from_config
+    from .predictor import Predictor
+
+    group = parallel.init()
+    paths = group.broadcast(_collect_images(images))  # every process works on rank 0's list
+    predictor = Predictor(weights, device=parallel.device_for(group, device), config=config, compile=compile)
+    categories = categories_from_config(predictor.config)
+    names = _unique_names(paths)
     out.mkdir(parents=True, exist_ok=True)
-    panoptic_samples, instance_results, failures = [], [], 0
-    for (path, pred), name in zip(predictor.predict_many(paths), _unique_names(paths)):
-        if isinstance(pred, Exception):
-            print(f"skipped: {pred}", file=sys.stderr)
-            failures += 1
-            continue
-        h, w = pred.size
-        if "panoptic" in tasks:
-            pan = pred.panoptic()
-            file_name = Path(path).with_name(name + Path(path).suffix)  # unique PNG names
-            panoptic_samples.append(Sample(image_id=image_id_for(name), file_name=file_name, height=h, width=w,
-                                           panoptic=pan))
-            if overlays:
-                _save_png(out / "overlays" / f"{name}_panoptic.png",
-                          draw_panoptic(pred.image, pan, cfg.class_names, cfg.colors, cfg.is_thing))
-        if "instance" in tasks:
-            ins = pred.instance()
-            instance_results.append((image_id_for(name), ins))
-            if overlays:
-                _save_png(out / "overlays" / f"{name}_instance.png",
-                          draw_instances(pred.image, ins, cfg.class_names, cfg.colors))
-        if "semantic" in tasks:
-            sem = pred.semantic()
-            write_semantic_png(out / "semantic" / f"{name}.png", sem.label_map.astype(np.uint8))
-            if overlays:
-                _save_png(out / "overlays" / f"{name}_semantic.png",
-                          draw_semantic(pred.image, sem.label_map, cfg.class_names, cfg.colors))
-    if panoptic_samples:
-        write_coco_panoptic(out / "panoptic.json", panoptic_samples, categories, png_dir=out / "panoptic")
-    if instance_results:
-        write_coco_instance_results(out / "instances.json", instance_results, categories)
-    print(f"{len(paths) - failures} image(s) -> {out}")
-    return 1 if failures else 0
+    work = out / ".shards" if group.launched else None
+    if work is not None and group.is_main:  # before run_items: no other rank writes yet
+        for folder in (out, out / "panoptic", out / "semantic", out / "overlays"):
+            remove_stale_temporaries(folder)
+    records = parallel.run_items(
+        group, len(paths), lambda i: _predict_one(predictor, paths[i], names[i], out, tasks, categories, overlays),
+        work=work, manifest=_manifest(paths, tasks, overlays, weights, predictor.config))
+    code, error = 0, None
+    if records is not None:
+        try:
+            _write_json(out, records, tasks, categories)
+        except (ValueError, OSError) as e:
+            if not group.launched:
+                raise
+            error = str(e)
+        else:
+            parallel.remove_work(group, work)
+            failures = [r["error"] for r in records if r["error"] is not None]
+            for message in failures:
+                print(f"skipped: {message}", file=sys.stderr)
+            print(f"{len(paths) - len(failures)} image(s) -> {out}")
+            code = 1 if failures else 0
+    return parallel.finish(group, code, error)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,12 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime import tune_process
 
     tune_process()  # a program: keep freed activation memory in the heap (runtime.py)
+    from . import parallel
+
     try:
         return run(args.weights, args.out, args.images, tasks, args.config, args.device, not args.no_overlays,
                    args.compile)
-    except (ValueError, OSError) as e:  # bad weights, paths or images: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError, parallel.ParallelError) as e:  # bad weights, paths or images: one line
+        parallel.report_error(e)
         return 2
+    finally:
+        parallel.close()
 
 
 if __name__ == "__main__":
