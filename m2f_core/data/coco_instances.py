@@ -21,6 +21,7 @@ from ..structures import InstanceResult
 from .coco_json import categories_for_json, json_categories, read_images, require_flag, require_image_id
 from .errors import DatasetError
 from .fileio import read_json, require
+from .layouts import coco_instances_image_dirs, first_dir_with
 from .records import InstanceAnnotation, Sample, SegmentationDataset
 
 __all__ = ["CocoInstances", "instance_results_to_coco", "write_coco_instance_results", "write_coco_instances"]
@@ -32,9 +33,11 @@ class CocoInstances(SegmentationDataset):
     """COCO instance JSON; each item's ``instances`` keep their polygons / RLE, decoded on demand.
 
     Images are listed in the JSON's order (images without annotations included); ``image_dir``
-    defaults to ``ROOT/{split}`` for ``ROOT/annotations/instances_{split}.json`` (Detectron2), else
-    the JSON's folder. Polygons with fewer than 3 points are dropped (as Detectron2 does) and an
-    instance left with none is skipped with a warning; everything else malformed is a ``DatasetError``.
+    defaults to the first candidate of ``layouts.coco_instances_image_dirs`` holding the first image
+    (``ROOT/{split}`` or ``ROOT/images/{split}`` for ``ROOT/annotations/instances_{split}.json``, else
+    the JSON's folder or ``images/`` beside it). Polygons with fewer than 3 points are dropped (as
+    Detectron2 does) and an instance left with none is skipped with a warning; everything else
+    malformed is a ``DatasetError``.
     """
 
     def __init__(self, json_file: str | Path, image_dir: str | Path | None = None,
@@ -44,14 +47,15 @@ class CocoInstances(SegmentationDataset):
         if not isinstance(data, dict):
             raise DatasetError(src, f"top level must be an object with 'images', got {type(data).__name__}")
         super().__init__(json_categories(data, categories, src, isthing=True), src.stem)
-        if image_dir is None:
-            image_dir = src.parent
-            if src.parent.name == "annotations" and src.stem.startswith("instances_"):
-                image_dir = src.parent.parent / src.stem[len("instances_"):]
-        self.image_dir = Path(image_dir)
         images = read_images(data, src, required=True)
         assert images is not None
         self.images = images
+        self._image_dirs = coco_instances_image_dirs(src)
+        self._image_dir_given = image_dir is not None
+        if image_dir is None:
+            first = next(iter(images.values()), None)
+            image_dir = first_dir_with(self._image_dirs, first[0] if first else None) or self._image_dirs[0]
+        self.image_dir = Path(image_dir)
         self.image_ids = list(images)  # item order
         self._anns: dict[int | str, list[tuple[int, dict]]] = {iid: [] for iid in images}
         ann_ids: set[int | str] = set()
@@ -78,6 +82,19 @@ class CocoInstances(SegmentationDataset):
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def check_images(self) -> None:
+        """Raise a ``DatasetError`` naming the folders looked at when the first image is not where expected."""
+        if not self.image_ids:
+            return
+        name = self.images[self.image_ids[0]][0]
+        if (self.image_dir / name).is_file():
+            return
+        if self._image_dir_given:
+            raise DatasetError(self.image_dir / name, f"no such file (the first image of {self.json_file.name})")
+        looked = ", ".join(str(d) for d in self._image_dirs)
+        raise DatasetError(self.json_file, f"image {name} not found; looked in: {looked} "
+                                           "(pass the image folder: --images / image_dir=)")
 
     def _load(self, index: int) -> Sample:
         image_id = self.image_ids[index]

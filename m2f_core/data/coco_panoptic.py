@@ -21,10 +21,11 @@ from ..structures import PanopticResult, mask_bbox
 from .coco_json import categories_for_json, format_ids, json_categories, read_images, require_flag, require_image_id
 from .errors import DatasetError
 from .fileio import encode_png, read_json, read_png, require
+from .layouts import Search, city_image, panoptic_json_dirs
 from .records import GTSegment, Sample, SegmentationDataset
 
 __all__ = [
-    "CocoPanoptic", "coco_panoptic_segments_info", "default_panoptic_dirs", "id2rgb", "read_panoptic_png",
+    "CocoPanoptic", "coco_panoptic_segments_info", "id2rgb", "read_panoptic_png",
     "rgb2id", "write_coco_panoptic", "write_panoptic_png",
 ]
 
@@ -75,26 +76,11 @@ def write_panoptic_png(path: str | Path, segment_map: np.ndarray) -> Path:
 # COCO panoptic
 
 
-def default_panoptic_dirs(json_file: Path) -> tuple[Path, Path]:
-    """Detectron2's layout: (PNG folder, image folder) of a panoptic JSON.
-
-    ``coco/annotations/panoptic_val2017.json`` -> ``coco/panoptic_val2017/``, ``coco/val2017/``;
-    ``x/foo.json`` -> ``x/foo/`` and ``x/``.
-    """
-    stem = json_file.stem
-    beside = json_file.with_suffix("")
-    if json_file.parent.name == "annotations":
-        root = json_file.parent.parent
-        png_dir = beside if beside.is_dir() else root / stem
-        image_dir = root / stem[len("panoptic_"):] if stem.startswith("panoptic_") else root
-        return png_dir, image_dir
-    return beside, json_file.parent
-
-
 class CocoPanoptic(SegmentationDataset):
     """COCO panoptic JSON + PNG folder; each item's ``panoptic`` has ``GTSegment``s (contiguous ids).
 
-    ``png_dir`` / ``image_dir`` default to Detectron2's layout (``default_panoptic_dirs``).
+    ``png_dir`` / ``image_dir`` default to the first standard layout present (``layouts.panoptic_json_dirs``:
+    the raw COCO download, Detectron2's, ADE20K's and Cityscapes' panoptic files, the synthetic generator's).
     ``categories``: a list or shipped name overriding the JSON's (e.g. to use a model's class order).
     Without ``images`` in the JSON (a prediction file) the size comes from the PNG and the image name
     is the PNG's with ``.jpg``, as Detectron2 does. Area and box of each segment are recomputed from
@@ -108,9 +94,14 @@ class CocoPanoptic(SegmentationDataset):
         if not isinstance(data, dict):
             raise DatasetError(src, f"top level must be an object with 'annotations', got {type(data).__name__}")
         super().__init__(json_categories(data, categories, src, isthing=False), src.stem)
-        d_png, d_img = default_panoptic_dirs(src)
-        self.png_dir = Path(png_dir) if png_dir is not None else d_png
-        self.image_dir = Path(image_dir) if image_dir is not None else d_img
+        png_dirs, self._image_dirs = panoptic_json_dirs(src)
+        self.by_city = self._image_dirs[0][1]  # Cityscapes: images in leftImg8bit/<split>/<city>/
+        if png_dir is None:
+            search = Search()
+            png_dir = next((d for d in png_dirs if search.is_dir(d)), None)
+            if png_dir is None:
+                raise search.error(src, f"folder of the PNGs of {src.name} (pass png_dir=)")
+        self.png_dir = Path(png_dir)
         if not self.png_dir.is_dir():
             raise DatasetError(self.png_dir, f"no such folder (the PNGs of {src.name}; pass png_dir=)")
         self.images = read_images(data, src, required=False)
@@ -145,6 +136,36 @@ class CocoPanoptic(SegmentationDataset):
                 segments.append((sid, self.dataset_id_to_contiguous[cat], require_flag(seg, "iscrowd", w, src)))
             self._items.append((image_id, png_name, segments))
             self.image_ids.append(image_id)
+        self._image_dir_given = image_dir is not None
+        self.image_dir = Path(image_dir) if image_dir is not None else self._default_image_dir()
+
+    def _first_image_name(self) -> str | None:
+        if not self._items or self.images is None:
+            return None
+        return self.images[self._items[0][0]][0]
+
+    def image_file(self, image_name: str) -> Path:
+        """Where an image of the JSON is (Cityscapes: in its city's folder)."""
+        return city_image(self.image_dir, image_name) if self.by_city else self.image_dir / image_name
+
+    def _default_image_dir(self) -> Path:
+        """The first candidate folder holding the first image, else the first existing one, else the first."""
+        name = self._first_image_name()
+        for folder, by_city in self._image_dirs:
+            if name is not None and (city_image(folder, name) if by_city else folder / name).is_file():
+                return folder
+        return next((d for d, _ in self._image_dirs if d.is_dir()), self._image_dirs[0][0])
+
+    def check_images(self) -> None:
+        """Raise a ``DatasetError`` naming the folders looked at when the first image is not where expected."""
+        name = self._first_image_name()
+        if name is None or self.image_file(name).is_file():
+            return
+        if self._image_dir_given:
+            raise DatasetError(self.image_file(name), f"no such file (the first image of {self.json_file.name})")
+        looked = ", ".join(str(d) for d, _ in self._image_dirs)
+        raise DatasetError(self.json_file, f"image {name} not found; looked in: {looked} "
+                                           "(pass the image folder: --images / image_dir=)")
 
     def __len__(self) -> int:
         return len(self._items)
@@ -175,7 +196,7 @@ class CocoPanoptic(SegmentationDataset):
         segments = [GTSegment(id=sid, category_id=cat, isthing=self.categories[cat]["isthing"], iscrowd=crowd)
                     for sid, cat, crowd in segs]
         panoptic = PanopticResult(ids, segments).update_stats()
-        return Sample(image_id=image_id, file_name=self.image_dir / image_name, height=h, width=w,
+        return Sample(image_id=image_id, file_name=self.image_file(image_name), height=h, width=w,
                       panoptic=panoptic, annotation_file=png)
 
 

@@ -208,6 +208,8 @@ class SegmentationDataset(Sequence):
         self.categories = categories
         self.name = name
         self.dataset_id_to_contiguous: dict[int, int] = {c["id"]: i for i, c in enumerate(categories)}
+        self.split: str | None = None  # the split read, when opened from a root (``specs.open_dataset``)
+        self.notes: list[str] = []  # how it was read (layout, split, label convention), for programs to print
 
     @property
     def class_names(self) -> list[str]:
@@ -238,6 +240,10 @@ class SegmentationDataset(Sequence):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {len(self)} items, {len(self.categories)} categories)"
+
+    def describe(self) -> str:
+        """One line for a program to print: the item count, then the notes (split, layout, label convention)."""
+        return "; ".join([f"{len(self)} images, {len(self.categories)} classes", *self.notes])
 
 
 class Subset(SegmentationDataset):

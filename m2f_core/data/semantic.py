@@ -15,6 +15,7 @@ from ..atomic import atomic_write_bytes
 from .categories import resolve_categories
 from .errors import DatasetError
 from .fileio import encode_png, image_size, read_png
+from .layouts import looks_like_ade_challenge
 from .records import IGNORE_LABEL, Sample, SegmentationDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -104,3 +105,27 @@ class SemanticFolder(SegmentationDataset):
             raise DatasetError(label, f"annotation is {w}x{h} but its image {image.name} is {iw}x{ih}")
         return Sample(image_id=label.stem, file_name=image, height=h, width=w, semantic=semantic,
                       annotation_file=label)
+
+
+def refuse_one_based_labels(dataset: SemanticFolder, root: Path) -> None:
+    """Refuse labels in ADE20K's convention (0 = ignore, 1..K = classes) read as 0-based class ids.
+
+    Read as is they would shift every class by one with no error. The rule, on up to 8 PNGs spread over
+    the folder: no 255 anywhere, and either the folder is an ADEChallengeData2016 one or the value K
+    (one past the last class) occurs.
+    """
+    files = sorted(dataset.label_dir.glob("*.png"))
+    values: set[int] = set()
+    for f in files[:: max(1, len(files) // 8)][:8]:
+        values.update(np.unique(read_semantic_png(f)).tolist())
+    k = len(dataset.categories)
+    if IGNORE_LABEL in values:
+        return
+    ade = looks_like_ade_challenge(root, dataset.label_dir)
+    if not (ade or k in values):
+        return
+    why = "an ADEChallengeData2016 folder" if ade else f"value {k} occurs with {k} classes and no {IGNORE_LABEL}"
+    raise DatasetError(dataset.label_dir, f"{why}: these labels look 1-based with 0 = ignore (ADE20K's "
+                                          f"convention), but the semantic format reads 0-based class ids with "
+                                          f"{IGNORE_LABEL} = ignore, which would shift every label by one; use "
+                                          f"ade20k:{root} (it converts them), or convert the PNGs first")

@@ -1,8 +1,8 @@
 """``FORMAT:PATH`` dataset specs: the one entry point that opens any supported dataset format.
 
 Why a module of its own: the command line (``--dataset``), the app and the FiftyOne bridge name a
-dataset by a spec; this module maps each format to its reader and Detectron2's folder conventions,
-importing the readers only when asked for.
+dataset by a spec; this module maps each format to its reader and its standard folder layouts
+(``layouts``), importing the readers only when asked for.
 """
 
 from __future__ import annotations
@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DatasetError
+from .layouts import (
+    Found,
+    SplitChoice,
+    choose_splits,
+    find_ade20k,
+    find_cityscapes,
+    find_coco_instances,
+    find_coco_panoptic,
+    find_semantic,
+)
 
 if TYPE_CHECKING:
     from .records import SegmentationDataset
@@ -30,59 +40,102 @@ def parse_dataset_spec(spec: str) -> tuple[str, Path]:
     return fmt, Path(path).expanduser()
 
 
-def open_dataset(spec: str, split: str | None = None, **kwargs: Any) -> SegmentationDataset:
+def open_dataset(spec: str, split: str | None = None, purpose: str = "eval", **kwargs: Any) -> SegmentationDataset:
     """Open a dataset from ``"FORMAT:PATH"``; ``kwargs`` go to the reader.
 
-    Conventions (Detectron2's ``datasets/`` layout when PATH is a folder):
+    PATH is a root folder or (COCO formats) an annotation JSON; every standard layout of the format is
+    found (``layouts``; drawn in ``docs/datasets.md``), else the ``DatasetError`` names every place
+    looked at. ``split`` None picks the default of ``purpose``: the training split (train2017,
+    training, train) for ``"train"``, the validation split (val2017, validation, val) for ``"eval"``.
+    The dataset's ``split`` is the one read and its ``notes`` say how it was read (split, layout, label
+    convention); programs print ``dataset.describe()``.
 
-    - ``coco_panoptic:FILE.json``: PNGs in ``FILE/`` next to it (or ``../FILE/`` when the JSON is in
-      ``annotations/``). ``coco_panoptic:ROOT``: ``ROOT/annotations/panoptic_{split}.json``,
-      PNGs ``ROOT/panoptic_{split}/``, images ``ROOT/{split}/``; split defaults to ``val2017``.
-    - ``coco_instances:FILE.json`` (images relative to the JSON's folder, or ``ROOT/{split}/`` when
-      the JSON is ``ROOT/annotations/instances_{split}.json``). ``coco_instances:ROOT``:
-      ``ROOT/annotations/instances_{split}.json``; split defaults to ``val2017``.
-    - ``ade20k:ROOT`` (ADEChallengeData2016): ``ROOT/images/{split}``, ``ROOT/annotations/{split}``;
-      split defaults to ``validation``; ``split=""`` reads ``ROOT/images`` and ``ROOT/annotations``.
-    - ``cityscapes:ROOT``: ``ROOT/leftImg8bit/{split}/<city>/`` and ``ROOT/gtFine/{split}/<city>/``;
-      split defaults to ``val``; ``split=""`` searches all of ``leftImg8bit/``.
-    - ``semantic:ROOT``: ``ROOT/images[/{split}]`` and ``ROOT/annotations[/{split}]`` with PNG class
-      maps (255 = ignore); needs ``categories=`` (a list or a shipped name such as ``"ade20k"``).
+    - ``coco_panoptic``: the raw COCO download, Detectron2's ``coco/``, ADE20K panoptic
+      (``prepare_ade20k_pan_seg.py``), Cityscapes panoptic (``createPanopticImgs``), the synthetic
+      generator's ``OUT/{split}/panoptic.json``; or the JSON itself.
+    - ``coco_instances``: ``ROOT/annotations/instances_{split}.json``, or the JSON itself.
+    - ``ade20k`` (ADEChallengeData2016, labels shifted: 0 = ignore): ``ROOT/images/{split}``,
+      ``ROOT/annotations/{split}``; a folder without split folders is read whole.
+    - ``cityscapes``: ``ROOT/leftImg8bit/{split}/<city>/`` and ``ROOT/gtFine/{split}/<city>/``.
+    - ``semantic``: ``ROOT/images[/{split}]`` and ``ROOT/annotations[/{split}]`` with 0-based PNG class maps
+      (255 = ignore); needs ``categories=`` (a list or a shipped name such as ``"ade20k"``). ADE20K's
+      1-based labels are refused (use ``ade20k:``), never shifted silently.
     - ``corrections:ROOT`` (``ROOT/{split}`` if split): an exported corrections folder
       (``m2f_core.data.corrections``).
     """
     fmt, path = parse_dataset_spec(spec)
+    splits = choose_splits(split, purpose)
     if fmt == "coco_panoptic":
-        from .coco_panoptic import CocoPanoptic
-
-        if path.is_dir():
-            split = split or "val2017"
-            kwargs.setdefault("image_dir", path / split)
-            kwargs.setdefault("png_dir", path / f"panoptic_{split}")
-            path = path / "annotations" / f"panoptic_{split}.json"
-        return CocoPanoptic(path, **kwargs)
+        return _open_coco_panoptic(path, splits, purpose, kwargs)
     if fmt == "coco_instances":
-        from .coco_instances import CocoInstances
-
-        if path.is_dir():
-            split = split or "val2017"
-            kwargs.setdefault("image_dir", path / split)
-            path = path / "annotations" / f"instances_{split}.json"
-        return CocoInstances(path, **kwargs)
+        return _open_coco_instances(path, splits, purpose, kwargs)
     if fmt == "ade20k":
-        from .ade20k import ADE20KSemantic
-
-        return ADE20KSemantic(path, split="validation" if split is None else split, **kwargs)
+        return _open_ade20k(path, splits, purpose, kwargs)
     if fmt == "cityscapes":
-        from .cityscapes import CityscapesDataset
-
-        return CityscapesDataset(path, split="val" if split is None else split, **kwargs)
+        return _open_cityscapes(path, splits, purpose, kwargs)
     if fmt == "corrections":
         from .corrections import CorrectionsDataset
 
         return CorrectionsDataset(path / split if split else path, **kwargs)
-    from .semantic import SemanticFolder
-
     if "categories" not in kwargs:
         raise DatasetError(spec, "the semantic format needs categories= (a list or a shipped name)")
-    sub = split or ""
-    return SemanticFolder(path / "images" / sub, path / "annotations" / sub, **kwargs)
+    return _open_semantic(path, splits, purpose, kwargs)
+
+
+def _found(dataset: SegmentationDataset, found: Found, splits: SplitChoice, purpose: str) -> SegmentationDataset:
+    """Record the split and layout found on the dataset (its ``split`` and first ``notes``)."""
+    dataset.split = found.split
+    where = splits.describe(found.split, purpose) if found.split else "no split folders"
+    dataset.notes[:0] = [where, f"layout: {found.layout}"]
+    return dataset
+
+
+def _open_coco_panoptic(path: Path, splits: SplitChoice, purpose: str, kwargs: dict) -> SegmentationDataset:
+    from .coco_panoptic import CocoPanoptic
+
+    found = find_coco_panoptic(path, splits) if path.is_dir() else None
+    ds = CocoPanoptic(found.paths["json"] if found else path, **kwargs)
+    if found:
+        _found(ds, found, splits, purpose)
+    ds.notes.append(f"annotations {ds.json_file}, PNGs {ds.png_dir}, images {ds.image_dir}")
+    if ds.json_file.stem.startswith("cityscapes_panoptic_"):
+        ids = "train ids 0..18" if ds.json_file.stem.endswith("_trainId") else "label ids 7..33"
+        ds.notes.append(f"category ids: Cityscapes {ids} (cityscapesScripts), classes in train-id order")
+    ds.check_images()
+    return ds
+
+
+def _open_coco_instances(path: Path, splits: SplitChoice, purpose: str, kwargs: dict) -> SegmentationDataset:
+    from .coco_instances import CocoInstances
+
+    found = find_coco_instances(path, splits) if path.is_dir() else None
+    ds = CocoInstances(found.paths["json"] if found else path, **kwargs)
+    if found:
+        _found(ds, found, splits, purpose)
+    ds.notes.append(f"annotations {ds.json_file}, images {ds.image_dir}")
+    ds.check_images()
+    return ds
+
+
+def _open_ade20k(path: Path, splits: SplitChoice, purpose: str, kwargs: dict) -> SegmentationDataset:
+    from .ade20k import ADE20KSemantic
+
+    labels = "annotations_detectron2" if kwargs.get("prepared") else "annotations"
+    found = find_ade20k(path, splits, labels)
+    return _found(ADE20KSemantic(found.paths["root"], split=found.split, **kwargs), found, splits, purpose)
+
+
+def _open_cityscapes(path: Path, splits: SplitChoice, purpose: str, kwargs: dict) -> SegmentationDataset:
+    from .cityscapes import CityscapesDataset
+
+    found = find_cityscapes(path, splits)
+    return _found(CityscapesDataset(path, split=found.split, **kwargs), found, splits, purpose)
+
+
+def _open_semantic(path: Path, splits: SplitChoice, purpose: str, kwargs: dict) -> SegmentationDataset:
+    from .semantic import SemanticFolder, refuse_one_based_labels
+
+    found = find_semantic(path, splits)
+    ds = SemanticFolder(found.paths["images"], found.paths["labels"], **kwargs)
+    refuse_one_based_labels(ds, path)
+    return _found(ds, found, splits, purpose)

@@ -9,8 +9,8 @@ writes, for each split with images::
     OUT/<split>/panoptic.json              COCO panoptic: images, annotations (segments_info), categories
 
 Read a split back with ``synthetic_dataset(OUT, "train")`` (a ``CocoPanoptic`` whose ``image_dir`` is
-``OUT/<split>/images``; ``CocoPanoptic(OUT/<split>/panoptic.json)`` alone would look for the images
-next to the JSON).
+``OUT/<split>/images``), or name it as any dataset: ``coco_panoptic:OUT`` (the ``train`` split for
+training, ``val`` elsewhere), ``coco_panoptic:OUT --split val`` or ``coco_panoptic:OUT/val/panoptic.json``.
 
 A scene: 2-4 *stuff* regions (``STUFF_NAMES``: sky, grass, water, brick wall, road, each with its own
 texture and at most one segment per image) tile the background with irregular borders (a horizon-like
