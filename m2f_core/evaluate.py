@@ -48,6 +48,7 @@ def run_instance(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_model(args: argparse.Namespace) -> dict[str, Any]:
     """Run a model on a dataset and report PQ, mask AP and mIoU from one forward pass per image."""
+    from m2f_core import parallel
     from m2f_core.data.errors import DatasetError
     from m2f_core.data.specs import open_dataset
     from m2f_core.errors import CheckpointError
@@ -62,13 +63,32 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["image_dir"] = args.images
     try:
         dataset = open_dataset(f"{args.format}:{args.ann}", split=args.split, **kwargs)
-        predictor = Predictor(args.weights, device=args.device, config=args.config)
-        result = evaluate_model(predictor, dataset, limit=args.limit)
+        group = parallel.init()  # under torchrun: the images are split over the processes (docs/data_parallel.md)
+        predictor = Predictor(args.weights, device=parallel.device_for(group, args.device), config=args.config)
+        result = evaluate_model(predictor, dataset, limit=args.limit, group=group, work=args.work_dir,
+                                inputs=_model_inputs(args))
+    except parallel.ParallelError as e:  # shared by every rank: rank 0 prints it
+        if not parallel.is_main_process():
+            raise SystemExit(2) from None
+        raise MetricInputError(str(e)) from None
     except (CheckpointError, DatasetError, ImageError, ValueError, OSError) as e:
         raise MetricInputError(str(e)) from None
+    if result is None:  # another rank of a torchrun run: rank 0 prints the result
+        return None
     result["weights"] = str(args.weights or "builtin")
     result["dataset"] = f"{args.format}:{args.ann}"
     return result
+
+
+def _model_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """What a resumed ``evaluate model`` must share with the killed run (its ``--work-dir`` manifest)."""
+    from pathlib import Path
+
+    from m2f_core.parallel import weights_fingerprint
+
+    return {"format": args.format, "ann": weights_fingerprint(args.ann) if Path(args.ann).is_file() else
+            str(Path(args.ann).resolve()), "images": args.images and str(Path(args.images).resolve()),
+            "split": args.split, "limit": args.limit, "weights": weights_fingerprint(args.weights)}
 
 
 def _add_model(sub: argparse._SubParsersAction) -> None:
@@ -86,6 +106,9 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="preset or config JSON for a .pkl/.pth")
     p.add_argument("--device", default=None, help="cpu, cuda... (default: cuda if available)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--work-dir", default=None,
+                   help="under torchrun: keep each finished chunk of images here, so that a killed run resumes "
+                        "(a folder every process can write; removed at the end)")
     p.set_defaults(func=run_model)
 
 
@@ -143,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(e).replace("\r", " ").replace("\n", " ")  # always one line
         print(f"error: {message}", file=sys.stderr)
         return 2
+    if result is None:  # another rank of a torchrun run: rank 0 prints the result
+        return 0
     print(json.dumps(result, indent=1, allow_nan=False))
     return 0
 

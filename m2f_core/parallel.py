@@ -158,6 +158,7 @@ def _open_work(work: Path, manifest: dict[str, Any], n: int, world_size: int) ->
     """(chunk size, finished chunks) of the work folder, created for ``manifest`` when new; refuses another run's."""
     from .atomic import atomic_write_json, remove_stale_temporaries
 
+    manifest = json.loads(json.dumps(manifest, default=str))  # as it reads back (tuples become lists)
     record = {"fingerprint": fingerprint(manifest), "items": n, "manifest": manifest}
     path = work / MANIFEST
     if path.is_file():
