@@ -122,47 +122,50 @@ class ToolDataset(SegmentationDataset):
     def _load(self, index: int) -> Sample:
         im = self.images[index]
         h, w = im.height, im.width
-        groups: dict[object, tuple[int | None, ToolShape, np.ndarray]] = {}
-        order = []
+        groups: dict[object, tuple[int | None, ToolShape, np.ndarray]] = {}  # object -> class, first shape, union
+        strokes: list[tuple[object, np.ndarray]] = []  # every shape in z-order, with its object
         for k, shape in sorted(enumerate(im.shapes), key=lambda t: (t[1].z, t[0])):
-            cls = self.label_index[shape.label]
             mask = shape.decode(h, w)
             if not mask.any():
                 logger.warning("%s: %s covers no pixel of the %dx%d image; skipped", self.source, shape.where, w, h)
                 continue
             key = (shape.label, shape.group) if shape.group is not None else ("#", k)
             if key in groups:
-                c, first, m = groups[key]
-                groups[key] = (c, first, m | mask)
+                cls, first, union = groups[key]
+                groups[key] = (cls, first, union | mask)
             else:
-                groups[key] = (cls, shape, mask)
-                order.append(key)
-        parts = [groups[key] for key in order]
-        instances = [InstanceAnnotation(category_id=c, segmentation=m, height=h, width=w, iscrowd=s.iscrowd, id=i + 1)
-                     for i, (c, s, m) in enumerate(p for p in parts if p[0] is not None
-                                                   and self.categories[p[0]]["isthing"])]
+                groups[key] = (self.label_index[shape.label], shape, mask)
+            strokes.append((key, mask))
+        instances = [InstanceAnnotation(category_id=cls, segmentation=union, height=h, width=w, iscrowd=first.iscrowd,
+                                        id=i + 1)
+                     for i, (cls, first, union) in enumerate(g for g in groups.values()
+                                                              if g[0] is not None and self.categories[g[0]]["isthing"])]
         return Sample(image_id=im.image_id, file_name=self.image_dir / im.file_name, height=h, width=w,
-                      panoptic=self._paint(parts, h, w), instances=instances, annotation_file=self.source)
+                      panoptic=self._paint(groups, strokes, h, w), instances=instances, annotation_file=self.source)
 
-    def _paint(self, parts: list[tuple[int | None, ToolShape, np.ndarray]], h: int, w: int) -> PanopticResult:
-        """Stuff (one segment per class), then things, then void, each in z-order."""
+    def _paint(self, groups: dict, strokes: list[tuple[object, np.ndarray]], h: int, w: int) -> PanopticResult:
+        """Stuff (one segment per class), then things, then void; each shape at its own place in z-order."""
         seg_map = np.zeros((h, w), dtype=np.int32)
         segments: list[GTSegment] = []
+        ids: dict[object, int] = {}
         stuff_ids: dict[int, int] = {}
-        for cls, shape, mask in parts:
-            if cls is None or self.categories[cls]["isthing"]:
-                continue
-            if cls not in stuff_ids:
-                stuff_ids[cls] = len(segments) + 1
-                segments.append(GTSegment(id=stuff_ids[cls], category_id=cls, isthing=False, iscrowd=shape.iscrowd))
-            seg_map[mask] = stuff_ids[cls]
-        for cls, shape, mask in parts:
-            if cls is not None and self.categories[cls]["isthing"]:
-                segments.append(GTSegment(id=len(segments) + 1, category_id=cls, isthing=True, iscrowd=shape.iscrowd))
-                seg_map[mask] = segments[-1].id
-        for cls, _, mask in parts:
+        for key, (cls, first, _) in groups.items():
             if cls is None:
-                seg_map[mask] = 0
+                continue
+            isthing = bool(self.categories[cls]["isthing"])
+            if not isthing and cls in stuff_ids:
+                ids[key] = stuff_ids[cls]
+                continue
+            segments.append(GTSegment(id=len(segments) + 1, category_id=cls, isthing=isthing, iscrowd=first.iscrowd))
+            ids[key] = segments[-1].id
+            if not isthing:
+                stuff_ids[cls] = ids[key]
+        for layer in ("stuff", "thing", "void"):
+            for key, mask in strokes:
+                cls = groups[key][0]
+                kind = "void" if cls is None else "thing" if self.categories[cls]["isthing"] else "stuff"
+                if kind == layer:
+                    seg_map[mask] = ids.get(key, 0)
         pan = PanopticResult(seg_map, segments).update_stats()
         pan.segments = [s for s in pan.segments if s.area > 0]
         return pan
