@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMATS", "open_dataset", "parse_dataset_spec"]
 
-FORMATS = ("coco_panoptic", "coco_instances", "ade20k", "cityscapes", "semantic", "corrections")
+FORMATS = ("coco_panoptic", "coco_instances", "ade20k", "cityscapes", "semantic", "corrections",
+           "cvat", "cvat_xml", "cvat_coco", "label_studio", "labelme")
+TOOL_FORMATS = ("cvat", "cvat_xml", "cvat_coco", "label_studio", "labelme")  # annotation tools' exports
 
 
 def parse_dataset_spec(spec: str) -> tuple[str, Path]:
@@ -62,6 +64,10 @@ def open_dataset(spec: str, split: str | None = None, purpose: str = "eval", **k
       1-based labels are refused (use ``ade20k:``), never shifted silently.
     - ``corrections:ROOT`` (``ROOT/{split}`` if split): an exported corrections folder
       (``m2f_core.data.corrections``).
+    - annotation tools (``docs/interchange.md``): ``cvat_xml:`` (``annotations.xml`` or its folder),
+      ``cvat_coco:`` (CVAT's COCO 1.0 JSON or its folder), ``cvat:`` (either, detected),
+      ``label_studio:`` (the JSON export), ``labelme:`` (a JSON or a folder of them); ``categories=``
+      and ``label_map=`` match the tools' label names to classes.
     """
     fmt, path = parse_dataset_spec(spec)
     splits = choose_splits(split, purpose)
@@ -77,6 +83,8 @@ def open_dataset(spec: str, split: str | None = None, purpose: str = "eval", **k
         from .corrections import CorrectionsDataset
 
         return CorrectionsDataset(path / split if split else path, **kwargs)
+    if fmt in TOOL_FORMATS:
+        return _open_tool(fmt, path, kwargs)
     if "categories" not in kwargs:
         raise DatasetError(spec, "the semantic format needs categories= (a list or a shipped name)")
     return _open_semantic(path, splits, purpose, kwargs)
@@ -139,3 +147,29 @@ def _open_semantic(path: Path, splits: SplitChoice, purpose: str, kwargs: dict) 
     ds = SemanticFolder(found.paths["images"], found.paths["labels"], **kwargs)
     refuse_one_based_labels(ds, path)
     return _found(ds, found, splits, purpose)
+
+
+def _open_tool(fmt: str, path: Path, kwargs: dict) -> SegmentationDataset:
+    """An annotation tool's export (``cvat``, ``label_studio``, ``labelme`` modules)."""
+    if fmt == "label_studio":
+        from .label_studio import label_studio_dataset
+
+        ds = label_studio_dataset(path, **kwargs)
+    elif fmt == "labelme":
+        from .labelme import labelme_dataset
+
+        ds = labelme_dataset(path, **kwargs)
+    else:
+        from .cvat import cvat_coco_dataset, cvat_xml_dataset, open_cvat
+
+        if fmt == "cvat_xml" and path.is_dir():
+            path = path / "annotations.xml"
+        if fmt == "cvat_coco" and path.is_dir():
+            found = sorted((path / "annotations").glob("instances_*.json"))
+            if len(found) != 1:
+                raise DatasetError(path, f"expected one annotations/instances_*.json, found {len(found)}")
+            path = found[0]
+        reader = {"cvat": open_cvat, "cvat_xml": cvat_xml_dataset, "cvat_coco": cvat_coco_dataset}[fmt]
+        ds = reader(path, **kwargs)
+    ds.notes.append(f"{fmt} export {ds.source}, images {ds.image_dir}")
+    return ds
