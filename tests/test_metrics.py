@@ -7,6 +7,7 @@ import contextlib
 import copy
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -308,6 +309,32 @@ def test_pq_matches_hotcoco_on_real_coco(panoptic_case):
     assert person["fp"] > 0 and person["fn"] > 0 and person["tp"] > 0
 
 
+def test_pq_engines_agree(panoptic_case, tmp_path):
+    """hotcoco (the default engine) and the reference give the same counts and scores, also with GT areas taken
+    from the JSON (not the pixels), unpredicted images skipped and extra predictions ignored."""
+    root = panoptic_case["root"]
+    gt = copy.deepcopy(panoptic_case["gt"])
+    for k, ann in enumerate(gt["annotations"]):
+        for s in ann["segments_info"]:
+            s["area"] = s["area"] + 7 * k  # panopticapi reads the JSON's area
+    pred = copy.deepcopy(panoptic_case["pred"])
+    del pred["annotations"][2]
+    pred["annotations"].append({**pred["annotations"][0], "image_id": 999})
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps(pred))
+    args = (tmp_path / "gt.json", root / "gt", tmp_path / "pred.json", root / "pred")
+    fast = pq_compute(*args, only_predicted=True)
+    ref = pq_compute(*args, only_predicted=True, engine="reference")
+    assert fast["images"] == ref["images"] == len(gt["annotations"]) - 1
+    for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "SQ_th", "RQ_st"):
+        assert fast[key] == pytest.approx(ref[key], abs=1e-9)
+    for category_id, r in ref["per_class"].items():
+        f = fast["per_class"][category_id]
+        assert (f["tp"], f["fp"], f["fn"]) == (r["tp"], r["fp"], r["fn"])
+        assert f["PQ"] == (None if r["PQ"] is None else pytest.approx(r["PQ"], abs=1e-9))
+    assert fast["PQ"] != pq_compute(root / "gt.json", root / "gt", root / "pred.json", root / "pred")["PQ"]
+
+
 def test_pq_real_identity_is_100():
     gt, _ = _pan_gt()
     r = pq_compute(PAN_JSON, PAN / "panoptic_examples", PAN_JSON, PAN / "panoptic_examples")
@@ -324,14 +351,18 @@ def _error(fn, *args) -> str:
     return msg
 
 
-def test_pq_file_errors(panoptic_case, tmp_path):
+@pytest.mark.parametrize("engine", ["hotcoco", "reference"])
+def test_pq_file_errors(panoptic_case, tmp_path, engine):
     root, pred_json = panoptic_case["root"], panoptic_case["pred"]
     args = (root / "gt.json", root / "gt", None, root / "pred")
 
     def run_with(pred: dict | str, name: str = "p.json", pred_dir: Path | None = None) -> str:
         path = tmp_path / name
         path.write_text(pred if isinstance(pred, str) else json.dumps(pred))
-        return _error(pq_compute, args[0], args[1], path, pred_dir or args[3])
+        with pytest.raises(MetricInputError) as e:
+            pq_compute(args[0], args[1], path, pred_dir or args[3], engine=engine)
+        assert "\n" not in str(e.value)
+        return str(e.value)
 
     assert "malformed JSON" in run_with('{"annotations": [', "bad.json") and "bad.json" in run_with("{", "bad.json")
     assert "no 'annotations'" in run_with({"foo": 1})
@@ -355,7 +386,12 @@ def test_pq_file_errors(panoptic_case, tmp_path):
     for k in range(len(pred_json["annotations"])):
         Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(small / f"img_{k}.png")
     msg = run_with(pred_json, pred_dir=small)
-    assert "img_0.png: size (20, 10)" in msg and "differs from the ground truth" in msg
+    # the reference names the first image; hotcoco (images in parallel) whichever it met first
+    assert re.search(r"img_\d\.png: size \(20, 10\)", msg) and "differs from the ground truth" in msg
+    gray = tmp_path / "gray"
+    shutil.copytree(root / "pred", gray)
+    Image.fromarray(np.zeros((427, 640), np.uint8)).save(gray / "img_3.png")
+    assert "img_3.png: not an RGB panoptic PNG" in run_with(pred_json, pred_dir=gray)
     assert "folder not found" in _error(pq_compute, args[0], args[1], root / "pred.json", tmp_path / "nope")
     assert "not found" in _error(pq_compute, tmp_path / "nope.json", args[1], root / "pred.json", args[3])
 
@@ -490,6 +526,27 @@ def test_semseg_files(tmp_path):
     assert "folder not found" in _error(sem_seg_compute, tmp_path / "nope", tmp_path / "pred", 21)
 
 
+def test_semseg_engines_agree(tmp_path):
+    """hotcoco's engine (default) and the reference count the same matrix; a prediction with "no prediction"
+    pixels (255), which hotcoco refuses, is counted by the reference inside the same run."""
+    pairs = [(p, g) for p, g, k in _semantic_pairs() if k == 150]
+    for i, (pred, gt) in enumerate(pairs * 3):
+        pred = pred.copy()
+        if i == 1:
+            pred[: pred.shape[0] // 3] = 255  # the top third not predicted: misses
+        for root, arr in (("gt", gt), ("pred", pred)):
+            (tmp_path / root).mkdir(exist_ok=True)
+            Image.fromarray(arr.astype(np.uint8)).save(tmp_path / root / f"{i}.png")
+    fast = sem_seg_compute(tmp_path / "gt", tmp_path / "pred", 150)
+    ref = sem_seg_compute(tmp_path / "gt", tmp_path / "pred", 150, engine="reference")
+    assert fast["images"] == ref["images"] == 3 * len(pairs) and fast["pixels"] == ref["pixels"]
+    for key in ("mIoU", "fwIoU", "mACC", "pACC"):
+        assert fast[key] == pytest.approx(ref[key], abs=1e-9), key
+    assert fast["per_class"] == ref["per_class"]
+    whole = sem_seg_compute(tmp_path / "gt", tmp_path / "gt", 150)
+    assert whole["mIoU"] == 100.0 and fast["mIoU"] < whole["mIoU"]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # instance mask AP
 
@@ -562,8 +619,10 @@ def test_mask_ap_empty_and_hand_case():
     assert r2["AP50"] == pytest.approx(50.0) and r2["AP"] < r["AP"]
 
 
-def test_mask_ap_matches_hotcoco_on_perturbed_real_gt():
-    import hotcoco
+def test_mask_ap_matches_pycocotools_on_perturbed_real_gt():
+    """The default engine (hotcoco) equals pycocotools' COCOeval run directly, and our pycocotools engine."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
 
     rng = np.random.default_rng(2)
     for gt in _instance_gt():
@@ -579,15 +638,24 @@ def test_mask_ap_matches_hotcoco_on_perturbed_real_gt():
             results.append({"image_id": a["image_id"], "category_id": a["category_id"],
                             "segmentation": _rle(shifted), "score": float(rng.random())})
         ours = mask_ap_compute(gt, results)
+        reference = mask_ap_compute(gt, results, engine="pycocotools")
+        renumbered = copy.deepcopy(gt)  # pycocotools reads a match with GT id 0 (labelme's first) as none
+        for i, a in enumerate(renumbered["annotations"]):
+            a["id"] = i + 1
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_gt = hotcoco.COCO(copy.deepcopy(gt))
-            ev = hotcoco.COCOeval(coco_gt, coco_gt.load_res(copy.deepcopy(results)), "segm")
+            coco_gt = COCO()
+            coco_gt.dataset = renumbered
+            coco_gt.createIndex()
+            ev = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), "segm")
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
         for key, ref in zip(("AP", "AP50", "AP75", "APs", "APm", "APl"), ev.stats[:6]):
             assert ours[key] == (pytest.approx(100 * ref, abs=1e-9) if ref >= 0 else None), key
         assert 10 < ours["AP"] < 95
+        for category_id, r in reference["per_class"].items():
+            expected = None if r["AP"] is None else pytest.approx(r["AP"], abs=1e-9)
+            assert ours["per_class"][category_id]["AP"] == expected
 
 
 def test_mask_ap_errors(tmp_path):

@@ -325,6 +325,9 @@ def _annotations(data: Any, name: str) -> list[Mapping[str, Any]]:
     return data["annotations"]
 
 
+ENGINES = ("hotcoco", "reference")
+
+
 def pq_compute(
     gt_json: str | Path | Mapping[str, Any],
     gt_dir: str | Path | None,
@@ -332,6 +335,7 @@ def pq_compute(
     pred_dir: str | Path | None,
     progress: bool = False,
     only_predicted: bool = False,
+    engine: str = "hotcoco",
 ) -> dict[str, Any]:
     """PQ of COCO panoptic predictions (JSON + folder of PNGs) against COCO panoptic GT, as ``pq_results``.
 
@@ -339,8 +343,16 @@ def pq_compute(
     ``image_id``; extra predictions are ignored. ``only_predicted`` evaluates only the GT images that have a
     prediction (an app export of some images of a dataset) and adds ``images``, how many were evaluated.
     A folder left as None is the JSON path without ``.json`` (panopticapi's default). ``progress`` shows a
-    tqdm bar on stderr (when it is a terminal).
+    tqdm bar on stderr (when it is a terminal; reference engine only).
+
+    ``engine``: ``"hotcoco"`` (default) matches the segments of each image in hotcoco's Rust engine, images in
+    parallel, about 10x faster; ``"reference"`` runs ``pq_compute_single`` here, image by image. Both feed the
+    same per-category counts to ``pq_results``; the test suite holds them equal to 1e-9. The JSON files are
+    checked here for either engine, and a pixel-level error found by hotcoco is re-checked by the reference on
+    that image, so the messages are the same.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown PQ engine {engine!r} (known: {', '.join(ENGINES)})")
     gt_data, gt_name = load_json(gt_json, "ground-truth JSON")
     pred_data, pred_name = load_json(pred_json, "prediction JSON")
     gt_anns = _annotations(gt_data, gt_name)
@@ -375,6 +387,22 @@ def pq_compute(
     if only_predicted and not pairs:
         raise MetricInputError(f"{pred_name}: none of its image ids is in the ground truth {gt_name}")
 
+    if engine == "hotcoco":
+        stat = _hotcoco_stat(pairs, gt_data["categories"], gt_folder, pred_folder)
+    else:
+        stat = _reference_stat(pairs, categories, gt_folder, pred_folder, progress)
+    result = pq_results(stat, categories)
+    if only_predicted:
+        result["images"] = len(pairs)
+    return result
+
+
+Pair = tuple[Mapping[str, Any], Mapping[str, Any]]
+
+
+def _reference_stat(pairs: list[Pair], categories: dict[int, Mapping[str, Any]], gt_folder: Path,
+                    pred_folder: Path, progress: bool = False) -> PQStat:
+    """The per-category counts of every pair, matched here image by image (``pq_compute_single``)."""
     from tqdm import tqdm
 
     stat = PQStat()
@@ -386,7 +414,45 @@ def pq_compute(
                                    f"{gt_png} {gt_map.shape[::-1]}")
         pq_compute_single(gt_map, gt_ann["segments_info"], pred_map, pred_ann["segments_info"], categories,
                           stat=stat, where=f"{pred_png} (image id {gt_ann['image_id']})")
-    result = pq_results(stat, categories)
-    if only_predicted:
-        result["images"] = len(pairs)
-    return result
+    return stat
+
+
+def _hotcoco_stat(pairs: list[Pair], categories: list[Mapping[str, Any]], gt_folder: Path,
+                  pred_folder: Path) -> PQStat:
+    """The per-category counts of every pair from hotcoco's ``PanopticEval`` (Rust, images in parallel).
+
+    Only the paired annotations are handed over (extra predictions and, with ``only_predicted``, unpredicted
+    images are already left out). On an input hotcoco rejects, the reference re-reads the image it names (or
+    every pair) to raise the project's message; a message of hotcoco's own is the fallback.
+    """
+    import contextlib
+    import io
+    import re
+
+    from hotcoco.panoptic import PanopticEval
+
+    for gt_ann, pred_ann in pairs:  # a missing file: our message, before any work
+        for folder, ann, what in ((gt_folder, gt_ann, "ground-truth"), (pred_folder, pred_ann, "prediction")):
+            if not (folder / ann["file_name"]).is_file():
+                raise MetricInputError(f"{folder / ann['file_name']}: PNG not found ({what} of image id "
+                                       f"{ann['image_id']})")
+    gt = {"annotations": [g for g, _ in pairs], "categories": list(categories)}
+    pred = {"annotations": [p for _, p in pairs]}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluation = PanopticEval(gt, pred, gt_folder=gt_folder, pred_folder=pred_folder)
+            evaluation.evaluate()
+            per_class = evaluation.results()["per_class"]
+    except (ValueError, OSError) as e:
+        named = re.match(r"image (\S+):", str(e))
+        suspects = [p for p in pairs if named and str(p[0]["image_id"]) == named.group(1)]
+        cats = as_category_dict(categories)
+        for subset in (suspects, pairs):
+            if subset:
+                _reference_stat(subset, cats, gt_folder, pred_folder)  # raises the project's message
+        raise MetricInputError(f"{gt_folder}: hotcoco rejected the inputs ({e})") from None
+    stat = PQStat()
+    for category_id, counts in per_class.items():
+        cat = stat[int(category_id)]
+        cat.iou, cat.tp, cat.fp, cat.fn = float(counts["iou"]), int(counts["tp"]), int(counts["fp"]), int(counts["fn"])
+    return stat

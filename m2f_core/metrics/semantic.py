@@ -111,6 +111,9 @@ def read_label_png(path: Path) -> np.ndarray:
     return arr
 
 
+ENGINES = ("hotcoco", "reference")
+
+
 def sem_seg_compute(
     gt_dir: str | Path,
     pred_dir: str | Path,
@@ -118,12 +121,20 @@ def sem_seg_compute(
     ignore_index: int = 255,
     class_names: Sequence[str] | None = None,
     progress: bool = False,
+    engine: str = "hotcoco",
 ) -> dict[str, Any]:
     """Semantic metrics of the label PNGs in ``pred_dir`` against those in ``gt_dir`` (same relative names).
 
     Every ``*.png`` under ``gt_dir`` (recursively) needs a prediction of the same size; extra predictions are
     ignored. Returns ``SemSegConfusion.compute()`` plus ``images`` (how many pairs were read).
+
+    ``engine``: ``"hotcoco"`` (default) reads and counts each pair in hotcoco's Rust engine, on every core,
+    about 10x faster; a pair it refuses (a predicted ``ignore_index``, which it does not accept, or a bad
+    label) is counted here instead, which gives the project's rules and messages. ``"reference"`` counts
+    every pair here. The test suite holds both equal.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown mIoU engine {engine!r} (known: {', '.join(ENGINES)})")
     gt_root, pred_root = Path(gt_dir), Path(pred_dir)
     for folder, what in ((gt_root, "ground-truth"), (pred_root, "prediction")):
         if not folder.is_dir():
@@ -131,19 +142,62 @@ def sem_seg_compute(
     gt_files = sorted(gt_root.rglob("*.png"))
     if not gt_files:
         raise MetricInputError(f"{gt_root}: no .png ground-truth file")
-    confusion = SemSegConfusion(num_classes, ignore_index)
-
-    from tqdm import tqdm
-
-    for gt_path in tqdm(gt_files, desc="mIoU", unit="img", file=sys.stderr, disable=None if progress else True):
+    pairs = []
+    for gt_path in gt_files:
         pred_path = pred_root / gt_path.relative_to(gt_root)
         if not pred_path.is_file():
             raise MetricInputError(f"{pred_path}: prediction PNG not found (for ground truth {gt_path})")
-        gt, pred = read_label_png(gt_path), read_label_png(pred_path)
-        if gt.shape != pred.shape:
-            raise MetricInputError(f"{pred_path}: size {pred.shape[::-1]} (W, H) differs from the ground truth "
-                                   f"{gt_path} {gt.shape[::-1]}")
-        confusion.update(pred, gt, where=f"{pred_path} (ground truth {gt_path})")
+        pairs.append((gt_path, pred_path))
+    confusion = SemSegConfusion(num_classes, ignore_index)
+    if engine == "hotcoco":
+        _add_hotcoco(confusion, pairs)
+    else:
+        from tqdm import tqdm
+
+        for gt_path, pred_path in tqdm(pairs, desc="mIoU", unit="img", file=sys.stderr,
+                                       disable=None if progress else True):
+            _add_pair(confusion, gt_path, pred_path)
     out = confusion.compute(class_names)
     out["images"] = len(gt_files)
     return out
+
+
+def _add_pair(confusion: SemSegConfusion, gt_path: Path, pred_path: Path) -> None:
+    """Read one pair and count it here (the reference rules and messages)."""
+    gt, pred = read_label_png(gt_path), read_label_png(pred_path)
+    if gt.shape != pred.shape:
+        raise MetricInputError(f"{pred_path}: size {pred.shape[::-1]} (W, H) differs from the ground truth "
+                               f"{gt_path} {gt.shape[::-1]}")
+    confusion.update(pred, gt, where=f"{pred_path} (ground truth {gt_path})")
+
+
+def _add_hotcoco(confusion: SemSegConfusion, pairs: list[tuple[Path, Path]]) -> None:
+    """Count the pairs with hotcoco's ``SemanticEval`` (one per thread, merged); refused pairs go to ``_add_pair``.
+
+    hotcoco's confusion is ``[gt, pred]`` over the K classes; ours is ``[pred, gt]`` with a "no prediction" row
+    and an "ignored" column, which hotcoco never fills (it refuses those pairs).
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hotcoco.semantic import SemanticEval
+
+    k, ignore = confusion.num_classes, confusion.ignore_index
+
+    def count(chunk: list[tuple[Path, Path]]) -> tuple[SemanticEval, list[tuple[Path, Path]]]:
+        evaluation, refused = SemanticEval(k, ignore_index=ignore), []
+        for gt_path, pred_path in chunk:
+            try:
+                evaluation.update_png(str(gt_path), str(pred_path))  # a refused pair leaves it unchanged
+            except (ValueError, OSError):
+                refused.append((gt_path, pred_path))
+        return evaluation, refused
+
+    workers = max(1, min(len(pairs), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:  # hotcoco releases the GIL while it decodes and counts
+        parts = list(pool.map(count, [pairs[i::workers] for i in range(workers)]))
+    refused = sorted(p for _, r in parts for p in r)
+    for gt_path, pred_path in refused:
+        _add_pair(confusion, gt_path, pred_path)
+    for evaluation, _ in parts:
+        confusion.matrix[:k, :k] += evaluation.confusion().astype(np.int64).T
