@@ -1,4 +1,4 @@
-"""Pieces every command line of the project shares: the one-line usage error and HxW sizes."""
+"""Pieces every command line of the project shares: the one-line usage error, positive counts and HxW sizes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,17 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
         sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts such as ``--limit``: a whole number >= 1 (0 or less would do nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number (1 or more), got {value}")
+    return value
 
 
 def parse_size(text: str, multiple: int = 32, allow_square: bool = True) -> tuple[int, int]:

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from m2f_core.cli import Parser
+from m2f_core.cli import Parser, positive_int
 from m2f_core.metrics import MetricInputError, mask_ap_compute, pq_compute, sem_seg_compute
 
 PROG = "python -m m2f_core.evaluate"
@@ -63,6 +63,7 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["image_dir"] = args.images
     try:
         dataset = open_dataset(f"{args.format}:{args.ann}", split=args.split, **kwargs)
+        print(f"dataset {args.format}:{args.ann}: {dataset.describe()}", file=sys.stderr)
         group = parallel.init()  # under torchrun: the images are split over the processes (docs/data_parallel.md)
         predictor = Predictor(args.weights, device=parallel.device_for(group, args.device), config=args.config)
         result = evaluate_model(predictor, dataset, limit=args.limit, group=group, work=args.work_dir,
@@ -105,7 +106,7 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, help="split for a dataset root (val2017, validation, val...)")
     p.add_argument("--config", default=None, help="preset or config JSON for a .pkl/.pth")
     p.add_argument("--device", default=None, help="cpu, cuda... (default: cuda if available)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="evaluate only the first N images")
     p.add_argument("--work-dir", default=None,
                    help="under torchrun: keep each finished chunk of images here, so that a killed run resumes "
                         "(a folder every process can write; removed at the end)")

@@ -167,7 +167,7 @@ def test_uploads_have_a_size_limit(server, tmp_path):
 def test_launch_binds_locally_and_shares_only_when_asked(monkeypatch, tmp_path, capsys):
     import gradio as gr
 
-    import launch
+    from app import launcher as launch
 
     calls: list[dict] = []
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: calls.append(kwargs))

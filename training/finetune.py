@@ -147,7 +147,9 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     progress.update(phase="loading", pid=os.getpid())
 
     fmt, train_path = parse_dataset_spec(args.train)
-    train_data = open_dataset(args.train, split=args.train_split)
+    train_data = open_dataset(args.train, split=args.train_split, purpose="train")
+    if is_main:
+        print(f"train {args.train}: {train_data.describe()}", file=sys.stderr)
     if len(train_data) == 0:
         raise ValueError(f"{args.train}: no images")
     manifest = read_manifest(train_path) if fmt == "corrections" else None
@@ -155,7 +157,9 @@ def run_finetune(args: argparse.Namespace, recipe: FinetuneRecipe, cancel: Cance
     train_idx, held_idx, untouched = holdout_split(status, recipe.holdout_fraction, recipe.min_images_for_holdout,
                                                    recipe.seed)
     if args.val:
-        val_set = open_dataset(args.val, split=args.val_split)
+        val_set = open_dataset(args.val, split=args.val_split, purpose="eval")
+        if is_main:
+            print(f"val {args.val}: {val_set.describe()}", file=sys.stderr)
         train_idx = sorted(train_idx + held_idx)
         held_idx = []
     else:
@@ -341,8 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="run folder (model/, result.json, progress.json, ...)")
     p.add_argument("--init", default=None, help="starting weights, any load_model source (default: the built-in model)")
     p.add_argument("--val", default=None, help="validation data as FORMAT:PATH (default: hold out a fifth of --train)")
-    p.add_argument("--train-split", default=None, help="split inside the --train root")
-    p.add_argument("--val-split", default=None, help="split inside the --val root")
+    p.add_argument("--train-split", default=None,
+                   help="split inside the --train root (default: its training split: train2017, training, train)")
+    p.add_argument("--val-split", default=None,
+                   help="split inside the --val root (default: its validation split: val2017, validation, val)")
     p.add_argument("--max-minutes", type=float, default=10.0, help="time budget, validation included (default 10)")
     p.add_argument("--max-iter", type=int, default=None, help="iterations (default: from the number of images)")
     p.add_argument("--replay", default=None, help="auto, none, synthetic, untouched or FORMAT:PATH (default: recipe)")

@@ -112,7 +112,7 @@ def replay_source(recipe: FinetuneRecipe, choice: str | None, model_cfg, train_d
         if not untouched:
             return None, "none (no untouched image in the export)"
         return Subset(train_data, untouched, name="untouched"), f"untouched ({len(untouched)} images)"
-    return open_dataset(choice), choice
+    return open_dataset(choice, purpose="train"), choice
 
 
 def retain_source(recipe: FinetuneRecipe, replay_what: str, train_data, untouched: list[int],

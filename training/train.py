@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from m2f_core.cli import positive_int
 from m2f_core.config import Mask2FormerConfig, resolve_config
 
 from .config import TrainConfig, recipe_for
@@ -29,8 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="model preset name or config JSON (default: that of --init)")
     p.add_argument("--train", required=True, help="training data as FORMAT:PATH")
     p.add_argument("--val", default=None, help="validation data as FORMAT:PATH (evaluated every --eval-period)")
-    p.add_argument("--train-split", default=None, help="split inside a dataset root (e.g. train2017, training)")
-    p.add_argument("--val-split", default=None, help="split inside the validation root (e.g. val2017)")
+    p.add_argument("--train-split", default=None,
+                   help="split inside the --train root (default: its training split: train2017, training, train)")
+    p.add_argument("--val-split", default=None,
+                   help="split inside the --val root (default: its validation split: val2017, validation, val)")
     p.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, metrics.jsonl, tensorboard/)")
     p.add_argument("--init", default=None, help="start from these weights (any load_model source)")
     p.add_argument("--max-iter", type=int, default=None, help="optimiser steps (default: the preset's schedule)")
@@ -50,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["step", "poly"], default=None)
     p.add_argument("--checkpoint-period", type=int, default=None, help="save every N iterations (default 5000)")
     p.add_argument("--eval-period", type=int, default=None, help="evaluate every N iterations (default 5000)")
-    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N validation images")
+    p.add_argument("--eval-limit", type=positive_int, default=None, help="evaluate on the first N validation images")
     p.add_argument("--log-period", type=int, default=None, help="write metrics.jsonl every N iterations")
     p.add_argument("--train-config", type=Path, default=None, help="TrainConfig JSON (CLI options override it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -100,8 +103,12 @@ def run(args: argparse.Namespace) -> dict:
     try:
         fmt, _ = parse_dataset_spec(args.train)
         train_cfg = _train_config(args, fmt)
-        train_data = open_dataset(args.train, split=args.train_split)
-        val_data = open_dataset(args.val, split=args.val_split) if args.val else None
+        train_data = open_dataset(args.train, split=args.train_split, purpose="train")
+        val_data = open_dataset(args.val, split=args.val_split, purpose="eval") if args.val else None
+        if dist_info.is_main:
+            print(f"train {args.train}: {train_data.describe()}", file=sys.stderr)
+            if val_data is not None:
+                print(f"val {args.val}: {val_data.describe()}", file=sys.stderr)
         has_ckpt = last_checkpoint(args.out) is not None
         if has_ckpt and not args.resume:
             raise ValueError(f"{args.out} already has checkpoints: pass --resume to continue, or another --out")

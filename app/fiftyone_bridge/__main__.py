@@ -26,12 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from m2f_core.cli import Parser
+from m2f_core.cli import Parser, positive_int
 
 from . import FINETUNED, GT, PRED, BridgeError
 
 PROG = "python -m app.fiftyone_bridge"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _print(obj: Any) -> None:
@@ -62,9 +61,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     from .sources import open_source
 
     reader = open_source(args.format, args.path, args.split, args.images, args.classes)  # fails before FiftyOne
+    print(f"dataset {args.format}:{args.path}: {reader.describe()}", file=sys.stderr)
     from .core import import_dataset
 
-    ds = import_dataset(args.format, args.path, args.name, split=args.split, image_dir=args.images,
+    ds = import_dataset(args.format, args.path, args.name, split=reader.split, image_dir=args.images,
                         class_list=args.classes, overwrite=args.overwrite, reader=reader)
     info = ds.info["m2f"]
     _print({"dataset": ds.name, "samples": len(ds), "classes": len(info["categories"]),
@@ -100,9 +100,12 @@ def cmd_app(args: argparse.Namespace) -> int:
 
     import fiftyone as fo
 
+    from app.workspace import workspace_env
+
     from .core import install_plugin, load_dataset
 
     ds = load_dataset(args.name)
+    os.environ.update(workspace_env())  # the App server (working folder: FiftyOne's) writes where this CLI would
     link = install_plugin()  # the operators are there when the App starts
     print(f"plugin: {link}", file=sys.stderr)
     session = fo.launch_app(ds, port=args.port, address=args.host, remote=True, auto=False)
@@ -127,6 +130,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from app.workspace import corrections_dir, runs_dir
+
     from .finetune import start_finetune, training_plan
 
     ds, view = _view(args)
@@ -136,8 +141,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     name = args.view_tag or ds.slug
-    export = Path(args.export_out) if args.export_out else REPO_ROOT / "datasets" / "corrections" / name
-    run_dir = Path(args.run_dir) if args.run_dir else REPO_ROOT / "runs" / f"fiftyone-{name}"
+    export = Path(args.export_out) if args.export_out else corrections_dir() / name
+    run_dir = Path(args.run_dir) if args.run_dir else runs_dir() / f"fiftyone-{name}"
     record = start_finetune(view, export, run_dir, weights=args.weights, max_minutes=args.max_minutes,
                             max_iter=args.max_iter, val=args.val, device=args.device, prefix=args.labels,
                             extra=shlex.split(args.trainer_args or ""), overwrite_export=args.overwrite)
@@ -192,7 +197,7 @@ def _add_view_args(p: argparse.ArgumentParser, tag_help: str = "only the samples
     p.add_argument("--view-tag", default=None, help=tag_help)
     p.add_argument("--saved-view", "--view", dest="saved_view", default=None,
                    help="a saved view of the dataset (save one in the App)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N samples")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N samples")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,8 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="export a view and start few-shot fine-tuning on it in a detached process")
     _add_view_args(p, tag_help="fine-tune on the samples with this tag (default: the whole dataset)")
     p.add_argument("--weights", default=None, help="starting weights (default: those of the 'pred' predictions)")
-    p.add_argument("--export-out", default=None, help="export folder (default datasets/corrections/<tag or name>)")
-    p.add_argument("--run-dir", default=None, help="run directory (default runs/fiftyone-<tag or name>)")
+    p.add_argument("--export-out", default=None, help="export folder (default $M2F_CORRECTIONS_DIR/<tag or name>, "
+                   "else ./datasets/corrections/<tag or name>)")
+    p.add_argument("--run-dir", default=None, help="run directory (default $M2F_RUNS_DIR/fiftyone-<tag or name>, "
+                   "else ./runs/fiftyone-<tag or name>)")
     p.add_argument("--max-minutes", type=float, default=10.0, help="time budget, validation included (default 10)")
     p.add_argument("--max-iter", type=int, default=None, help="at most N iterations (default: from the samples)")
     p.add_argument("--val", default=None, help="validation data FORMAT:PATH (default: hold out a fifth of the view)")

@@ -12,7 +12,8 @@
 Thin on purpose: every operator calls ``app.fiftyone_bridge``. Install with
 ``python -m app.fiftyone_bridge plugin`` (a link in FiftyOne's plugins folder; the App command does it).
 Settings: ``M2F_EDITOR_URL`` (default http://127.0.0.1:7860), ``M2F_CORRECTIONS_DIR`` (default
-``<repo>/datasets/corrections``, the editor's ``--corrections-dir``), ``M2F_RUNS_DIR`` (``<repo>/runs``).
+``./datasets/corrections``, the editor's ``--corrections-dir``), ``M2F_RUNS_DIR`` (``./runs``); the current
+folder is the one the bridge's ``app`` command ran in (``app.workspace``, shared with the CLI).
 """
 
 from __future__ import annotations
@@ -30,18 +31,11 @@ if str(_REPO) not in sys.path[:1]:
     sys.path.insert(0, str(_REPO))
 
 from app.fiftyone_bridge import FINETUNED, GT, PRED  # noqa: E402
+from app.workspace import corrections_dir, runs_dir  # noqa: E402
 
 
 def _setting(name: str, default: Path | str) -> str:
     return os.environ.get(name) or str(default)
-
-
-def corrections_dir() -> str:
-    return _setting("M2F_CORRECTIONS_DIR", _REPO / "datasets" / "corrections")
-
-
-def runs_dir() -> str:
-    return _setting("M2F_RUNS_DIR", _REPO / "runs")
 
 
 def editor_url() -> str:
@@ -148,7 +142,7 @@ class OpenInEditor(foo.Operator):
             prop.invalid = True
         inputs.str("labels", label="Labels to edit (prefix)", default=GT)
         inputs.str("editor_url", label="Editor URL", default=editor_url())
-        inputs.str("corrections_dir", label="The editor's --corrections-dir", default=corrections_dir())
+        inputs.str("corrections_dir", label="The editor's --corrections-dir", default=str(corrections_dir()))
         return types.Property(inputs, view=types.View(label="Open in the Gradio editor"))
 
     def execute(self, ctx):
@@ -205,8 +199,8 @@ class FineTune(foo.Operator):
         inputs.str("labels", label="Labels to train on (prefix)", default=GT)
         inputs.str("trainer_args", label="More training.finetune options", default="",
                    description="e.g. --recipe recipe.json")
-        inputs.str("corrections_dir", label="Export folder root", default=corrections_dir())
-        inputs.str("runs_dir", label="Runs folder", default=runs_dir())
+        inputs.str("corrections_dir", label="Export folder root", default=str(corrections_dir()))
+        inputs.str("runs_dir", label="Runs folder", default=str(runs_dir()))
         return types.Property(inputs, view=types.View(label="Fine-tune"))
 
     def execute(self, ctx):
