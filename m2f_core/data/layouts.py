@@ -108,7 +108,7 @@ def _panoptic_candidates(root: Path, split: str) -> list[tuple[str, Path]]:
     short = ade20k_split_names(split)[1]
     ade = "ADE20K panoptic (prepare_ade20k_pan_seg.py)"
     return [
-        ("COCO (Detectron2 or raw download)", root / "annotations" / f"panoptic_{split}.json"),
+        ("COCO", root / "annotations" / f"panoptic_{split}.json"),
         ("synthetic generator", root / split / "panoptic.json"),
         (ade, root / f"ade20k_panoptic_{short}.json"),
         (ade, root / "ADEChallengeData2016" / f"ade20k_panoptic_{short}.json"),
@@ -154,7 +154,12 @@ def panoptic_json_dirs(json_file: Path) -> tuple[list[Path], list[tuple[Path, bo
 
 
 def city_image(folder: Path, name: str) -> Path:
-    """A Cityscapes image path: ``folder/<city>/<name>`` where the name starts with ``<city>_``."""
+    """A Cityscapes image path: ``folder/<city>/<name>`` where the name starts with ``<city>_``.
+
+    createPanopticImgs names the image ``<stem>_gtFine_leftImg8bit.png`` in its JSON while the file is
+    ``<stem>_leftImg8bit.png`` (Detectron2 goes by the image id for that reason): both are accepted.
+    """
+    name = name.replace("_gtFine_leftImg8bit.png", "_leftImg8bit.png")
     return folder / name.split("_", 1)[0] / name
 
 

@@ -98,17 +98,26 @@ def _found(dataset: SegmentationDataset, found: Found, splits: SplitChoice, purp
     return dataset
 
 
+def _is_root(path: Path) -> bool:
+    """A COCO spec names a root folder unless it names a .json file (a missing root lists where it looked)."""
+    return path.is_dir() or path.suffix.lower() != ".json"
+
+
 def _open_coco_panoptic(path: Path, splits: SplitChoice, purpose: str, kwargs: dict) -> SegmentationDataset:
     from .coco_panoptic import CocoPanoptic
 
-    found = find_coco_panoptic(path, splits) if path.is_dir() else None
+    found = find_coco_panoptic(path, splits) if _is_root(path) else None
     ds = CocoPanoptic(found.paths["json"] if found else path, **kwargs)
     if found:
+        if found.layout == "COCO":
+            found.layout = "COCO raw download" if ds.png_dir.parent.name == "annotations" else "COCO (Detectron2)"
         _found(ds, found, splits, purpose)
     ds.notes.append(f"annotations {ds.json_file}, PNGs {ds.png_dir}, images {ds.image_dir}")
     if ds.json_file.stem.startswith("cityscapes_panoptic_"):
         ids = "train ids 0..18" if ds.json_file.stem.endswith("_trainId") else "label ids 7..33"
         ds.notes.append(f"category ids: Cityscapes {ids} (cityscapesScripts), classes in train-id order")
+    if ds.json_file.stem.startswith("ade20k_panoptic_"):
+        ds.notes.append("category ids: ADE20K 0..149 (prepare_ade20k_pan_seg.py), the semantic class ids")
     ds.check_images()
     return ds
 
@@ -116,7 +125,7 @@ def _open_coco_panoptic(path: Path, splits: SplitChoice, purpose: str, kwargs: d
 def _open_coco_instances(path: Path, splits: SplitChoice, purpose: str, kwargs: dict) -> SegmentationDataset:
     from .coco_instances import CocoInstances
 
-    found = find_coco_instances(path, splits) if path.is_dir() else None
+    found = find_coco_instances(path, splits) if _is_root(path) else None
     ds = CocoInstances(found.paths["json"] if found else path, **kwargs)
     if found:
         _found(ds, found, splits, purpose)
