@@ -80,8 +80,10 @@ def encode_brush_rle(mask: np.ndarray) -> list[int]:
 def decode_brush_rle(rle: list[int], height: int, width: int) -> np.ndarray:
     """(H, W) bool mask (alpha != 0) of Label Studio's brush RLE; ValueError if malformed or not H x W."""
     data = np.asarray(rle)
-    if data.ndim != 1 or data.size < 7 or data.dtype.kind not in "iu" or data.min() < 0 or data.max() > 255:
+    if data.ndim != 1 or data.dtype.kind not in "iu" or data.size and (data.min() < 0 or data.max() > 255):
         raise ValueError("rle must be a list of byte values (0..255)")
+    if data.size < 7:
+        raise ValueError(f"rle has {data.size} bytes, fewer than its 7-byte header")
     bits = (np.unpackbits(data.astype(np.uint8)) + 48).tobytes().decode("ascii")
     pos = 0
 
