@@ -13,6 +13,10 @@ with the source's ground truth; other images (uploads) get fresh ids above every
 of edits, the weights that predicted it and when it was opened; ``training.finetune`` reads
 ``images[*].file_name`` and ``images[*].status`` from it.
 
+For the annotation tools, ``tools=`` adds their files to the same folder (``TOOL_LAYOUT``; see
+``docs/interchange.md``): CVAT XML and COCO, Label Studio pre-labels and LabelMe, masks or polygons
+within ``max_iou_loss``, so a correction can be reviewed or continued in the tool a team uses.
+
 Atomic at the folder level: everything is written into a hidden temporary sibling
 (``.<name>.tmp-<pid>-*``) that is renamed to ``<name>`` only when complete, so a reader or a crash
 never sees a half-written export. An existing export is replaced only with ``overwrite=True``
@@ -45,9 +49,13 @@ from .editing import EditSession
 from .errors import UserError
 from .state import STATUSES
 
-__all__ = ["MANIFEST_NAME", "ExportError", "ExportItem", "export_corrections", "sanitize_name", "zip_export"]
+__all__ = ["MANIFEST_NAME", "TOOL_LAYOUT", "ExportError", "ExportItem", "export_corrections", "sanitize_name",
+           "zip_export"]
 
 MANIFEST_NAME = "manifest.json"
+# where each annotation tool's files go inside an export folder (``tools=``)
+TOOL_LAYOUT = {"cvat_xml": "cvat/annotations.xml", "cvat_coco": "cvat_coco/annotations/instances_default.json",
+               "label_studio": "label_studio.json", "labelme": "labelme"}
 
 MAX_NAME_LENGTH = 100
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
@@ -156,7 +164,8 @@ def _manifest(fields: dict[str, Any], items: Sequence[ExportItem], samples: Sequ
 
 def export_corrections(items: Sequence[ExportItem | tuple[str | Path, EditSession]], classes: Any,
                        out_root: str | Path, name: str, overwrite: bool = False, *,
-                       manifest: dict[str, Any] | None = None, reserved_ids: Collection[int | str] = ()) -> Path:
+                       manifest: dict[str, Any] | None = None, reserved_ids: Collection[int | str] = (),
+                       tools: Sequence[str] = (), polygons: bool = False, max_iou_loss: float = 0.01) -> Path:
     """Write ``out_root/<name>/`` as a corrections folder, atomically; returns its path.
 
     ``items``: ``ExportItem``s or plain (image path, EditSession) pairs (image names must be distinct);
@@ -164,7 +173,9 @@ def export_corrections(items: Sequence[ExportItem | tuple[str | Path, EditSessio
     files). Items keep their ``source_image_id``; the others get fresh ids above those and above
     ``reserved_ids`` (every id of the source dataset). ``manifest``: the top-level fields of
     ``manifest.json`` (``source``, ``weights``, more if wanted); None writes no manifest (the trainer then
-    takes every image as edited, right for labels exported from FiftyOne).
+    takes every image as edited, right for labels exported from FiftyOne). ``tools``: annotation tool
+    formats (keys of ``TOOL_LAYOUT``) also written into the folder, as masks or, with ``polygons``,
+    polygons within ``max_iou_loss``.
     """
     name = sanitize_name(name)
     if not items:
@@ -178,6 +189,9 @@ def export_corrections(items: Sequence[ExportItem | tuple[str | Path, EditSessio
     remove_stale_temporaries(out_root)  # what an export killed mid-write left (may put an old export back)
     if final.exists() and not overwrite:
         raise ExportError(f"{final} already exists (choose another name or overwrite)")
+    unknown = sorted(set(tools) - set(TOOL_LAYOUT))
+    if unknown:
+        raise ExportError(f"unknown tool format {unknown[0]!r} (one of {', '.join(TOOL_LAYOUT)})")
     categories = _categories(classes)
     samples = _samples(items, _image_ids(items, reserved_ids), categories)
     out_root.mkdir(parents=True, exist_ok=True)
@@ -191,11 +205,36 @@ def export_corrections(items: Sequence[ExportItem | tuple[str | Path, EditSessio
             for s, item in zip(samples, items)]})
         if manifest is not None:
             atomic_write_json(tmp / MANIFEST_NAME, _manifest(manifest, items, samples))
+        _write_tools(tmp, samples, categories, tools, polygons, max_iou_loss)
         _swap_in(tmp, final, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _write_tools(folder: Path, samples: Sequence[Sample], categories: list[dict], tools: Sequence[str],
+                 polygons: bool, max_iou_loss: float) -> None:
+    """The annotation tools' files of an export (``TOOL_LAYOUT``), referring to the images in ``images/``."""
+    if not tools:
+        return
+    from m2f_core.data.cvat import write_cvat_coco, write_cvat_xml
+    from m2f_core.data.label_studio import write_label_studio
+    from m2f_core.data.labelme import write_labelme
+
+    local = [Sample(image_id=s.image_id, file_name=folder / "images" / Path(s.file_name).name, height=s.height,
+                    width=s.width, panoptic=s.panoptic) for s in samples]
+    for fmt in dict.fromkeys(tools):
+        path = folder / TOOL_LAYOUT[fmt]
+        if fmt == "cvat_xml":
+            write_cvat_xml(path, local, categories, polygons=polygons, max_iou_loss=max_iou_loss)
+        elif fmt == "cvat_coco":
+            write_cvat_coco(path, local, categories, polygons=polygons, max_iou_loss=max_iou_loss)
+        elif fmt == "label_studio":
+            write_label_studio(path, local, categories, polygons=polygons, max_iou_loss=max_iou_loss,
+                               image_url_prefix="/data/local-files/?d=images/")
+        else:
+            write_labelme(path, local, categories, max_iou_loss=max_iou_loss, copy_images=False)
 
 
 def _swap_in(tmp: Path, final: Path, overwrite: bool) -> None:

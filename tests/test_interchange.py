@@ -593,3 +593,39 @@ def test_cli_import_cvat_then_train_then_export_everywhere(tmp_path, capsys):
     assert "FORMAT:PATH" in err and "tool's export" in err and "labels not among the categories" in err
     with pytest.raises(SystemExit):
         interchange_main(["export", "--from", f"corrections:{out}", "--to", "labelme:x", "--max-iou-loss", "2"])
+
+
+def test_app_export_writes_the_tools_files(tmp_path):
+    """The app's export can add the tools' files beside the corrections; each reads back as the export."""
+    from app.editing import EditSession
+    from app.export import TOOL_LAYOUT, ExportError, ExportItem, export_corrections
+    from m2f_core.structures import PanopticResult, Segment
+
+    first = cvat_xml_dataset(write_cvat_task(tmp_path / "task"), categories=CATEGORIES)
+    s = first[0]
+    model = Segment(id=1, category_id=0, isthing=True, score=0.75, source="model")
+    segments = [model if g.id == 1 else g for g in s.panoptic.segments]
+    session = EditSession.from_panoptic(PanopticResult(s.panoptic.segment_map.copy(), segments), CATEGORIES)
+    items = [ExportItem(s.file_name, session, "edited")]
+    with pytest.raises(ExportError, match="unknown tool format"):
+        export_corrections(items, CATEGORIES, tmp_path / "out", "bad", tools=["yolo"])
+    root = export_corrections(items, CATEGORIES, tmp_path / "out", "x", tools=list(TOOL_LAYOUT), polygons=True)
+    for fmt, rel in TOOL_LAYOUT.items():
+        assert (root / rel).exists(), fmt
+    exported = open_dataset(f"corrections:{root}")[0]
+    read = [open_dataset(f"cvat_xml:{root / 'cvat'}", image_dir=root / "images", categories=CATEGORIES),
+            open_dataset(f"cvat_coco:{root / 'cvat_coco'}", image_dir=root / "images", categories=CATEGORIES),
+            open_dataset(f"label_studio:{root / 'label_studio.json'}", image_dir=root / "images",
+                         categories=CATEGORIES, source="predictions"),
+            open_dataset(f"labelme:{root / 'labelme'}", categories=CATEGORIES)]
+    for ds in read:
+        back = ds[0]
+        assert back.file_name == root / "images" / "street1.jpg"
+        assert sorted(seg.category_id for seg in back.panoptic.segments) == \
+            sorted(seg.category_id for seg in exported.panoptic.segments)
+        assert (back.panoptic.segment_map > 0).sum() == pytest.approx((exported.panoptic.segment_map > 0).sum(),
+                                                                       rel=0.02)
+    assert 'source="auto"' in (root / "cvat" / "annotations.xml").read_text()  # the model's segment
+    task = json.loads((root / "label_studio.json").read_text())[0]
+    assert task["data"]["image"] == "/data/local-files/?d=images/street1.jpg"
+    assert any(r.get("score") == 0.75 for r in task["predictions"][0]["result"])
