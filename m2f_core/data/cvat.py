@@ -214,7 +214,7 @@ def cvat_xml_dataset(xml_file: str | Path, image_dir: str | Path | None = None,
     meta = root.find("meta")
     declared = [n.text.strip() for n in meta.iter("label") for n in [n.find("name")] if n is not None and n.text] \
         if meta is not None else []
-    images, skipped = [], 0
+    images, skipped, subsets = [], 0, []
     for i, im in enumerate(root.findall("image")):
         where = f"image[{i}]"
         name = im.get("name")
@@ -231,12 +231,16 @@ def cvat_xml_dataset(xml_file: str | Path, image_dir: str | Path | None = None,
                 skipped += 1
         images.append(ToolImage(image_id=_int(im, "id", path, where, i), file_name=name, height=h, width=w,
                                 shapes=shapes))
+        subsets.append(im.get("subset"))
     if skipped:
         logger.warning("%s: %d polyline/points/cuboid/skeleton/tag element(s) are not regions; skipped", path, skipped)
     cats, index = resolve_labels((s.label for im in images for s in im.shapes), categories, path, declared, label_map)
-    if image_dir is None:
-        image_dir = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
-    return ToolDataset(images, cats, index, Path(image_dir), path.stem, path)
+    image_dir = Path(image_dir) if image_dir is not None else (
+        path.parent / "images" if (path.parent / "images").is_dir() else path.parent)
+    for im, subset in zip(images, subsets):  # a project export keeps each subset's images in images/<subset>/
+        if subset and not (image_dir / im.file_name).is_file() and (image_dir / subset / im.file_name).is_file():
+            im.file_name = f"{subset}/{im.file_name}"
+    return ToolDataset(images, cats, index, image_dir, path.stem, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,7 +290,7 @@ def open_cvat(path: str | Path, **kwargs) -> ToolDataset:
         if len(found) == 1:
             return cvat_coco_dataset(found[0], **kwargs)
         raise DatasetError(path, "expected annotations.xml (CVAT for images) or one annotations/instances_*.json "
-                                 f"(COCO 1.0); found {len(found)} JSON files")
+                                 f"(COCO 1.0); found {len(found)} JSON files (name the subset's JSON itself)")
     if path.suffix.lower() == ".xml":
         return cvat_xml_dataset(path, **kwargs)
     if path.suffix.lower() == ".json":

@@ -176,7 +176,8 @@ def _open_tool(fmt: str, path: Path, kwargs: dict) -> SegmentationDataset:
         if fmt == "cvat_coco" and path.is_dir():
             found = sorted((path / "annotations").glob("instances_*.json"))
             if len(found) != 1:
-                raise DatasetError(path, f"expected one annotations/instances_*.json, found {len(found)}")
+                raise DatasetError(path, f"expected one annotations/instances_*.json, found {len(found)} "
+                                         "(name the subset's JSON itself)")
             path = found[0]
         reader = {"cvat": open_cvat, "cvat_xml": cvat_xml_dataset, "cvat_coco": cvat_coco_dataset}[fmt]
         ds = reader(path, **kwargs)
