@@ -61,11 +61,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     from .sources import open_source
 
     reader = open_source(args.format, args.path, args.split, args.images, args.classes)  # fails before FiftyOne
-    print(f"dataset {args.format}:{args.path}: {reader.describe()}", file=sys.stderr)
     from .core import import_dataset
 
     ds = import_dataset(args.format, args.path, args.name, split=reader.split, image_dir=args.images,
                         class_list=args.classes, overwrite=args.overwrite, reader=reader)
+    print(f"imported {args.format}:{args.path}: {reader.describe()}", file=sys.stderr)
     info = ds.info["m2f"]
     _print({"dataset": ds.name, "samples": len(ds), "classes": len(info["categories"]),
             "ground_truth": info["ground_truth"], "fields": sorted(ds.get_field_schema())})
