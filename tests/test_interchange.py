@@ -629,3 +629,30 @@ def test_app_export_writes_the_tools_files(tmp_path):
     task = json.loads((root / "label_studio.json").read_text())[0]
     assert task["data"]["image"] == "/data/local-files/?d=images/street1.jpg"
     assert any(r.get("score") == 0.75 for r in task["predictions"][0]["result"])
+
+
+def test_predictions_pushed_as_prelabels(tmp_path, capsys):
+    """m2f_core.predict's output -> Label Studio pre-labels and CVAT polygons, read back as predicted."""
+    from m2f_core.predict import run as predict
+
+    image = save_image(tmp_path / "images" / "a.jpg", 64, 80)
+    assert predict(None, tmp_path / "pred", [str(image)], ("panoptic",), device="cpu", overlays=False) == 0
+    spec = f"coco_panoptic:{tmp_path / 'pred' / 'panoptic.json'}"
+    predicted = open_dataset(spec, image_dir=tmp_path / "images")
+    pred = predicted[0]
+    images = ["--images", str(tmp_path / "images")]
+    assert interchange_main(["export", "--from", spec, "--to", f"label_studio:{tmp_path / 'pre.json'}", *images]) == 0
+    assert interchange_main(["export", "--from", spec, "--to", f"cvat_xml:{tmp_path / 'cvat'}", "--polygons",
+                             *images]) == 0
+    out = capsys.readouterr().out
+    assert "as polygons (lowest IoU" in out
+    tasks = json.loads((tmp_path / "pre.json").read_text())
+    assert "predictions" in tasks[0] and "annotations" not in tasks[0]
+    back = label_studio_dataset(tmp_path / "pre.json", image_dir=tmp_path / "images",
+                                categories=predicted.categories, source="predictions")[0]
+    assert back.file_name == image
+    assert panoptic_key(back) == panoptic_key(pred)  # brushes: pixel-equal
+    cvat = cvat_xml_dataset(tmp_path / "cvat" / "annotations.xml", image_dir=tmp_path / "images",
+                            categories=predicted.categories)[0]
+    assert sorted(s.category_id for s in cvat.panoptic.segments) == \
+        sorted(s.category_id for s in pred.panoptic.segments)

@@ -57,13 +57,13 @@ def open_source(spec: str, classes: list[dict] | None = None, label_map: dict[st
     kwargs: dict[str, Any] = {}
     if classes is not None:
         kwargs["categories"] = classes
+    if images is not None:
+        if fmt not in (*TOOL_FORMATS, "coco_panoptic", "coco_instances") or fmt == "labelme":
+            raise DatasetError(spec, f"--images does not apply to {fmt} (its files say where the images are)")
+        kwargs["image_dir"] = Path(images)
     if fmt in TOOL_FORMATS:
         if label_map:
             kwargs["label_map"] = label_map
-        if images is not None:
-            if fmt == "labelme":
-                raise DatasetError(spec, "LabelMe files name their own images (imagePath); --images does not apply")
-            kwargs["image_dir"] = Path(images)
         if fmt == "label_studio":
             kwargs["source"] = ls_source
     elif label_map:
@@ -151,7 +151,6 @@ def _parser() -> Parser:
             p.add_argument("--from", dest="source", required=True, help=f"the tool's export: {tools}PATH")
             p.add_argument("--to", dest="target", required=True, type=Path, help="the corrections folder to write")
             p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
-            p.add_argument("--images", default=None, help="the image folder (default: the export's own layout)")
             p.add_argument("--ls-source", choices=("annotations", "predictions"), default="annotations",
                            help="Label Studio: read annotations (default) or predictions")
         else:
@@ -166,9 +165,14 @@ def _parser() -> Parser:
                            help="polygons keep IoU >= 1 - this with the mask (default 0.01)")
             p.add_argument("--ls-as", choices=("predictions", "annotations"), default="predictions",
                            help="Label Studio: write pre-labels (default) or annotations")
+            p.add_argument("--ls-source", choices=("annotations", "predictions"), default="annotations",
+                           help="Label Studio as the source: read annotations (default) or predictions")
             p.add_argument("--image-url-prefix", default="/data/local-files/?d=",
                            help="Label Studio: data.image = this + the image name (default %(default)s)")
             p.add_argument("--no-copy-images", action="store_true", help="LabelMe: refer to the images, do not copy")
+        p.add_argument("--images", default=None,
+                       help="the image folder (default: the source's own layout; predictions of m2f_core.predict "
+                            "need it)")
         p.add_argument("--classes", default=None,
                        help="categories to match labels to: a shipped list (coco_panoptic, ade20k...) or a JSON file")
         p.add_argument("--map", action="append", default=[], metavar="LABEL=NAME", help="rename a tool label")
@@ -191,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"corrections": str(out), "images": len(ds), "classes": len(ds.categories),
                               "train_with": f"corrections:{out}"}))
             return 0
-        ds = open_source(args.source, classes, label_map)
+        ds = open_source(args.source, classes, label_map, args.images, args.ls_source)
         report = export_dataset(ds, args.target, args.polygons, args.max_iou_loss, args.ls_as == "predictions",
                                 args.image_url_prefix, not args.no_copy_images)
         print(report.summary())
