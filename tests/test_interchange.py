@@ -192,6 +192,9 @@ def cvat_coco_json(root: Path) -> Path:
             {"id": 4, "image_id": 1, "category_id": 1, "segmentation": [[30.0, 2.0, 38.0, 2.0, 38.0, 9.0, 30.0, 9.0]],
              "area": 56.0, "bbox": [30.0, 2.0, 8.0, 7.0], "iscrowd": 0,
              "attributes": {"occluded": False, "is_crowd": True}},
+            # a CVAT rectangle: no segmentation, the bbox is the region
+            {"id": 5, "image_id": 1, "category_id": 3, "segmentation": [], "area": 20.0, "bbox": [20.0, 2.0, 4.0, 5.0],
+             "iscrowd": 0, "attributes": {"occluded": False}},
         ]}
     path = root / "annotations" / "instances_default.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -339,8 +342,9 @@ def test_cvat_coco_import_and_round_trip(tmp_path):
     assert ds.image_dir == tmp_path / "coco" / "images" / "default" and ds[0].file_name.is_file()
     s = ds[0]
     # iscrowd 1 is how CVAT stores a mask; only attributes.is_crowd makes a crowd
-    assert [(a.category_id, a.iscrowd) for a in s.instances] == [(0, False), (2, False), (0, True)]
+    assert [(a.category_id, a.iscrowd) for a in s.instances] == [(0, False), (2, False), (0, True), (2, False)]
     assert (s.instances[0].mask() == car_mask()).all()
+    assert s.instances[3].mask()[2:7, 20:24].all() and s.instances[3].mask().sum() == 20
     assert isinstance(open_dataset(f"cvat:{path}"), ToolDataset)
     for polygons in (False, True):
         report = write_cvat_coco(tmp_path / f"out{polygons}", ds, ds.categories, polygons=polygons)

@@ -41,11 +41,13 @@ from .annotation_tools import (
     resolve_labels,
     sample_regions,
 )
-from .coco_instances import CocoInstances
+from .categories import normalize_categories
+from .coco_instances import _check_segmentation as check_coco_segmentation
+from .coco_json import read_images, require_image_id
 from .errors import DatasetError
-from .fileio import read_json
+from .fileio import read_json, require
 from .polygons import mask_to_polygons, polygons_to_mask
-from .records import Sample
+from .records import InstanceAnnotation, Sample
 
 __all__ = [
     "cvat_coco_dataset", "cvat_mask_rle", "cvat_xml_dataset", "decode_cvat_mask_rle", "open_cvat",
@@ -258,26 +260,63 @@ def _coco_image_dir(root: Path, json_file: Path) -> Path:
 def cvat_coco_dataset(json_file: str | Path, image_dir: str | Path | None = None,
                       categories: list[dict] | str | None = None,
                       label_map: dict[str, str] | None = None) -> ToolDataset:
-    """Reader of CVAT's "COCO 1.0" export (see the module doc for its ``iscrowd`` rule)."""
+    """Reader of CVAT's "COCO 1.0" export (see the module doc for its ``iscrowd`` rule).
+
+    An annotation with an empty ``segmentation`` is a CVAT rectangle: its ``bbox`` is the region.
+    Polygons and RLEs are checked as ``coco_instances`` checks them and decoded with pycocotools.
+    """
     path = Path(json_file)
     root = path.parent.parent if path.parent.name == "annotations" else path.parent
     image_dir = Path(image_dir) if image_dir is not None else _coco_image_dir(root, path)
-    coco = CocoInstances(path, image_dir=image_dir)  # validates the file, decodes polygons and RLE
-    raw = read_json(path)
-    crowd = {a.get("id"): bool((a.get("attributes") or {}).get("is_crowd", False))
-             for a in raw.get("annotations", []) if isinstance(a, dict) and isinstance(a.get("attributes"), dict)}
-    names = coco.class_names
-    images = []
-    for i in range(len(coco)):
-        s = coco[i]
-        shapes = [ToolShape(label=names[a.category_id], decode=lambda h, w, a=a: a.mask(), z=k,
-                            iscrowd=crowd.get(a.id, False), where=f"image {s.image_id!r} annotation {a.id}")
-                  for k, a in enumerate(s.instances or [])]
-        images.append(ToolImage(s.image_id, Path(s.file_name).relative_to(image_dir).as_posix(), s.height, s.width,
-                                shapes))
-    declared = [c["name"] for c in sorted(coco.categories, key=lambda c: c["id"])]
-    cats, index = resolve_labels((s.label for im in images for s in im.shapes), categories, path, declared, label_map)
-    return ToolDataset(images, cats, index, image_dir, path.stem, path)
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DatasetError(path, f"top level must be an object with 'images', got {type(data).__name__}")
+    images = read_images(data, path, required=True)
+    assert images is not None
+    declared = normalize_categories(require(data, "categories", "list", "top level", path), path)
+    names = {c["id"]: c["name"] for c in declared}
+    shapes: dict[int | str, list[ToolShape]] = {iid: [] for iid in images}
+    for k, ann in enumerate(require(data, "annotations", "list", "top level", path, default=[])):
+        where = f"annotations[{k}]"
+        if not isinstance(ann, dict):
+            raise DatasetError(path, f"{where} must be an object, got {type(ann).__name__}")
+        image_id = require_image_id(ann, "image_id", where, path)
+        if image_id not in images:
+            raise DatasetError(path, f"{where}: image {image_id!r} is not in 'images'")
+        cat = require(ann, "category_id", "int", where, path)
+        if cat not in names:
+            raise DatasetError(path, f"{where}: unknown category id {cat}")
+        _, h, w = images[image_id]
+        attributes = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
+        decode = _coco_decoder(ann, where, h, w, path)
+        if decode is not None:
+            shapes[image_id].append(ToolShape(label=names[cat], decode=decode, z=k,
+                                              iscrowd=bool(attributes.get("is_crowd", False)), where=where))
+    tool_images = [ToolImage(iid, name, h, w, shapes[iid]) for iid, (name, h, w) in images.items()]
+    order = [c["name"] for c in sorted(declared, key=lambda c: c["id"])]
+    cats, index = resolve_labels((s.label for im in tool_images for s in im.shapes), categories, path, order,
+                                 label_map)
+    return ToolDataset(tool_images, cats, index, image_dir, path.stem, path)
+
+
+def _coco_decoder(ann: dict, where: str, h: int, w: int, path: Path):
+    """A decoder of one COCO annotation's region: its polygons / RLE, or its bbox when it has neither."""
+    seg = ann.get("segmentation")
+    if seg in (None, []):
+        box = ann.get("bbox")
+        if (not isinstance(box, list) or len(box) != 4
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+            raise DatasetError(path, f"{where} has no segmentation and no bbox [x, y, w, h]")
+        x, y, bw, bh = (float(v) for v in box)
+        return _polygon_decoder([_rotated_box(x, y, x + bw, y + bh, 0.0, 0.0, 0.0)])
+    if not isinstance(seg, (list, dict)):
+        raise DatasetError(path, f"{where}.segmentation must be polygons or an RLE object, got {type(seg).__name__}")
+    checked = check_coco_segmentation(seg, where, h, w, path)
+    if checked is None:
+        logger.warning("%s: %s has no polygon with 3 or more points; skipped", path, where)
+        return None
+    inst = InstanceAnnotation(category_id=0, segmentation=checked, height=h, width=w)
+    return lambda hh, ww: inst.mask()
 
 
 def open_cvat(path: str | Path, **kwargs) -> ToolDataset:
