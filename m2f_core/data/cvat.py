@@ -13,7 +13,8 @@ conventions (see ``docs/interchange.md`` for the sources):
 - **COCO 1.0** (``annotations/instances_<subset>.json``, images in ``images/<subset>/`` or
   ``images/``): COCO instances whose categories start at 1, with an ``attributes`` dict. CVAT
   writes every MASK as an uncompressed RLE with ``iscrowd: 1``, so ``iscrowd`` there does not mean
-  crowd: an annotation is a crowd only when its ``attributes`` say ``is_crowd``.
+  crowd: an annotation is a crowd only when its ``attributes`` say ``is_crowd``. A rectangle is an
+  annotation with an empty ``segmentation``: its ``bbox`` is the region.
 
 Polygons are rasterised with pycocotools (``polygons.py``'s ``"coco"`` convention). Readers follow
 ``annotation_tools`` (labels, painting); writers write masks, or polygons within ``max_iou_loss``
