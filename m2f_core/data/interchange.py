@@ -71,7 +71,14 @@ def open_source(spec: str, classes: list[dict] | None = None, label_map: dict[st
     return open_dataset(spec, **kwargs)
 
 
-def import_dataset(dataset: SegmentationDataset, out: str | Path, overwrite: bool = False) -> Path:
+def _items(dataset: SegmentationDataset, label: str, progress: bool):
+    from tqdm import tqdm
+
+    return (dataset[i] for i in tqdm(range(len(dataset)), desc=label, unit="img", disable=not progress))
+
+
+def import_dataset(dataset: SegmentationDataset, out: str | Path, overwrite: bool = False,
+                   progress: bool = False) -> Path:
     """Write ``dataset`` as the corrections folder ``out`` (built beside it, renamed in when complete)."""
     from .corrections import write_corrections
 
@@ -80,7 +87,7 @@ def import_dataset(dataset: SegmentationDataset, out: str | Path, overwrite: boo
     remove_stale_temporaries(out.parent)
     if out.exists() and not overwrite:
         raise DatasetError(out, "already exists (pass --overwrite to replace it)")
-    samples = [dataset[i] for i in range(len(dataset))]
+    samples = list(_items(dataset, "import", progress))
     if not samples:
         raise DatasetError(dataset.name, "no annotated image to import")
     tmp = make_temp_dir(out.parent, out.name)
@@ -95,13 +102,13 @@ def import_dataset(dataset: SegmentationDataset, out: str | Path, overwrite: boo
 
 def export_dataset(dataset: SegmentationDataset, target: str, polygons: bool = False, max_iou_loss: float = 0.01,
                    as_predictions: bool = True, image_url_prefix: str = "/data/local-files/?d=",
-                   copy_images: bool = True) -> ExportReport:
+                   copy_images: bool = True, progress: bool = False) -> ExportReport:
     """Write ``dataset`` to ``target`` = ``FORMAT:PATH`` with FORMAT one of ``EXPORT_FORMATS``."""
     fmt, sep, path_text = target.partition(":")
     if not sep or not path_text or fmt not in EXPORT_FORMATS:
         raise DatasetError(target, f"expected FORMAT:PATH with FORMAT one of {', '.join(EXPORT_FORMATS)}")
     path = Path(path_text).expanduser()
-    samples = (dataset[i] for i in range(len(dataset)))
+    samples = _items(dataset, "export", progress)
     cats = dataset.categories
     if fmt == "labelme":
         from .labelme import write_labelme
@@ -191,13 +198,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise DatasetError(args.source, f"import reads a tool's export ({', '.join(TOOL_FORMATS)}); "
                                                 "other formats train as they are")
             ds = open_source(args.source, classes, label_map, args.images, args.ls_source)
-            out = import_dataset(ds, args.target, args.overwrite)
+            out = import_dataset(ds, args.target, args.overwrite, progress=True)
             print(json.dumps({"corrections": str(out), "images": len(ds), "classes": len(ds.categories),
                               "train_with": f"corrections:{out}"}))
             return 0
         ds = open_source(args.source, classes, label_map, args.images, args.ls_source)
         report = export_dataset(ds, args.target, args.polygons, args.max_iou_loss, args.ls_as == "predictions",
-                                args.image_url_prefix, not args.no_copy_images)
+                                args.image_url_prefix, not args.no_copy_images, progress=True)
         print(report.summary())
         return 0
     except (DatasetError, OSError) as e:
