@@ -7,6 +7,9 @@ its modules loads only what that module needs:
 - ``specs``: ``open_dataset("FORMAT:PATH")`` and ``parse_dataset_spec`` (readers imported when asked for).
 - readers / writers: ``coco_panoptic``, ``coco_instances`` (with ``coco_json``, the checks both
   share), ``ade20k``, ``cityscapes``, ``semantic``, ``corrections``.
+- annotation tools: ``cvat``, ``label_studio``, ``labelme`` (readers and writers, with the shared
+  rules in ``annotation_tools`` and masks <-> polygons in ``polygons``); ``interchange`` is their
+  command line (``docs/interchange.md``).
 - helpers: ``errors`` (``DatasetError``), ``fileio`` (checked JSON / PNG access), ``categories``.
 - training data: ``transforms`` (augmentations), ``targets``, ``train_dataset``; ``synthetic``
   (the synthetic scene generator).
