@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -74,6 +74,24 @@ class Group:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, value)
         return out
+
+    def share(self, compute: Callable[[], Any]) -> Any:
+        """``compute()`` run on rank 0 only, its value on every rank; its exception is raised on rank 0 as it is
+        and as a ``ParallelError`` elsewhere (so that no rank waits for a value that will never come)."""
+        if self.world_size == 1:
+            return compute()
+        value, error = None, None
+        if self.is_main:
+            try:
+                value = compute()
+            except Exception as e:
+                error = e
+        value, message = self.broadcast((value, None if error is None else str(error)))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise ParallelError(message)
+        return value
 
     def gather(self, value: Any) -> list[Any] | None:
         """Every rank's ``value`` in rank order on rank 0; None elsewhere."""
@@ -209,13 +227,15 @@ def _bar(group: Group, total: int, desc: str, progress: bool):
 
 def run_items(group: Group, n: int, process: Callable[[int], Any], work: Path | None = None,
               manifest: dict[str, Any] | None = None, desc: str = "predict",
-              progress: bool = True) -> list[Any] | None:
+              progress: bool = True) -> Iterator[Any] | None:
     """``process(i)`` for every item ``i < n`` split over the group; the JSON-able records in item order on
-    rank 0 (None on the other ranks).
+    rank 0 (None on the other ranks), as an iterator.
 
     With a ``work`` folder every finished chunk is saved there and skipped by a re-run of the same
-    ``manifest``. In a group, a rank's exception is reported to all: every rank raises
-    ``ParallelError("rank R: ...")`` once all have stopped; alone, it propagates as it is.
+    ``manifest``; rank 0 then reads the records from there, one chunk at a time (no rank keeps them in
+    memory). Without one they come to rank 0 over the process group. In a group, a rank's exception is
+    reported to all: every rank raises ``ParallelError("rank R: ...")`` once all have stopped; alone, it
+    propagates as it is.
     """
     from .atomic import atomic_write_json
 
@@ -235,8 +255,9 @@ def run_items(group: Group, n: int, process: Callable[[int], Any], work: Path | 
                 for i in chunks[c]:
                     out.append(process(i))
                     bar.update(1)
-                records[c] = out
-                if work is not None:
+                if work is None:
+                    records[c] = out
+                else:
                     atomic_write_json(_chunk_path(work, c), out)
                 if stop_after and count >= stop_after:
                     os._exit(3)  # the test hook: as if killed here
@@ -247,14 +268,14 @@ def run_items(group: Group, n: int, process: Callable[[int], Any], work: Path | 
     failures = [f for f in group.all_gather(failure) if f]
     if failures:
         raise ParallelError("; ".join(failures))
+    if work is not None:
+        return (r for c in range(len(chunks)) for r in _read_chunk(_chunk_path(work, c))) if group.is_main else None
     gathered = group.gather(records)
     if gathered is None:
         return None
     for part in gathered:
         records.update(part)
-    for c in done:
-        records[c] = _read_chunk(_chunk_path(work, c))  # type: ignore[arg-type]
-    return [r for c in range(len(chunks)) for r in records[c]]
+    return (r for c in range(len(chunks)) for r in records[c])
 
 
 def _read_chunk(path: Path) -> list[Any]:

@@ -142,7 +142,7 @@ def run(weights: str | None, out: Path, images: list[str], tasks: tuple[str, ...
     from .predictor import Predictor
 
     group = parallel.init()
-    paths = group.broadcast(_collect_images(images))  # every process works on rank 0's list
+    paths = group.share(lambda: _collect_images(images))  # rank 0 lists the images for every process
     predictor = Predictor(weights, device=parallel.device_for(group, device), config=config, compile=compile)
     categories = categories_from_config(predictor.config)
     names = _unique_names(paths)
@@ -157,8 +157,9 @@ def run(weights: str | None, out: Path, images: list[str], tasks: tuple[str, ...
     code, error = 0, None
     if records is not None:
         try:
+            records = list(records)  # from the chunk files under torchrun
             _write_json(out, records, tasks, categories)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, parallel.ParallelError) as e:
             if not group.launched:
                 raise
             error = str(e)

@@ -132,3 +132,51 @@ def test_a_failing_rank_fails_the_run_with_its_message(scenes, tmp_path):
     assert run.returncode != 0 and run.stdout == ""
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "rank 1:" in errors[0] and bad.name in errors[0], run.stderr
+
+
+@pytest.fixture()
+def fiftyone_env(tmp_path, monkeypatch):
+    """FiftyOne on a fresh database in a temporary folder (as tests/test_fiftyone_bridge.py), no tracking."""
+    env = {"FIFTYONE_DATABASE_DIR": str(tmp_path / "db"), "FIFTYONE_DO_NOT_TRACK": "true",
+           "FIFTYONE_DATABASE_VALIDATION": "false", "FIFTYONE_SHOW_PROGRESS_BARS": "false"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    fo = pytest.importorskip("fiftyone")
+    fo.config.database_dir = env["FIFTYONE_DATABASE_DIR"]
+    fo.config.show_progress_bars = False
+    yield env
+    for name in fo.list_datasets():
+        fo.delete_dataset(name)
+
+
+def _label_values(label) -> list:
+    """What a prediction field holds, without FiftyOne's random label ids."""
+    import numpy as np
+
+    if label is None or isinstance(label, float):
+        return [label]
+    if hasattr(label, "detections"):
+        return [(d.label, d.bounding_box, d.confidence, np.asarray(d.mask).tobytes()) for d in label.detections]
+    return [np.asarray(getattr(label, "mask", None) if hasattr(label, "mask") else label.map).tobytes()]
+
+
+@pytest.mark.slow  # ~60 s: FiftyOne's database, then two processes that import FiftyOne
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_fiftyone_predict_two_processes_same_fields(scenes, fiftyone_env, tmp_path):
+    from app.fiftyone_bridge import fields
+    from app.fiftyone_bridge.core import import_dataset
+
+    ds = import_dataset("coco_panoptic", scenes, "dp", progress=False)
+    single = _python("app.fiftyone_bridge", "predict", "--name", "dp", "--prefix", "one", **fiftyone_env)
+    assert single.returncode == 0, single.stderr  # in a process of its own: one thread, as each of the two below
+    work = tmp_path / "work"
+    run = _torchrun("app.fiftyone_bridge", "predict", "--name", "dp", "--prefix", "two", "--work-dir", str(work),
+                    **fiftyone_env)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["samples"] == 6 and not work.exists()
+    ds.reload()
+    one, two = fields("one"), fields("two")
+    for sample in ds.iter_samples():
+        for kind in ("panoptic", "instances", "semantic", "uncertainty", "uncertainty_map"):
+            assert _label_values(sample[two[kind]]) == _label_values(sample[one[kind]]), (sample.filepath, kind)
+    assert ds.info["m2f"]["predictions"]["two"]["samples"] == 6

@@ -78,12 +78,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .core import predict_view
 
     tune_process()  # a program: keep freed activation memory in the heap (m2f_core/runtime.py)
+    if "WORLD_SIZE" in os.environ:  # torchrun: the samples are split over the processes (docs/data_parallel.md)
+        return _predict_parallel(args)
     _, view = _view(args)
     report = predict_view(view, weights=args.weights, prefix=args.prefix, device=args.device, config=args.config)
     _print(report.to_dict())
     for line in report.errors:
         print(f"error: {line}", file=sys.stderr)
     return 1 if report.errors else 0
+
+
+def _predict_parallel(args: argparse.Namespace) -> int:
+    """``predict`` in one process of a torchrun run: rank 0 reads the view and writes the dataset, prints."""
+    import re
+
+    from m2f_core import parallel
+
+    from .core import predict_view_parallel
+
+    group = parallel.init()
+    work = Path(args.work_dir or ".m2f-predict-" + re.sub(r"[^A-Za-z0-9_.-]", "_", f"{args.name}-{args.prefix}"))
+    try:
+        report = predict_view_parallel(group, lambda: _view(args)[1], work, weights=args.weights,
+                                       prefix=args.prefix, device=args.device, config=args.config)
+        code = 0
+        if report is not None:
+            _print(report.to_dict())
+            for line in report.errors:
+                print(f"error: {line}", file=sys.stderr)
+            code = 1 if report.errors else 0
+        return parallel.finish(group, code)
+    except parallel.ParallelError as e:  # shared by every rank: rank 0 prints it
+        if not group.is_main:
+            return 2
+        raise BridgeError(str(e)) from None
+    finally:
+        parallel.close()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -224,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="preset or config JSON for a .pkl/.pth")
     p.add_argument("--device", default=None, help="cpu, cuda... (default: cuda if available)")
     p.add_argument("--prefix", default=PRED, help=f"field prefix of the predictions (default {PRED})")
+    p.add_argument("--work-dir", default=None,
+                   help="under torchrun: where the processes keep their finished chunks, so that a killed run "
+                        "resumes (default .m2f-predict-<name>-<prefix> here; shared by every node)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="per-sample and dataset PQ, mIoU and mask AP")

@@ -37,7 +37,7 @@ from .convert import (
 from .sources import open_source
 
 __all__ = ["PredictReport", "apply_colors", "categories", "export_view", "import_dataset", "install_plugin",
-           "load_dataset", "open_source", "predict_view", "sample_record", "select"]
+           "load_dataset", "open_source", "predict_view", "predict_view_parallel", "sample_record", "select"]
 
 INFO_KEY = "m2f"
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -234,6 +234,45 @@ class PredictReport:
                 "errors": self.errors}
 
 
+def _prediction_fields(pred, classes: ClassIndex, class_names: list[str], mapping: np.ndarray,
+                       f: dict[str, str]) -> dict[str, Any]:
+    """One prediction's fields: panoptic and instance detections, semantic map, mean and map of uncertainty."""
+    pan, ins, sem = pred.panoptic(), pred.instance(), pred.semantic()
+    unc = pred.uncertainty()
+    sem_lut = np.where(mapping >= 0, mapping, IGNORE_LABEL)
+    return {f["panoptic"]: panoptic_to_detections(pan, classes, class_names, mapping, scores=True),
+            f["instances"]: instance_result_to_detections(ins, classes, class_names, mapping),
+            f["semantic"]: semantic_to_segmentation(sem_lut[sem.label_map], len(classes)),
+            f["uncertainty"]: float(unc.mean()),
+            f["uncertainty_map"]: fo.Heatmap(map=np.round(unc * 255).astype(np.uint8), range=[0, 255])}
+
+
+def _start_predict(collection: fo.Dataset | fo.DatasetView, prefix: str) -> list[dict]:
+    """The checks before predicting into ``collection``; returns its class list."""
+    check_prefix(prefix)
+    if prefix == GT:
+        raise BridgeError("predictions cannot be written to the ground-truth prefix 'gt'")
+    return categories(collection)
+
+
+def _finish_predict(ds: fo.Dataset, report: PredictReport, cats: list[dict], model_name: str,
+                    model_classes: list[str], start: float) -> None:
+    """Record the run on the dataset: fields, mask targets, ``info`` entry, colours."""
+    f = fields(report.prefix)
+    report.seconds = time.perf_counter() - start
+    report.fields = [f[k] for k in ("panoptic", "instances", "semantic", "uncertainty", "uncertainty_map")]
+    if ds.has_field(f["semantic"]):
+        targets = dict(ds.mask_targets)
+        targets[f["semantic"]] = mask_targets(cats)
+        ds.mask_targets = targets
+    ds.info[INFO_KEY].setdefault("predictions", {})[report.prefix] = {
+        "weights": report.weights, "model": model_name, "model_classes": list(model_classes),
+        "unmapped_classes": report.unmapped_classes, "samples": report.samples,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    ds.save()
+    apply_colors(ds)
+
+
 def predict_view(view: fo.Dataset | fo.DatasetView, weights: str | None = None, prefix: str = PRED,
                  device: str | None = None, config: str | None = None, progress: bool = True,
                  callback: Progress | None = None) -> PredictReport:
@@ -250,11 +289,8 @@ def predict_view(view: fo.Dataset | fo.DatasetView, weights: str | None = None, 
     from m2f_core.metrics.model_eval import class_mapping
     from m2f_core.predictor import Predictor
 
-    check_prefix(prefix)
-    if prefix == GT:
-        raise BridgeError("predictions cannot be written to the ground-truth prefix 'gt'")
+    cats = _start_predict(view, prefix)
     ds = view._dataset if isinstance(view, fo.DatasetView) else view
-    cats = categories(ds)
     classes = ClassIndex(cats)
     predictor = Predictor(weights, device=device, config=config)
     cfg = predictor.config
@@ -264,7 +300,6 @@ def predict_view(view: fo.Dataset | fo.DatasetView, weights: str | None = None, 
                            unmapped_classes=[cfg.class_names[i] for i in np.flatnonzero(mapping < 0)])
     total = len(view)
     start = time.perf_counter()
-    sem_lut = np.where(mapping >= 0, mapping, IGNORE_LABEL)
     bar = tqdm(total=total, desc=f"predict {prefix}", unit="img", disable=None if progress else True)
     try:
         for done, sample in enumerate(view.iter_samples(autosave=True, progress=False), start=1):
@@ -273,32 +308,94 @@ def predict_view(view: fo.Dataset | fo.DatasetView, weights: str | None = None, 
             except ImageError as e:
                 report.errors.append(str(e))
             else:
-                pan, ins, sem = pred.panoptic(), pred.instance(), pred.semantic()
-                unc = pred.uncertainty()
-                sample[f["panoptic"]] = panoptic_to_detections(pan, classes, cfg.class_names, mapping, scores=True)
-                sample[f["instances"]] = instance_result_to_detections(ins, classes, cfg.class_names, mapping)
-                sample[f["semantic"]] = semantic_to_segmentation(sem_lut[sem.label_map], len(cats))
-                sample[f["uncertainty"]] = float(unc.mean())
-                sample[f["uncertainty_map"]] = fo.Heatmap(map=np.round(unc * 255).astype(np.uint8), range=[0, 255])
+                for name, value in _prediction_fields(pred, classes, cfg.class_names, mapping, f).items():
+                    sample[name] = value
                 report.samples += 1
             bar.update(1)
             if callback is not None:
                 callback(done, total)
     finally:
         bar.close()
-    report.seconds = time.perf_counter() - start
-    report.fields = [f[k] for k in ("panoptic", "instances", "semantic", "uncertainty", "uncertainty_map")]
-    if ds.has_field(f["semantic"]):
-        targets = dict(ds.mask_targets)
-        targets[f["semantic"]] = mask_targets(cats)
-        ds.mask_targets = targets
-    ds.info[INFO_KEY].setdefault("predictions", {})[prefix] = {
-        "weights": report.weights, "model": cfg.name, "model_classes": list(cfg.class_names),
-        "unmapped_classes": report.unmapped_classes, "samples": report.samples,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    ds.save()
-    apply_colors(ds)
+    _finish_predict(ds, report, cats, cfg.name, cfg.class_names, start)
     return report
+
+
+def predict_view_parallel(group, open_view: Callable[[], fo.Dataset | fo.DatasetView], work: str | Path,
+                          weights: str | None = None, prefix: str = PRED, device: str | None = None,
+                          config: str | None = None, progress: bool = True) -> PredictReport | None:
+    """``predict_view`` split over the processes of a torchrun run (``m2f_core.parallel``).
+
+    Rank 0 opens the view (``open_view()``) and hands every process the samples' ids and images;
+    each process predicts its chunks and saves their fields (FiftyOne's JSON) in ``work``, a folder
+    every process can write; rank 0 then writes them into the dataset in the view's order. Only rank
+    0 touches the dataset. A killed run resumes from ``work`` (same samples, weights and prefix).
+    Returns the report on rank 0, None elsewhere.
+    """
+    from m2f_core import parallel
+    from m2f_core.images import ImageError
+    from m2f_core.metrics.model_eval import class_mapping
+    from m2f_core.predictor import Predictor
+
+    opened: list = []
+
+    def samples() -> tuple[list[str], list[str], list[dict]]:
+        view = open_view()
+        cats = _start_predict(view, prefix)
+        opened.append(view)
+        return list(view.values("id")), list(view.values("filepath")), cats
+
+    ids, paths, cats = group.share(samples)
+    classes = ClassIndex(cats)
+    predictor = Predictor(weights, device=parallel.device_for(group, device), config=config)
+    cfg = predictor.config
+    mapping = class_mapping(cfg.class_names, None, cats)
+    f = fields(prefix)
+
+    def one(i: int) -> dict[str, Any]:
+        try:
+            pred = predictor.predict(paths[i])
+        except ImageError as e:
+            return {"error": str(e)}
+        values = _prediction_fields(pred, classes, cfg.class_names, mapping, f)
+        return {"error": None, "fields": {k: v.to_json() if isinstance(v, fo.Label) else v for k, v in values.items()}}
+
+    manifest = {"program": "fiftyone predict", "samples": ids, "images": paths, "prefix": prefix,
+                "categories": cats, "weights": parallel.weights_fingerprint(weights), "config": cfg.to_dict()}
+    start = time.perf_counter()
+    work = Path(work)
+    records = parallel.run_items(group, len(ids), one, work=work, manifest=manifest, desc=f"predict {prefix}",
+                                 progress=progress)
+    report, error = None, None
+    if records is not None:
+        report = PredictReport(prefix, str(weights or "builtin"),
+                               unmapped_classes=[cfg.class_names[i] for i in np.flatnonzero(mapping < 0)])
+        try:
+            _write_records(opened[0], ids, records, report)
+            ds = opened[0]._dataset if isinstance(opened[0], fo.DatasetView) else opened[0]
+            _finish_predict(ds, report, cats, cfg.name, cfg.class_names, start)
+        except Exception as e:
+            error = " ".join(str(e).split()) or type(e).__name__
+        else:
+            parallel.remove_work(group, work)
+    parallel.finish(group, 0, error)
+    return report
+
+
+def _write_records(view: fo.Dataset | fo.DatasetView, ids: list[str], records, report: PredictReport) -> None:
+    """Rank 0 writes the gathered fields into the samples, in the order they were handed out."""
+    ds = view._dataset if isinstance(view, fo.DatasetView) else view
+    expected = zip(ids, records)
+    # the loop runs over the samples to their end: the autosave of the last batch happens there
+    for sample in ds.select(ids, ordered=True).iter_samples(autosave=True, progress=False):
+        sample_id, record = next(expected)
+        if sample.id != sample_id:
+            raise BridgeError(f"sample {sample_id} was deleted during the run; its predictions are in the work folder")
+        if record["error"] is not None:
+            report.errors.append(record["error"])
+            continue
+        for name, value in record["fields"].items():
+            sample[name] = fo.Label.from_json(value) if isinstance(value, str) else value
+        report.samples += 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ def evaluate_model(predictor, dataset, limit: int | None = None, progress: bool 
     result, error = None, None
     if records is not None:
         try:
-            result = merge_records(records, cats, unmapped)
+            result = merge_records(list(records), cats, unmapped)
         except Exception as e:
             if not group.launched:
                 raise
