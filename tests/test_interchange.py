@@ -523,6 +523,8 @@ def test_unknown_labels_are_errors_or_mapped(tmp_path):
     ("cvat_xml", "<annotations><image id='0' name='a.jpg' width='4' height='4'><polygon label='car' "
                  "points='1,1;2,x;3,3'/></image></annotations>", "points"),
     ("cvat_xml", "<annotations><track id='0' label='car'/></annotations>", "CVAT for video"),
+    ("cvat_xml", "<annotations><image id='0' name='a.jpg' width='100000' height='100000'/></annotations>",
+     "pixels"),
     ("label_studio", "[{\"data\": {\"image\": \"a.jpg\"}, \"annotations\": [{\"result\": [", "not valid JSON"),
     ("label_studio", "{\"tasks\": []}", "list of tasks"),
     ("label_studio", json.dumps([{"data": {"image": "a.jpg"}, "annotations": [{"result": [

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_json
+from ..images import DEFAULT_MAX_PIXELS
 from .annotation_tools import (
     IGNORE_LABEL_NAME,
     ExportReport,
@@ -215,8 +216,8 @@ def cvat_xml_dataset(xml_file: str | Path, image_dir: str | Path | None = None,
     if root.find("track") is not None:
         raise DatasetError(path, "has <track> elements (CVAT for video): export the task as 'CVAT for images 1.1'")
     meta = root.find("meta")
-    declared = [n.text.strip() for n in meta.iter("label") for n in [n.find("name")] if n is not None and n.text] \
-        if meta is not None else []
+    names = [label.find("name") for label in meta.iter("label")] if meta is not None else []
+    declared = [n.text.strip() for n in names if n is not None and n.text]  # the task's (or project's) labels
     images, skipped, subsets = [], 0, []
     for i, im in enumerate(root.findall("image")):
         where = f"image[{i}]"
@@ -224,8 +225,8 @@ def cvat_xml_dataset(xml_file: str | Path, image_dir: str | Path | None = None,
         if not name:
             raise DatasetError(path, f"{where} has no name")
         h, w = _int(im, "height", path, where), _int(im, "width", path, where)
-        if h <= 0 or w <= 0:
-            raise DatasetError(path, f"{where} has size {w}x{h}")
+        if h <= 0 or w <= 0 or h * w > DEFAULT_MAX_PIXELS:  # its masks would be decoded at this size
+            raise DatasetError(path, f"{where} has size {w}x{h} (at most {DEFAULT_MAX_PIXELS:,} pixels)")
         shapes = []
         for k, el in enumerate(im):
             if el.tag in _REGION_TAGS:

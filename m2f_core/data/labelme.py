@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_json
+from ..images import DEFAULT_MAX_PIXELS
 from .annotation_tools import ExportReport, ToolDataset, ToolImage, ToolShape, resolve_labels, sample_regions
 from .errors import DatasetError
 from .fileio import encode_png, image_size, read_json, require
@@ -103,8 +104,8 @@ def _read_one(src: Path) -> tuple[ToolImage, int]:
         if not image_file.is_file():
             raise DatasetError(src, "no imageHeight / imageWidth and no image at imagePath to measure")
         h, w = image_size(image_file)
-    if h <= 0 or w <= 0:
-        raise DatasetError(src, f"image size {w}x{h}")
+    if h <= 0 or w <= 0 or h * w > DEFAULT_MAX_PIXELS:  # its masks would be drawn at this size
+        raise DatasetError(src, f"image size {w}x{h} (at most {DEFAULT_MAX_PIXELS:,} pixels)")
     shapes, skipped = [], 0
     for k, shape in enumerate(require(data, "shapes", "list", "top level", src)):
         where = f"shapes[{k}]"
