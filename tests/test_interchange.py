@@ -523,6 +523,8 @@ def test_unknown_labels_are_errors_or_mapped(tmp_path):
     ("cvat_xml", "<annotations><image id='0' name='a.jpg' width='4' height='4'><polygon label='car' "
                  "points='1,1;2,x;3,3'/></image></annotations>", "points"),
     ("cvat_xml", "<annotations><track id='0' label='car'/></annotations>", "CVAT for video"),
+    ("cvat_xml", "<annotations><image id='0' name='a.jpg' width='4' height='4'><polygon label='car' "
+                 "points='1,1;2,2;1e12,3'/></image></annotations>", "far outside"),
     ("cvat_xml", "<annotations><image id='0' name='a.jpg' width='100000' height='100000'/></annotations>",
      "pixels"),
     ("label_studio", "[{\"data\": {\"image\": \"a.jpg\"}, \"annotations\": [{\"result\": [", "not valid JSON"),
@@ -533,6 +535,9 @@ def test_unknown_labels_are_errors_or_mapped(tmp_path):
     ("label_studio", json.dumps([{"data": {"image": "a.jpg"}, "annotations": [{"result": [
         {"type": "polygonlabels", "original_width": 4, "original_height": 4,
          "value": {"points": [[1, 1], [2, 2], [3, 1]], "polygonlabels": ["car", "road"]}}]}]}]), "exactly one label"),
+    ("label_studio", json.dumps([{"data": {"image": "a.jpg"}, "annotations": [{"result": [
+        {"type": "polygonlabels", "original_width": 4, "original_height": 4,
+         "value": {"points": [[1, 1], [2, 2], [1e9, 1]], "polygonlabels": ["car"]}}]}]}]), "far outside"),
     ("labelme", "{\"shapes\": [", "not valid JSON"),
     ("labelme", json.dumps({"shapes": [{"label": "car", "points": [[1, 1]], "shape_type": "blob"}],
                             "imagePath": "a.jpg", "imageHeight": 4, "imageWidth": 4}), "unknown shape_type"),

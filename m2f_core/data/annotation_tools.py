@@ -31,11 +31,12 @@ import numpy as np
 from ..structures import PanopticResult
 from .categories import normalize_categories, resolve_categories
 from .errors import DatasetError
+from .polygons import polygons_to_mask
 from .records import GTSegment, InstanceAnnotation, Sample, SegmentationDataset
 
 __all__ = [
     "IGNORE_LABEL_NAME", "VOID_LABELS", "ExportReport", "Region", "ToolDataset", "ToolImage", "ToolShape",
-    "resolve_labels", "sample_regions",
+    "polygon_decoder", "resolve_labels", "sample_regions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,17 @@ class ToolImage:
     height: int
     width: int
     shapes: list[ToolShape] = field(default_factory=list)
+
+
+def polygon_decoder(polygons: list[np.ndarray], height: int, width: int, source: str | Path, where: str,
+                    rasterizer: str = "coco") -> Callable[[int, int], np.ndarray]:
+    """A decoder of (N, 2) polygons, checked now: a point far outside the image is an error (pycocotools
+    rasterises along every edge, so one point at 1e9 would cost memory without bound)."""
+    for p in polygons:
+        if not (np.isfinite(p).all() and (-width <= p[:, 0]).all() and (p[:, 0] <= 2 * width).all()
+                and (-height <= p[:, 1]).all() and (p[:, 1] <= 2 * height).all()):
+            raise DatasetError(source, f"{where} has points far outside the {width}x{height} image")
+    return lambda h, w: polygons_to_mask(polygons, h, w, rasterizer)
 
 
 def resolve_labels(found: Iterable[str], categories: list[dict] | str | None, source: str | Path,

@@ -40,6 +40,7 @@ from .annotation_tools import (
     ToolDataset,
     ToolImage,
     ToolShape,
+    polygon_decoder,
     resolve_labels,
     sample_regions,
 )
@@ -48,7 +49,7 @@ from .coco_instances import _check_segmentation as check_coco_segmentation
 from .coco_json import read_images, require_image_id
 from .errors import DatasetError
 from .fileio import read_json, require
-from .polygons import mask_to_polygons, polygons_to_mask
+from .polygons import mask_to_polygons
 from .records import InstanceAnnotation, Sample
 
 __all__ = [
@@ -166,10 +167,6 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, degrees: float) -> np.n
     return pts @ rot.T + [cx, cy]
 
 
-def _polygon_decoder(polys: list[np.ndarray]):
-    return lambda h, w: polygons_to_mask(polys, h, w, "coco")
-
-
 def _xml_shape(el: ET.Element, path: Path, where: str, h: int, w: int) -> ToolShape:
     label = el.get("label")
     if not label:
@@ -179,16 +176,17 @@ def _xml_shape(el: ET.Element, path: Path, where: str, h: int, w: int) -> ToolSh
         pts = _points(el.get("points"), path, where)
         if len(pts) < 3:
             raise DatasetError(path, f"{where} has {len(pts)} points (a polygon needs 3)")
-        decode = _polygon_decoder([pts])
+        decode = polygon_decoder([pts], h, w, path, where)
     elif tag == "box":
         x0, y0 = _number(el, "xtl", path, where), _number(el, "ytl", path, where)
         x1, y1 = _number(el, "xbr", path, where), _number(el, "ybr", path, where)
         rot = _number(el, "rotation", path, where, 0.0)
-        decode = _polygon_decoder([_rotated_box(x0, y0, x1, y1, rot, (x0 + x1) / 2, (y0 + y1) / 2)])
+        decode = polygon_decoder([_rotated_box(x0, y0, x1, y1, rot, (x0 + x1) / 2, (y0 + y1) / 2)], h, w, path, where)
     elif tag == "ellipse":
-        decode = _polygon_decoder([_ellipse(_number(el, "cx", path, where), _number(el, "cy", path, where),
-                                            _number(el, "rx", path, where), _number(el, "ry", path, where),
-                                            _number(el, "rotation", path, where, 0.0))])
+        ellipse = _ellipse(_number(el, "cx", path, where), _number(el, "cy", path, where),
+                           _number(el, "rx", path, where), _number(el, "ry", path, where),
+                           _number(el, "rotation", path, where, 0.0))
+        decode = polygon_decoder([ellipse], h, w, path, where)
     else:
         box = [_int(el, k, path, where) for k in ("left", "top", "width", "height")]
         try:
@@ -310,7 +308,7 @@ def _coco_decoder(ann: dict, where: str, h: int, w: int, path: Path):
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
             raise DatasetError(path, f"{where} has no segmentation and no bbox [x, y, w, h]")
         x, y, bw, bh = (float(v) for v in box)
-        return _polygon_decoder([_rotated_box(x, y, x + bw, y + bh, 0.0, 0.0, 0.0)])
+        return polygon_decoder([_rotated_box(x, y, x + bw, y + bh, 0.0, 0.0, 0.0)], h, w, path, where)
     if not isinstance(seg, (list, dict)):
         raise DatasetError(path, f"{where}.segmentation must be polygons or an RLE object, got {type(seg).__name__}")
     checked = check_coco_segmentation(seg, where, h, w, path)

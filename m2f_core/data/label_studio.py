@@ -38,10 +38,18 @@ import numpy as np
 
 from ..atomic import atomic_write_json
 from ..images import DEFAULT_MAX_PIXELS
-from .annotation_tools import ExportReport, ToolDataset, ToolImage, ToolShape, resolve_labels, sample_regions
+from .annotation_tools import (
+    ExportReport,
+    ToolDataset,
+    ToolImage,
+    ToolShape,
+    polygon_decoder,
+    resolve_labels,
+    sample_regions,
+)
 from .errors import DatasetError
 from .fileio import image_size, read_json, require
-from .polygons import mask_to_polygons, polygons_to_mask
+from .polygons import mask_to_polygons
 from .records import Sample
 
 __all__ = ["decode_brush_rle", "encode_brush_rle", "label_studio_dataset", "write_label_studio"]
@@ -201,7 +209,7 @@ def _result_shape(r: dict, kind: str, label: str, h: int, w: int, z: int, where:
             local = np.stack([num("radiusX") * np.cos(t), num("radiusY") * np.sin(t)], 1) * scale
             pts = (local @ rot.T + np.array([num("x"), num("y")]) * scale) / scale
         pixels = np.round(pts * scale, 6)  # percent -> pixels, float noise of the division removed
-        decode = lambda hh, ww, p=pixels: polygons_to_mask([p], hh, ww, "coco")  # noqa: E731
+        decode = polygon_decoder([pixels], h, w, src, where)
     return ToolShape(label=label, decode=decode, z=z, group=r.get("id"), where=where)
 
 
