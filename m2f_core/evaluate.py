@@ -33,17 +33,18 @@ PROG = "python -m m2f_core.evaluate"
 def run_panoptic(args: argparse.Namespace) -> dict[str, Any]:
     """PQ/SQ/RQ of COCO panoptic predictions."""
     return pq_compute(args.gt_json, args.gt_dir, args.pred_json, args.pred_dir, progress=True,
-                      only_predicted=args.only_predicted)
+                      only_predicted=args.only_predicted, engine=args.engine)
 
 
 def run_semantic(args: argparse.Namespace) -> dict[str, Any]:
     """mIoU/fwIoU/mACC/pACC of semantic label PNGs."""
-    return sem_seg_compute(args.gt_dir, args.pred_dir, args.num_classes, args.ignore_index, progress=True)
+    return sem_seg_compute(args.gt_dir, args.pred_dir, args.num_classes, args.ignore_index, progress=True,
+                           engine=args.engine)
 
 
 def run_instance(args: argparse.Namespace) -> dict[str, Any]:
     """COCO mask AP of instance results."""
-    return mask_ap_compute(args.gt_json, args.pred_json)
+    return mask_ap_compute(args.gt_json, args.pred_json, engine=args.engine)
 
 
 def run_model(args: argparse.Namespace) -> dict[str, Any]:
@@ -63,7 +64,8 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["image_dir"] = args.images
     try:
         dataset = open_dataset(f"{args.format}:{args.ann}", split=args.split, **kwargs)
-        print(f"dataset {args.format}:{args.ann}: {dataset.describe()}", file=sys.stderr)
+        if parallel.is_main_process():
+            print(f"dataset {args.format}:{args.ann}: {dataset.describe()}", file=sys.stderr)
         group = parallel.init()  # under torchrun: the images are split over the processes (docs/data_parallel.md)
         predictor = Predictor(args.weights, device=parallel.device_for(group, args.device), config=args.config)
         result = evaluate_model(predictor, dataset, limit=args.limit, group=group, work=args.work_dir,
@@ -124,6 +126,8 @@ def _add_panoptic(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only-predicted", action="store_true",
                    help="evaluate only the ground-truth images that have a prediction (e.g. an app export of some "
                         "images of the dataset); the output's 'images' says how many")
+    p.add_argument("--engine", choices=("hotcoco", "reference"), default="hotcoco",
+                   help="hotcoco (default, Rust, parallel) or reference (pure Python, the test oracle); same numbers")
     p.set_defaults(func=run_panoptic)
 
 
@@ -135,15 +139,19 @@ def _add_semantic(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pred-dir", required=True, help="folder of predicted label PNGs (same relative names)")
     p.add_argument("--num-classes", required=True, type=int, help="number of classes (ids 0..N-1)")
     p.add_argument("--ignore-index", type=int, default=255, help="ground-truth label to ignore (default 255)")
+    p.add_argument("--engine", choices=("hotcoco", "reference"), default="hotcoco",
+                   help="hotcoco (default, Rust, parallel) or reference (numpy, the test oracle); same numbers")
     p.set_defaults(func=run_semantic)
 
 
 def _add_instance(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("instance", help="instance segmentation mask AP (pycocotools COCOeval segm)",
+    p = sub.add_parser("instance", help="instance segmentation mask AP (COCOeval segm)",
                        description="COCO mask AP (AP, AP50, AP75, APs, APm, APl, per class) of RLE results.")
     p.add_argument("--gt-json", required=True, help="COCO instance ground-truth JSON")
     p.add_argument("--pred-json", required=True, help="results JSON: list of {image_id, category_id, "
                                                       "segmentation (RLE), score}")
+    p.add_argument("--engine", choices=("hotcoco", "pycocotools"), default="hotcoco",
+                   help="COCOeval of hotcoco (default, Rust) or of pycocotools (the reference); same numbers")
     p.set_defaults(func=run_instance)
 
 
