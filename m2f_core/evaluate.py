@@ -105,7 +105,7 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
                    choices=["coco_panoptic", "coco_instances", "ade20k", "cityscapes", "semantic", "corrections"])
     p.add_argument("--ann", required=True, help="annotation JSON (COCO formats) or dataset root folder")
     p.add_argument("--images", default=None, help="image folder (default: derived from --ann)")
-    p.add_argument("--split", default=None, help="split for a dataset root (val2017, validation, val...)")
+    p.add_argument("--split", default=None, help="split in a dataset root (default: val2017, val or validation)")
     p.add_argument("--config", default=None, help="preset or config JSON for a .pkl/.pth")
     p.add_argument("--device", default=None, help="cpu, cuda... (default: cuda if available)")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="evaluate only the first N images")

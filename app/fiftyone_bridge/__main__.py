@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=IMPORT_FORMATS)
     p.add_argument("--path", required=True, help="annotation JSON (COCO formats) or dataset root folder")
     p.add_argument("--name", required=True, help="name of the FiftyOne dataset to create")
-    p.add_argument("--split", default=None, help="split inside a dataset root (val2017, validation, val...)")
+    p.add_argument("--split", default=None, help="split in a dataset root (default: val2017, val or validation)")
     p.add_argument("--images", default=None, help="image folder (COCO formats; default: derived from --path)")
     p.add_argument("--classes", default=None, help="a shipped class list (ade20k, cityscapes, coco_panoptic...) "
                    "for the semantic format, or to override the file's")
