@@ -63,11 +63,13 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
     if args.images:
         kwargs["image_dir"] = args.images
     try:
-        dataset = open_dataset(f"{args.format}:{args.ann}", split=args.split, **kwargs)
+        group = parallel.init()  # under torchrun: the images are split over the processes (docs/data_parallel.md)
+        # on every rank; a mistake shared by all (a bad path, bad weights) is printed once, by rank 0
+        dataset = group.each(lambda: open_dataset(f"{args.format}:{args.ann}", split=args.split, **kwargs))
         if parallel.is_main_process():
             print(f"dataset {args.format}:{args.ann}: {dataset.describe()}", file=sys.stderr)
-        group = parallel.init()  # under torchrun: the images are split over the processes (docs/data_parallel.md)
-        predictor = Predictor(args.weights, device=parallel.device_for(group, args.device), config=args.config)
+        predictor = group.each(lambda: Predictor(args.weights, device=parallel.device_for(group, args.device),
+                                                 config=args.config))
         result = evaluate_model(predictor, dataset, limit=args.limit, group=group, work=args.work_dir,
                                 inputs=_model_inputs(args))
     except parallel.ParallelError as e:  # shared by every rank: rank 0 prints it

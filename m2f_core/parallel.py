@@ -93,6 +93,25 @@ class Group:
             raise ParallelError(message)
         return value
 
+    def each(self, compute: Callable[[], Any]) -> Any:
+        """``compute()`` on every rank (loading the weights...), failing on all ranks if it fails on one: rank 0
+        raises its own exception, or a ``ParallelError`` naming the first rank that failed; the others raise
+        a ``ParallelError`` (``report_error`` keeps them silent), so a shared mistake is printed once."""
+        if self.world_size == 1:
+            return compute()
+        value, error = None, None
+        try:
+            value = compute()
+        except Exception as e:
+            error = e
+        failed = [(r, m) for r, m in enumerate(self.all_gather(None if error is None else str(error))) if m]
+        if failed:
+            if self.is_main and error is not None:
+                raise error
+            rank, message = failed[0]
+            raise ParallelError(f"rank {rank}: {message}")
+        return value
+
     def gather(self, value: Any) -> list[Any] | None:
         """Every rank's ``value`` in rank order on rank 0; None elsewhere."""
         if self.world_size == 1:

@@ -143,7 +143,8 @@ def run(weights: str | None, out: Path, images: list[str], tasks: tuple[str, ...
 
     group = parallel.init()
     paths = group.share(lambda: _collect_images(images))  # rank 0 lists the images for every process
-    predictor = Predictor(weights, device=parallel.device_for(group, device), config=config, compile=compile)
+    predictor = group.each(lambda: Predictor(weights, device=parallel.device_for(group, device), config=config,
+                                             compile=compile))
     categories = categories_from_config(predictor.config)
     names = _unique_names(paths)
     out.mkdir(parents=True, exist_ok=True)

@@ -346,7 +346,7 @@ def predict_view_parallel(group, open_view: Callable[[], fo.Dataset | fo.Dataset
 
     ids, paths, cats = group.share(samples)
     classes = ClassIndex(cats)
-    predictor = Predictor(weights, device=parallel.device_for(group, device), config=config)
+    predictor = group.each(lambda: Predictor(weights, device=parallel.device_for(group, device), config=config))
     cfg = predictor.config
     mapping = class_mapping(cfg.class_names, None, cats)
     f = fields(prefix)
