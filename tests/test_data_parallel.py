@@ -180,3 +180,43 @@ def test_fiftyone_predict_two_processes_same_fields(scenes, fiftyone_env, tmp_pa
         for kind in ("panoptic", "instances", "semantic", "uncertainty", "uncertainty_map"):
             assert _label_values(sample[two[kind]]) == _label_values(sample[one[kind]]), (sample.filepath, kind)
     assert ds.info["m2f"]["predictions"]["two"]["samples"] == 6
+
+
+# ------------------------------------------------------------------------------------------ in one process
+
+
+def test_run_items_saves_chunks_and_resumes_in_one_process(tmp_path):
+    """The bookkeeping without torchrun's processes: a failure keeps the finished chunks, a re-run skips them."""
+    from m2f_core.parallel import Group, ParallelError, default_chunk_size, run_items
+
+    group, work, calls = Group(launched=True), tmp_path / "work", []
+    assert default_chunk_size(10, 1) == 3  # about four chunks per process
+
+    def failing(i: int) -> dict:
+        if i == 7:
+            raise ValueError("image 7 is broken")
+        calls.append(i)
+        return {"i": i}
+
+    with pytest.raises(ParallelError, match="rank 0: image 7 is broken"):
+        list(run_items(group, 10, failing, work=work, manifest={"images": 10}, progress=False))
+    assert sorted(p.name for p in work.glob("chunk-*.json")) == ["chunk-000000.json", "chunk-000001.json"]
+    calls.clear()
+    records = list(run_items(group, 10, lambda i: calls.append(i) or {"i": i}, work=work, manifest={"images": 10},
+                             progress=False))
+    assert records == [{"i": i} for i in range(10)] and calls == [6, 7, 8, 9]  # chunks 0-1 (items 0-5) kept
+    with pytest.raises(ParallelError, match="differs in: images"):
+        run_items(group, 10, lambda i: i, work=work, manifest={"images": 11}, progress=False)
+
+
+def test_run_items_alone_is_a_plain_loop(tmp_path):
+    """Without torchrun: no work folder, the records in order, an exception as it was raised."""
+    from m2f_core.parallel import Group, run_items
+
+    assert list(run_items(Group(), 5, lambda i: i * i, progress=False)) == [0, 1, 4, 9, 16]
+
+    def failing(i: int) -> int:
+        raise KeyError(i)
+
+    with pytest.raises(KeyError):
+        list(run_items(Group(), 3, failing, progress=False))
