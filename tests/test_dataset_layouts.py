@@ -321,13 +321,22 @@ def test_split_choice():
 def test_programs_print_the_split(tmp_path, capsys):
     from m2f_core.data.synthetic import generate_dataset
     from m2f_core.evaluate import main as evaluate_main
+    from training.train import main as train_main
 
     out = tmp_path / "D"
     generate_dataset(out, 1, seed=0, split="val", size=(96, 96))
+    generate_dataset(out, 2, seed=0, split="train", size=(96, 96))
     code = evaluate_main(["model", "--format", "coco_panoptic", "--ann", str(out), "--weights",
                           str(tmp_path / "missing-weights")])
     err = capsys.readouterr().err
     assert code == 2 and f"dataset coco_panoptic:{out}: 1 images" in err and "split 'val'" in err
+    # the trainer reads the training split of the same root, its --val the validation split, and says so
+    code = train_main(["--train", f"coco_panoptic:{out}", "--val", f"coco_panoptic:{out}", "--out",
+                       str(tmp_path / "run"), "--init", str(tmp_path / "missing-weights"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing-weights" in err
+    assert f"train coco_panoptic:{out}: 2 images" in err and "split 'train' (the default for training" in err
+    assert f"val coco_panoptic:{out}: 1 images" in err and "split 'val' (the default for evaluation" in err
 
 
 # --------------------------------------------------------------------------------------------
