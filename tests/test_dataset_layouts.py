@@ -450,3 +450,18 @@ def test_fiftyone_cli_finetune_folders(tmp_path, monkeypatch):
                        (here / "c" / "fixed", here / "r" / "fiftyone-fixed")]
     assert not any(p.is_relative_to(REPO) for pair in started for p in pair)
     assert os.environ.get("M2F_RUNS_DIR") == str(tmp_path / "r")
+
+
+def test_app_prints_the_split(tmp_path, monkeypatch, capsys):
+    gr = pytest.importorskip("gradio")
+    from app import launcher
+    from m2f_core.data.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "D", 1, seed=0, split="val", size=(96, 96))
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: None)
+    monkeypatch.setattr(launcher.signal, "signal", lambda *args: None)  # keep pytest's own SIGTERM handling
+    assert launcher.main(["--no-browser", "--no-examples", "--dataset", f"coco_panoptic:{tmp_path / 'D'}",
+                          "--corrections-dir", str(tmp_path / "c"), "--runs-dir", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert f"dataset coco_panoptic:{tmp_path / 'D'}: 1 images" in err
+    assert "split 'val' (the default for evaluation" in err
