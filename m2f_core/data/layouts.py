@@ -201,16 +201,16 @@ def first_dir_with(candidates: Iterable[Path], relative: str | None) -> Path | N
 # Image + label folder pairs: ADE20K, Cityscapes, semantic
 
 
-def _pair_search(root: Path, splits: SplitChoice, images: str, labels: str, names: Iterable[str],
-                 what: str, layout: str, allow_flat: bool) -> Found:
-    """First split whose ``root/images/<s>`` and ``root/labels/<s>`` both exist (``<s>`` from ``names``);
-    with ``allow_flat`` and no split given, ``root/images`` + ``root/labels`` themselves (split "")."""
+def _pair_search(root: Path, splits: SplitChoice, names: Iterable[str], images: str, labels: str,
+                 what: str, layout: str) -> Found:
+    """The first split of ``names`` whose ``root/images/<s>`` and ``root/labels/<s>`` both exist; with no
+    split given, else ``root/images`` + ``root/labels`` themselves when they hold PNGs (split "")."""
     search = Search()
-    for split, folder in names:
-        img, lab = root / images / folder, root / labels / folder
+    for split in names:
+        img, lab = root / images / split, root / labels / split
         if search.is_dir(img) and search.is_dir(lab):
             return Found(split, layout, {"images": img, "labels": lab})
-    if allow_flat and not splits.given:
+    if not splits.given:
         img, lab = root / images, root / labels
         if search.is_dir(img) and search.is_dir(lab) and any(lab.glob("*.png")):
             return Found("", f"{layout} without split folders", {"images": img, "labels": lab})
@@ -225,25 +225,23 @@ def find_ade20k(root: Path, splits: SplitChoice, labels: str = "annotations") ->
         root = root / "ADEChallengeData2016"
     own = splits.own_names(("training", "validation", "train", "val"))
     folders = dict.fromkeys(ade20k_split_names(s)[0] for s in own)
-    names = [(folder, folder) for folder in folders]
-    found = _pair_search(root, splits, "images", labels, names, f"ADEChallengeData2016 images + {labels}",
-                         "ADEChallengeData2016", allow_flat=True)
+    found = _pair_search(root, splits, folders, "images", labels, f"ADEChallengeData2016 images + {labels}",
+                         "ADEChallengeData2016")
     found.paths["root"] = root
     return found
 
 
 def find_cityscapes(root: Path, splits: SplitChoice) -> Found:
     """Cityscapes: ``leftImg8bit/{split}/<city>/`` + ``gtFine/{split}/<city>/`` (or both without splits)."""
-    names = [(s, s) for s in splits.own_names(("train", "val", "test"))]
-    return _pair_search(root, splits, "leftImg8bit", "gtFine", names, "Cityscapes leftImg8bit + gtFine folders",
-                        "Cityscapes", allow_flat=True)
+    names = splits.own_names(("train", "val", "test"))
+    return _pair_search(root, splits, names, "leftImg8bit", "gtFine", "Cityscapes leftImg8bit + gtFine folders",
+                        "Cityscapes")
 
 
 def find_semantic(root: Path, splits: SplitChoice) -> Found:
     """A semantic folder: ``images/{split}`` + ``annotations/{split}``, or ``images/`` + ``annotations/``."""
-    names = [(s, s) for s in splits.names]
-    return _pair_search(root, splits, "images", "annotations", names, "images + annotations folders",
-                        "semantic folder", allow_flat=True)
+    return _pair_search(root, splits, splits.names, "images", "annotations", "images + annotations folders",
+                        "semantic folder")
 
 
 def looks_like_ade_challenge(root: Path, label_dir: Path) -> bool:
