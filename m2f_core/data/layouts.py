@@ -54,7 +54,7 @@ class SplitChoice:
         if self.given:
             return f"split {split!r}"
         what = "training" if purpose == "train" else "evaluation"
-        return f"split {split!r} (the default for {what}; --split to choose another)"
+        return f"split {split!r} (the default for {what})"
 
 
 def choose_splits(split: str | None, purpose: str) -> SplitChoice:
