@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "m2f_core.images": 1,
     "m2f_core.cli": 1,
     "m2f_core.config": 1,
+    "m2f_core.parallel": 1,  # torchrun process groups, chunks and resume for the programs and the evaluation
     # 2 model: ops, backbones, decoders, the model; losses and matcher beside it
     "m2f_core.ops": 2,
     "m2f_core.backbone": 2,

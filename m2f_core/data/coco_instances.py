@@ -109,7 +109,7 @@ class CocoInstances(SegmentationDataset):
 
     def _instance(self, ann: dict, where: str, h: int, w: int) -> InstanceAnnotation | None:
         src = self.json_file
-        seg = _check_segmentation(ann["segmentation"], where, h, w, src)
+        seg = check_segmentation(ann["segmentation"], where, h, w, src)
         if seg is None:
             logger.warning("%s: %s has no polygon with 3 or more points; skipped", src, where)
             return None
@@ -125,7 +125,7 @@ class CocoInstances(SegmentationDataset):
                                   id=aid if isinstance(aid, int) else None)
 
 
-def _check_segmentation(seg: list | dict, where: str, h: int, w: int, src: Path) -> list | dict | None:
+def check_segmentation(seg: list | dict, where: str, h: int, w: int, src: Path) -> list | dict | None:
     """Validated polygons (short ones dropped; None if none left) or RLE of an (h, w) image."""
     if isinstance(seg, list):
         polys = []

@@ -45,7 +45,7 @@ from .annotation_tools import (
     sample_regions,
 )
 from .categories import normalize_categories
-from .coco_instances import _check_segmentation as check_coco_segmentation
+from .coco_instances import check_segmentation as check_coco_segmentation
 from .coco_json import read_images, require_image_id
 from .errors import DatasetError
 from .fileio import read_json, require
