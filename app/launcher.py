@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from m2f_core.cli import positive_int
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no calls home
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -43,16 +45,6 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
 
 
@@ -98,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-recipe", type=Path, default=None, metavar="FILE",
                    help="a FinetuneRecipe JSON for the trainer (keys of training/finetune_recipe.py)")
     p.add_argument("--max-upload", default="50mb", help="largest upload accepted (default 50mb)")
-    p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS,
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"largest image accepted, in pixels (default {DEFAULT_MAX_PIXELS:,})")
     p.add_argument("--log-file", type=Path, default=None, metavar="FILE",
                    help="where the app logs (besides stderr), internal errors with their traceback "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cv2
 
-from ...cli import Parser, parse_size
+from ...cli import Parser, non_negative_int, parse_size, positive_int
 from ..errors import DatasetError
 from .constants import DEFAULT_SIZE, JPEG_QUALITY, MAX_SIDE, MIN_SIDE
 from .dataset import generate_dataset
@@ -31,30 +31,13 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
-
-
-def _positive(text: str) -> int:
-    n = _count(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Write a synthetic COCO panoptic dataset (stuff textures + overlapping "
                                        "shapes) to OUT/train and OUT/val; the same seed gives identical files.")
     p.add_argument("--out", required=True, type=Path, help="output folder (gets train/ and val/)")
-    p.add_argument("--train", type=_count, default=1000, metavar="N", help="training images (default 1000)")
-    p.add_argument("--val", type=_count, default=100, metavar="M", help="validation images (default 100)")
-    p.add_argument("--seed", type=_count, default=0, metavar="S", help="random seed >= 0 (default 0)")
+    p.add_argument("--train", type=non_negative_int, default=1000, metavar="N", help="training images (default 1000)")
+    p.add_argument("--val", type=non_negative_int, default=100, metavar="M", help="validation images (default 100)")
+    p.add_argument("--seed", type=non_negative_int, default=0, metavar="S", help="random seed >= 0 (default 0)")
     p.add_argument("--size", type=_size, default=DEFAULT_SIZE, metavar="HxW",
                    help=f"image size, e.g. 256x256 or 256 (default {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]})")
     p.add_argument("--image-format", choices=("jpg", "png"), default="jpg",
@@ -62,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", choices=tuple(DOMAINS), default="original",
                    help="how scenes are painted: original (the built-in model's training data) or shifted "
                         "(other stuff colours, smaller darker things, dusk light; for domain-shift tests)")
-    p.add_argument("--workers", type=_positive, default=1, metavar="K",
+    p.add_argument("--workers", type=positive_int, default=1, metavar="K",
                    help="processes (default 1; the output does not depend on it)")
     return p
 
