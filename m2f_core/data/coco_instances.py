@@ -18,7 +18,14 @@ from pathlib import Path
 
 from ..atomic import atomic_write_json
 from ..structures import InstanceResult
-from .coco_json import categories_for_json, json_categories, read_images, require_flag, require_image_id
+from .coco_json import (
+    categories_for_json,
+    iter_annotations,
+    json_categories,
+    read_images,
+    require_flag,
+    require_image_id,
+)
 from .errors import DatasetError
 from .fileio import read_json, require
 from .layouts import coco_instances_image_dirs, first_dir_with
@@ -59,13 +66,7 @@ class CocoInstances(SegmentationDataset):
         self.image_ids = list(images)  # item order
         self._anns: dict[int | str, list[tuple[int, dict]]] = {iid: [] for iid in images}
         ann_ids: set[int | str] = set()
-        for i, ann in enumerate(require(data, "annotations", "list", "top level", src, default=[])):
-            where = f"annotations[{i}]"
-            if not isinstance(ann, dict):
-                raise DatasetError(src, f"{where} must be an object, got {type(ann).__name__}")
-            image_id = require_image_id(ann, "image_id", where, src)
-            if image_id not in images:
-                raise DatasetError(src, f"{where}: image {image_id!r} is not in 'images'")
+        for i, (where, ann, image_id) in enumerate(iter_annotations(data, images, src)):
             if "id" in ann:
                 aid = require_image_id(ann, "id", where, src)
                 if aid in ann_ids:

@@ -7,7 +7,7 @@ Why a module of its own: both COCO formats share the JSON's top level (``images`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..images import DEFAULT_MAX_PIXELS
@@ -63,6 +63,21 @@ def read_images(data: dict, source: Path, required: bool) -> dict[int | str, tup
             raise DatasetError(source, f"{where} is {w}x{h}: more than the {DEFAULT_MAX_PIXELS:,} pixel limit")
         out[iid] = (require(img, "file_name", "str", where, source), h, w)
     return out
+
+
+def iter_annotations(data: dict, images: dict, source: Path) -> Iterator[tuple[str, dict, int | str]]:
+    """Each entry of ``annotations`` as ``(where, annotation, image id)``: an object whose image is in ``images``.
+
+    ``where`` (``annotations[K]``) names the entry in the messages of the checks that follow.
+    """
+    for k, ann in enumerate(require(data, "annotations", "list", "top level", source, default=[])):
+        where = f"annotations[{k}]"
+        if not isinstance(ann, dict):
+            raise DatasetError(source, f"{where} must be an object, got {type(ann).__name__}")
+        image_id = require_image_id(ann, "image_id", where, source)
+        if image_id not in images:
+            raise DatasetError(source, f"{where}: image {image_id!r} is not in 'images'")
+        yield where, ann, image_id
 
 
 def require_flag(obj: dict, key: str, where: str, source: Path) -> bool:

@@ -46,7 +46,7 @@ from .annotation_tools import (
 )
 from .categories import normalize_categories
 from .coco_instances import check_segmentation as check_coco_segmentation
-from .coco_json import read_images, require_image_id
+from .coco_json import iter_annotations, read_images
 from .errors import DatasetError
 from .fileio import read_json, require
 from .polygons import mask_to_polygons
@@ -276,13 +276,7 @@ def cvat_coco_dataset(json_file: str | Path, image_dir: str | Path | None = None
     declared = normalize_categories(require(data, "categories", "list", "top level", path), path)
     names = {c["id"]: c["name"] for c in declared}
     shapes: dict[int | str, list[ToolShape]] = {iid: [] for iid in images}
-    for k, ann in enumerate(require(data, "annotations", "list", "top level", path, default=[])):
-        where = f"annotations[{k}]"
-        if not isinstance(ann, dict):
-            raise DatasetError(path, f"{where} must be an object, got {type(ann).__name__}")
-        image_id = require_image_id(ann, "image_id", where, path)
-        if image_id not in images:
-            raise DatasetError(path, f"{where}: image {image_id!r} is not in 'images'")
+    for k, (where, ann, image_id) in enumerate(iter_annotations(data, images, path)):
         cat = require(ann, "category_id", "int", where, path)
         if cat not in names:
             raise DatasetError(path, f"{where}: unknown category id {cat}")
