@@ -1,6 +1,7 @@
 """Panoptic quality (PQ, SQ, RQ), the algorithm of cocodataset/panopticapi ``panopticapi/evaluation.py``.
 
-Per image (``pq_compute_single``):
+Per image (``pq_match_single`` matches and says what each segment counts as; ``pq_compute_single`` adds its
+counts):
 
 - segment ids come from the PNG as ``R + 256 G + 256^2 B``; id 0 is VOID;
 - a ground-truth (GT) segment and a predicted segment of the **same category** match when
@@ -146,6 +147,40 @@ def _segments_by_id(segments: Iterable[Mapping[str, Any]], what: str) -> dict[in
     return out
 
 
+@dataclass
+class PQMatch:
+    """One image's segment matching (``pq_match_single``): who matched whom, and what each segment counts as.
+
+    ``matches``: ``(gt id, pred id, IoU)`` of the true positives, in panopticapi's order. ``false_negatives`` /
+    ``false_positives``: the ids counted as FN / FP. ``crowd``: GT crowd ids (never matched, not counted).
+    ``ignored``: unmatched predicted ids not counted as FP (more than half on VOID + the crowd region of their
+    category). ``confusions``: ``(gt id, pred id, IoU)`` of a non-crowd GT and a prediction of another category
+    with ``IoU > 0.5`` (both are also counted FN / FP: PQ matches within a category only). ``gt_categories`` /
+    ``pred_categories``: each id's ``category_id``.
+    """
+
+    matches: list[tuple[int, int, float]]
+    false_negatives: list[int]
+    false_positives: list[int]
+    crowd: list[int]
+    ignored: list[int]
+    confusions: list[tuple[int, int, float]]
+    gt_categories: dict[int, int]
+    pred_categories: dict[int, int]
+
+    def add_to(self, stat: PQStat) -> PQStat:
+        """Add this image's per-category IoU sum, TP, FP and FN to ``stat``."""
+        for gt_id, _, iou in self.matches:
+            cat_stat = stat[self.gt_categories[gt_id]]
+            cat_stat.tp += 1
+            cat_stat.iou += iou
+        for gt_id in self.false_negatives:
+            stat[self.gt_categories[gt_id]].fn += 1
+        for pred_id in self.false_positives:
+            stat[self.pred_categories[pred_id]].fp += 1
+        return stat
+
+
 def pq_compute_single(
     gt_map: np.ndarray,
     gt_segments: Iterable[Mapping[str, Any]],
@@ -157,13 +192,28 @@ def pq_compute_single(
 ) -> PQStat:
     """Match one image's GT and predicted segments and add the counts to ``stat`` (a new one if None).
 
+    The arguments and errors are those of ``pq_match_single``.
+    """
+    stat = PQStat() if stat is None else stat
+    return pq_match_single(gt_map, gt_segments, pred_map, pred_segments, categories, where=where).add_to(stat)
+
+
+def pq_match_single(
+    gt_map: np.ndarray,
+    gt_segments: Iterable[Mapping[str, Any]],
+    pred_map: np.ndarray,
+    pred_segments: Iterable[Mapping[str, Any]],
+    categories: Categories,
+    where: str = "image",
+) -> PQMatch:
+    """Match one image's GT and predicted segments; the matches, with the IoUs, and each segment's outcome.
+
     ``gt_map``/``pred_map``: (H, W) integer segment-id maps (0 = VOID). ``gt_segments``: dicts with ``id``,
     ``category_id``, optional ``iscrowd`` (default 0) and ``area`` (default: pixels in ``gt_map``).
     ``pred_segments``: dicts with ``id`` and ``category_id``. ``where`` prefixes error messages.
     Raises ``MetricInputError`` like panopticapi: a predicted id in the map but not in the segments or the other
     way around, an unknown predicted category, maps of different sizes.
     """
-    stat = PQStat() if stat is None else stat
     cats = as_category_dict(categories)
     gt = _check_id_map(gt_map, f"{where}: ground truth")
     pred = _check_id_map(pred_map, f"{where}: prediction")
@@ -206,25 +256,29 @@ def pq_compute_single(
     def is_crowd(seg: Mapping[str, Any]) -> bool:
         return int(seg.get("iscrowd", 0)) == 1
 
+    out = PQMatch([], [], [], [], [], [], {k: int(s["category_id"]) for k, s in gt_segs.items()},
+                  {k: int(s["category_id"]) for k, s in pred_segs.items()})
     # matches: same category, IoU > 0.5 with the prediction's VOID pixels left out of the union
     gt_matched: set[int] = set()
     pred_matched: set[int] = set()
     for (gt_id, pred_id), intersection in inter.items():
-        if gt_id not in gt_segs or pred_id not in pred_segs:
+        if gt_id not in gt_segs or pred_id not in pred_segs or is_crowd(gt_segs[gt_id]):
             continue
-        gt_seg, pred_seg = gt_segs[gt_id], pred_segs[pred_id]
-        if is_crowd(gt_seg) or int(gt_seg["category_id"]) != int(pred_seg["category_id"]):
-            continue
+        same_category = out.gt_categories[gt_id] == out.pred_categories[pred_id]
         union = pred_area[pred_id] + gt_area(gt_id) - intersection - inter.get((VOID, pred_id), 0)
         if union <= 0:
+            if not same_category:
+                continue
             raise MetricInputError(f"{where}: ground-truth segment {gt_id} has an 'area' smaller than its pixels")
         iou = intersection / union
-        if iou > 0.5:
-            cat_stat = stat[int(gt_seg["category_id"])]
-            cat_stat.tp += 1
-            cat_stat.iou += iou
-            gt_matched.add(gt_id)
-            pred_matched.add(pred_id)
+        if iou <= 0.5:
+            continue
+        if not same_category:
+            out.confusions.append((gt_id, pred_id, iou))
+            continue
+        out.matches.append((gt_id, pred_id, iou))
+        gt_matched.add(gt_id)
+        pred_matched.add(pred_id)
 
     # false negatives; crowd segments are not counted, they are remembered per category (the last one wins)
     crowd_by_cat: dict[int, int] = {}
@@ -233,8 +287,9 @@ def pq_compute_single(
             continue
         if is_crowd(gt_seg):
             crowd_by_cat[int(gt_seg["category_id"])] = gt_id
+            out.crowd.append(gt_id)
             continue
-        stat[int(gt_seg["category_id"])].fn += 1
+        out.false_negatives.append(gt_id)
 
     # false positives, unless more than half of the prediction lies on VOID + the crowd region of its category
     for pred_id, pred_seg in pred_segs.items():
@@ -245,9 +300,10 @@ def pq_compute_single(
         if category_id in crowd_by_cat:
             ignored += inter.get((crowd_by_cat[category_id], pred_id), 0)
         if ignored / pred_area[pred_id] > 0.5:
+            out.ignored.append(pred_id)
             continue
-        stat[category_id].fp += 1
-    return stat
+        out.false_positives.append(pred_id)
+    return out
 
 
 def _percent(value: float | None) -> float | None:
