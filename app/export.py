@@ -9,8 +9,9 @@ Evaluable against its source: an ``ExportItem`` of a dataset image keeps that im
 (``source_image_id``) and its file name, so ``python -m m2f_core.evaluate panoptic`` pairs the export
 with the source's ground truth; other images (uploads) get fresh ids above every id of the source
 (``reserved_ids``). Given ``manifest=``, ``manifest.json`` says where the export came from (``source``,
-``weights``, ``created``) and, per image, its ids, status ("edited", "reviewed", "untouched"), number
-of edits, the weights that predicted it and when it was opened; ``training.finetune`` reads
+``weights``, ``user``, ``created``) and, per image, its ids, status ("edited", "reviewed", "untouched"),
+number of edits, the weights that predicted it, when it was opened and the FiftyOne sample it came from
+(``fiftyone``: dataset and sample id, for ``python -m app.fiftyone_bridge pull-edits``); ``training.finetune`` reads
 ``images[*].file_name`` and ``images[*].status`` from it.
 
 For the annotation tools, ``tools=`` adds their files to the same folder (``TOOL_LAYOUT``; see
@@ -29,6 +30,8 @@ puts a moved-aside export back if the kill came between the two renames.
 
 from __future__ import annotations
 
+import getpass
+import os
 import re
 import shutil
 import threading
@@ -49,8 +52,8 @@ from .editing import EditSession
 from .errors import UserError
 from .state import STATUSES
 
-__all__ = ["MANIFEST_NAME", "TOOL_LAYOUT", "ExportError", "ExportItem", "export_corrections", "sanitize_name",
-           "zip_export"]
+__all__ = ["MANIFEST_NAME", "TOOL_LAYOUT", "ExportError", "ExportItem", "export_corrections", "export_user",
+           "sanitize_name", "zip_export"]
 
 MANIFEST_NAME = "manifest.json"
 # where each annotation tool's files go inside an export folder (``tools=``)
@@ -93,6 +96,7 @@ class ExportItem:
     source_image_id: int | str | None = None  # its id in the dataset it came from (None: an upload)
     weights: str | None = None  # the weights whose prediction the annotation started from
     opened: str | None = None  # ISO time the image was first opened
+    fiftyone: dict[str, str] | None = None  # the FiftyOne sample it was opened from ({"dataset", "sample_id"})
 
 
 def _as_item(entry: ExportItem | tuple[str | Path, EditSession]) -> ExportItem:
@@ -150,14 +154,26 @@ def _samples(items: Sequence[ExportItem], image_ids: Sequence[int | str], catego
     return samples
 
 
+def export_user() -> str | None:
+    """Who exports (the manifest's ``user``): ``M2F_USER`` if set, else the login name; None if unknown."""
+    name = os.environ.get("M2F_USER", "").strip()
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (some containers)
+        return None
+
+
 def _manifest(fields: dict[str, Any], items: Sequence[ExportItem], samples: Sequence[Sample]) -> dict[str, Any]:
-    """The content of ``manifest.json`` (key names and status words are read by ``training.finetune``)."""
+    """The content of ``manifest.json`` (key names and status words are read by ``training.finetune``;
+    ``user``, ``created`` and an image's ``fiftyone`` by the FiftyOne bridge's ``pull-edits``)."""
     return {
-        "source": None, "weights": None, **fields,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": None, "weights": None, "user": export_user(), **fields,
+        "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         "images": [{"file_name": Path(s.file_name).name, "image_id": s.image_id,
                     "source_image_id": it.source_image_id, "status": it.status, "edits": it.session.edit_count,
-                    "weights": it.weights or None, "opened": it.opened or None}
+                    "weights": it.weights or None, "opened": it.opened or None, "fiftyone": it.fiftyone or None}
                    for it, s in zip(items, samples)],
     }
 

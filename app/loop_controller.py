@@ -91,7 +91,7 @@ class LoopController:
                             "output)")
         src = self.source
         items = [ExportItem(it.path, it.session, it.status, src.source_id(it.path),
-                            it.weights or None, it.opened or None) for it in chosen]
+                            it.weights or None, it.opened or None, it.fiftyone) for it in chosen]
         source = src.spec if src.dataset is not None else None
         manifest = {"source": source, "source_split": src.split if source else None,
                     "weights": self.model.label, "weights_source": self.model.weights_source}

@@ -51,6 +51,9 @@ class ImageItem:
     weights: str = ""  # the weights whose prediction the annotation started from ("predicted by")
     reviewed: bool = False  # the user marked the annotation as right (cleared when it is predicted again)
     opened: str = ""  # ISO time the image first got an annotation (the export manifest's ``opened``)
+    # where the image came from outside the app, e.g. {"dataset": ..., "sample_id": ...} of a FiftyOne sample
+    # opened by a link (the export manifest's ``fiftyone``, so the bridge can bring the edit back)
+    fiftyone: dict[str, str] | None = None
 
     @property
     def status(self) -> str:

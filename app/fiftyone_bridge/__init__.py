@@ -19,7 +19,8 @@ per sample (sort the App by them to find the worst samples) and a summary in
 Modules: ``convert`` (labels <-> our records, no database), ``core`` (import, predict, export),
 ``evaluate`` (PQ / mIoU / mask AP), ``finetune`` (few-shot runs recorded on the dataset; before / after
 with the trained-on, held-out and unseen samples apart),
-``editor`` (links into the Gradio editor and the page-load hook that opens them), ``__main__``
+``editor`` (links into the Gradio editor and the page-load hook that opens them), ``edits`` (what
+was saved in the editor back into ``edited_*`` fields), ``__main__``
 (the CLI: ``python -m app.fiftyone_bridge --help``). Importing this package does not import
 FiftyOne: the Gradio app imports ``editor`` without paying for it.
 """
@@ -33,9 +34,10 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")  # before fiftyone is imp
 GT = "gt"
 PRED = "pred"
 FINETUNED = "finetuned"
+EDITED = "edited"  # the labels corrected in the Gradio editor (``edits.pull_edits``), a sample tag too
 PLUGIN_NAME = "@m2f/workbench"
 
-__all__ = ["FINETUNED", "GT", "PLUGIN_NAME", "PRED", "BridgeError", "fields"]
+__all__ = ["EDITED", "FINETUNED", "GT", "PLUGIN_NAME", "PRED", "BridgeError", "fields"]
 
 
 class BridgeError(ValueError):

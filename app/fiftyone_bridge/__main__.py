@@ -4,6 +4,7 @@
     python -m app.fiftyone_bridge predict --name coco-val --weights model_final_94dc52.pkl
     python -m app.fiftyone_bridge evaluate --name coco-val
     python -m app.fiftyone_bridge app --name coco-val --port 5151
+    python -m app.fiftyone_bridge pull-edits --name coco-val          # what was saved in the Gradio editor
     python -m app.fiftyone_bridge export --name coco-val --view-tag fixed --out datasets/corrections/fixed
     python -m app.fiftyone_bridge finetune --name coco-val --view-tag fixed --max-minutes 10
     python -m app.fiftyone_bridge status --name coco-val
@@ -28,9 +29,10 @@ from typing import Any
 
 from m2f_core.cli import Parser, positive_int
 
-from . import FINETUNED, GT, PRED, BridgeError
+from . import EDITED, FINETUNED, GT, PRED, BridgeError
 
 PROG = "python -m app.fiftyone_bridge"
+LABELS = f"{EDITED},{GT}"  # the labels exported / trained on: the editor's corrections first
 
 
 def _print(obj: Any) -> None:
@@ -159,6 +161,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pull_edits(args: argparse.Namespace) -> int:
+    from app.workspace import corrections_dir
+
+    from .core import load_dataset
+    from .edits import pull_edits
+
+    report = pull_edits(load_dataset(args.name), args.corrections_dir or corrections_dir())
+    _print(report.to_dict())
+    for line in report.refused:
+        print(f"refused: {line}", file=sys.stderr)
+    return 1 if report.refused else 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from app.workspace import corrections_dir, runs_dir
 
@@ -275,9 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a view as a corrections folder the trainer reads")
     _add_view_args(p, tag_help="export the samples with this tag")
     p.add_argument("--out", required=True, help="the folder to write, e.g. datasets/corrections/<name>")
-    p.add_argument("--labels", default=GT, help=f"which labels to export (prefix, default {GT})")
+    p.add_argument("--labels", default=LABELS, help=f"which labels to export: a prefix or a preference list "
+                   f"(default {LABELS}: the editor's corrections where a sample has them, else {GT})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("pull-edits", help="bring back what was saved in the Gradio editor: edited_* fields, "
+                       "tag 'edited', who / when (idempotent)")
+    p.add_argument("--name", required=True, help="FiftyOne dataset name")
+    p.add_argument("--corrections-dir", default=None, help="the editor's --corrections-dir (default "
+                   "$M2F_CORRECTIONS_DIR, else ./datasets/corrections)")
+    p.set_defaults(func=cmd_pull_edits)
 
     p = sub.add_parser("finetune", help="export a view and start few-shot fine-tuning on it in a detached process")
     _add_view_args(p, tag_help="fine-tune on the samples with this tag (default: the whole dataset)")
@@ -290,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=int, default=None, help="at most N iterations (default: from the samples)")
     p.add_argument("--val", default=None, help="validation data FORMAT:PATH (default: hold out a fifth of the view)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available; one process)")
-    p.add_argument("--labels", default=GT, help=f"which labels to train on (prefix, default {GT})")
+    p.add_argument("--labels", default=LABELS, help=f"which labels to train on: a prefix or a preference list "
+                   f"(default {LABELS}: the editor's corrections where a sample has them, else {GT})")
     p.add_argument("--trainer-args", default=None, help="more training.finetune options, e.g. '--recipe r.json'")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     p.set_defaults(func=cmd_finetune)

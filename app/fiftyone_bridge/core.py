@@ -409,25 +409,42 @@ def iter_records(view: fo.Dataset | fo.DatasetView, prefix: str = GT) -> Iterato
         yield sample, sample_record(sample, classes, prefix)
 
 
+def label_prefixes(prefix: str) -> list[str]:
+    """A label prefix or a preference list of them (``"edited,gt"``), each checked."""
+    return [check_prefix(p.strip()) for p in str(prefix).split(",")]
+
+
+def _labels_of(sample: fo.Sample, prefixes: list[str]) -> str:
+    """The first of ``prefixes`` whose panoptic or semantic labels the sample has (else the last)."""
+    for p in prefixes:
+        f = fields(p)
+        if any(sample.has_field(f[k]) and sample[f[k]] is not None for k in ("panoptic", "semantic")):
+            return p
+    return prefixes[-1]
+
+
 def export_view(view: fo.Dataset | fo.DatasetView, out: str | Path, prefix: str = GT,
                 overwrite: bool = False) -> Path:
     """Write a view's ``prefix`` labels as a corrections folder ``out`` (what ``training.train`` reads).
 
     Uses the app's exporter (COCO panoptic PNG + JSON, COCO instances as RLE, semantic PNGs, the
     images; atomic at the folder level). A sample with only a semantic map is exported as one segment
-    per class. Image file names must be distinct within the view.
+    per class. Image file names must be distinct within the view. ``prefix`` may be a preference list,
+    ``"edited,gt"``: per sample the first label set it has (the editor's corrections, else the ground truth).
     """
     from app.editing import EditSession
     from app.export import export_corrections
 
-    check_prefix(prefix)
+    prefixes = label_prefixes(prefix)
     out = Path(out).expanduser()
     if len(view) == 0:
         raise BridgeError("nothing to export: the view is empty")
     cats = categories(view)
     classes = ClassIndex(cats)
     sessions = []
-    for sample, record in iter_records(view, prefix):
+    for sample in view.iter_samples():
+        prefix = _labels_of(sample, prefixes)
+        record = sample_record(sample, classes, prefix)
         pan = record.panoptic
         if pan is None and record.semantic is not None:
             pan = semantic_to_panoptic(record.semantic, classes)

@@ -2,11 +2,14 @@
 
 ``editor_link`` (FiftyOne side) exports the sample's labels as a one-image corrections folder inside
 the editor's corrections directory and returns
-``http://127.0.0.1:7860/?image=<folder>/images/<file>&labels=<folder>``.
+``http://127.0.0.1:7860/?image=<folder>/images/<file>&labels=<folder>&fo_dataset=<name>&fo_sample=<id>``.
 
 ``open_from_query`` (Gradio side, called on page load by ``app/ui.py``) opens that image with those
 labels as the editable annotation (the model still runs once, for its top-k menus and the
-uncertainty view). Only files the app may read are opened: the images it was started with
+uncertainty view). ``fo_dataset`` / ``fo_sample`` (checked by ``link_origin``) are remembered with the
+image and written into the export's ``manifest.json`` (``images[*].fiftyone``), which is how
+``app.fiftyone_bridge.edits.pull_edits`` finds the edit's sample; it trusts them no more than a hint
+(the image must be the sample's, byte for byte). Only files the app may read are opened: the images it was started with
 (``--images`` / ``--dataset``) and anything under its ``--corrections-dir`` (where the link's folder
 is); everything else is refused with a message, so a crafted URL cannot read arbitrary files.
 This module imports neither FiftyOne nor Gradio at import time.
@@ -15,6 +18,7 @@ This module imports neither FiftyOne nor Gradio at import time.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,29 +26,56 @@ from urllib.parse import urlencode
 
 from app.errors import UserError
 
-from . import GT
+from . import EDITED, GT
 
 if TYPE_CHECKING:
     from app.browser_session import BrowserSession, Screen
     from app.workbench import Workbench
 
-__all__ = ["DEFAULT_EDITOR_URL", "editor_link", "editor_url", "open_from_query"]
+__all__ = ["DEFAULT_EDITOR_URL", "editor_link", "editor_url", "link_origin", "open_from_query"]
 
 DEFAULT_EDITOR_URL = os.environ.get("M2F_EDITOR_URL", "http://127.0.0.1:7860")
 OPEN_PREFIX = "fiftyone-open-"
+MAX_DATASET_NAME = 200
+_SAMPLE_ID_RE = re.compile(r"[0-9a-f]{24}")  # a FiftyOne sample id (a MongoDB ObjectId in hex)
 
 
-def editor_url(base: str, image: str | Path, labels: str | Path | None = None) -> str:
-    """The editor's URL that opens ``image`` (absolute path), with the corrections folder ``labels``."""
+def editor_url(base: str, image: str | Path, labels: str | Path | None = None,
+               origin: Mapping[str, str] | None = None) -> str:
+    """The editor's URL that opens ``image`` (absolute path), with the corrections folder ``labels``;
+    ``origin`` ({"dataset", "sample_id"}) names the FiftyOne sample the export belongs to."""
     query = {"image": str(Path(image).resolve())}
     if labels is not None:
         query["labels"] = str(Path(labels).resolve())
+    if origin is not None:
+        query["fo_dataset"], query["fo_sample"] = str(origin["dataset"]), str(origin["sample_id"])
     return f"{base.rstrip('/')}/?{urlencode(query)}"
 
 
+def link_origin(params: Mapping[str, str]) -> dict[str, str] | None:
+    """The FiftyOne sample a link names (``fo_dataset`` + ``fo_sample``), checked; None when it names none.
+
+    Both or neither; the dataset name printable and at most 200 characters, the sample id 24 hex digits.
+    A bad value is a ``UserError`` (the link was edited by hand or cut short).
+    """
+    name, sample_id = params.get("fo_dataset"), params.get("fo_sample")
+    if not name and not sample_id:
+        return None
+    if not name or not sample_id:
+        raise UserError("the link names a FiftyOne dataset without its sample (fo_dataset and fo_sample go together)")
+    if len(name) > MAX_DATASET_NAME or not name.isprintable() or not name.strip():
+        raise UserError(f"the link's FiftyOne dataset name is not valid: {name[:60]!r}")
+    if not _SAMPLE_ID_RE.fullmatch(sample_id):
+        raise UserError(f"the link's FiftyOne sample id is not valid: {sample_id[:60]!r} (24 hex digits)")
+    return {"dataset": name, "sample_id": sample_id}
+
+
 def editor_link(sample_view, corrections_dir: str | Path, base_url: str = DEFAULT_EDITOR_URL,
-                prefix: str = GT) -> tuple[str, Path]:
+                prefix: str = f"{EDITED},{GT}") -> tuple[str, Path]:
     """Export one sample's ``prefix`` labels for the editor; returns (URL, labels folder).
+
+    By default the labels of its last correction brought back (``edited_*``), else its ground truth.
+    The URL names the sample (``fo_dataset``, ``fo_sample``) so that its export can come back.
 
     The folder is ``<corrections_dir>/fiftyone-open-<dataset>-<sample id>`` (replaced on each call),
     which the editor may read because it is inside its ``--corrections-dir``.
@@ -59,7 +90,8 @@ def editor_link(sample_view, corrections_dir: str | Path, base_url: str = DEFAUL
     name = f"{OPEN_PREFIX}{ds.slug}-{sample.id}"
     folder = export_view(sample_view, Path(corrections_dir).expanduser().resolve() / name, prefix=prefix,
                          overwrite=True)
-    return editor_url(base_url, folder / "images" / Path(sample.filepath).name, folder), folder
+    origin = {"dataset": ds.name, "sample_id": sample.id}
+    return editor_url(base_url, folder / "images" / Path(sample.filepath).name, folder, origin), folder
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,6 +174,7 @@ def open_from_query(wb: Workbench, s: BrowserSession, params: Mapping[str, str])
     try:
         image = _allowed(wb, image_text, "image")
         labels = _allowed(wb, labels_text, "labels", folder=True) if labels_text else None
+        origin = link_origin(params)
         session = _labels_session(wb, image, labels) if labels is not None else None
     except Exception as e:  # noqa: BLE001  (a bad link is a status line; a bug is logged as an internal error)
         screen = wb.start(s)
@@ -149,6 +182,8 @@ def open_from_query(wb: Workbench, s: BrowserSession, params: Mapping[str, str])
         return screen
     with s.lock:
         key = s.workspace.add_image(image)
+        if origin is not None:  # the export's manifest names the sample (pull-edits brings the edit back)
+            s.workspace.item(key).fiftyone = origin
         if session is not None:
             s.workspace.set_session(key, session)
         s.workspace.open(key)

@@ -6,6 +6,8 @@
 - ``finetune``: export the view (the whole view unless the selection is chosen; the number of samples is
   said before starting) and start the few-shot runner ``training.finetune`` detached, with a time budget;
 - ``finetune_status``: iteration n / N, time left, the held-out curve and before / after of each run;
+- ``pull_edits``: what was saved in the Gradio editor for samples opened from here, back as ``edited_*``
+  fields (tagged ``edited``, with who / when);
 - ``load_finetuned``: predictions of a run's recommended weights into new fields, before / after on the
   samples it trained on, its held-out samples and the unseen ones apart (the headline: not trained on).
 
@@ -30,7 +32,7 @@ _REPO = Path(__file__).resolve().parents[2]
 if str(_REPO) not in sys.path[:1]:
     sys.path.insert(0, str(_REPO))
 
-from app.fiftyone_bridge import FINETUNED, GT, PRED  # noqa: E402
+from app.fiftyone_bridge import EDITED, FINETUNED, GT, PRED  # noqa: E402
 from app.workspace import corrections_dir, runs_dir  # noqa: E402
 
 
@@ -140,7 +142,8 @@ class OpenInEditor(foo.Operator):
         if n != 1:
             prop = inputs.str("msg", label=f"Select exactly one sample ({n} selected)", view=types.Warning())
             prop.invalid = True
-        inputs.str("labels", label="Labels to edit (prefix)", default=GT)
+        inputs.str("labels", label="Labels to edit (prefix)", default=f"{EDITED},{GT}",
+                   description="edited,gt: the sample's earlier correction if it has one, else the ground truth")
         inputs.str("editor_url", label="Editor URL", default=editor_url())
         inputs.str("corrections_dir", label="The editor's --corrections-dir", default=str(corrections_dir()))
         return types.Property(inputs, view=types.View(label="Open in the Gradio editor"))
@@ -196,7 +199,8 @@ class FineTune(foo.Operator):
         inputs.str("val", label="Validation data (FORMAT:PATH)", default="",
                    description="empty: a fifth of the samples is held out (none under 4 samples)")
         inputs.str("device", label="Device", default="", description="cpu, cuda (empty: cuda if available)")
-        inputs.str("labels", label="Labels to train on (prefix)", default=GT)
+        inputs.str("labels", label="Labels to train on (prefix)", default=f"{EDITED},{GT}",
+                   description="edited,gt: the editor's corrections where a sample has them, else the ground truth")
         inputs.str("trainer_args", label="More training.finetune options", default="",
                    description="e.g. --recipe recipe.json")
         inputs.str("corrections_dir", label="Export folder root", default=str(corrections_dir()))
@@ -301,6 +305,41 @@ class LoadFinetuned(foo.Operator):
         return types.Property(outputs)
 
 
+class PullEdits(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="pull_edits", label="Mask2Former: bring back the editor's corrections",
+                                  dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.str("corrections_dir", label="The editor's --corrections-dir", default=str(corrections_dir()),
+                   description="its exports of samples opened from this dataset go into edited_* fields, "
+                               "the samples tagged 'edited'")
+        return types.Property(inputs, view=types.View(label="Bring back the editor's corrections"))
+
+    def execute(self, ctx):
+        from app.fiftyone_bridge.edits import pull_edits
+
+        report = pull_edits(ctx.dataset, ctx.params.get("corrections_dir") or corrections_dir())
+        if report.imported:
+            ctx.trigger("reload_dataset")
+        replaced = sum(1 for r in report.imported if r["replaced"])
+        return {"imported": len(report.imported), "replaced": replaced, "unchanged": report.unchanged,
+                "kept_newer": report.kept_newer, "refused": report.refused,
+                "filter": f"tag '{EDITED}'; fields {EDITED}_panoptic, {EDITED}_by, {EDITED}_at"}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("imported", label="Samples brought back")
+        outputs.int("replaced", label="Of which replaced an older edit")
+        outputs.int("unchanged", label="Already up to date")
+        outputs.int("kept_newer", label="Kept (the sample's edit is newer)")
+        outputs.list("refused", types.String(), label="Refused (not the sample's image, unknown class...)")
+        outputs.str("filter", label="Find them by")
+        return types.Property(outputs)
+
+
 def register(p):
-    for cls in (RunModel, Evaluate, OpenInEditor, FineTune, FineTuneStatus, LoadFinetuned):
+    for cls in (RunModel, Evaluate, OpenInEditor, FineTune, FineTuneStatus, LoadFinetuned, PullEdits):
         p.register(cls)
