@@ -1,16 +1,18 @@
 """Per-sample and dataset PQ / mIoU / mask AP of a prediction set against the ground truth, inside FiftyOne.
 
-- PQ/SQ/RQ: ours (``m2f_core.metrics.pq_compute_single``, the panopticapi rules), per sample and
-  accumulated; FiftyOne has no panoptic metric.
+- PQ/SQ/RQ: ours (``m2f_core.metrics.panoptic.pq_match_single``, the panopticapi rules), per sample and
+  accumulated, run as a FiftyOne evaluation (``panoptic_eval``: eval key ``<pred>_pan``, per-segment
+  TP / FP / FN with ids and IoUs, per-class report, saved views); FiftyOne has no panoptic metric of its own.
 - mIoU: FiftyOne's ``evaluate_segmentations`` (its pixel confusion matrix) and our
   ``SemSegConfusion`` on the same maps; both are reported and must agree (``miou_agree``).
-- mask AP: pycocotools through ``m2f_core.metrics.mask_ap_compute`` (the number we report, also per
+- mask AP: ``m2f_core.metrics.mask_ap_compute`` (hotcoco's COCOeval; the number we report, also per
   sample), and FiftyOne's ``evaluate_detections(use_masks=True)`` mAP beside it (its own COCO-style
-  implementation, close to but not always equal to pycocotools).
+  implementation, close to but not always equal to COCOeval).
 
 Per-sample fields ``<pred>_pq``, ``_sq``, ``_rq``, ``_miou``, ``_ap`` let the App sort by the worst
-samples; FiftyOne's own evaluations are kept under the keys ``<pred>_sem`` and ``<pred>_ins`` (its
-Model Evaluation panel shows them); the summary goes to ``dataset.info["m2f_evaluations"][pred]``.
+samples; the FiftyOne evaluations are kept under the keys ``<pred>_pan`` (PQ), ``<pred>_sem`` and
+``<pred>_ins`` (its Model Evaluation panel shows them); the summary goes to
+``dataset.info["m2f_evaluations"][pred]``.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from typing import Any
 import fiftyone as fo
 import numpy as np
 
-from m2f_core.metrics import PQStat, SemSegConfusion, mask_ap_compute, pq_compute_single, pq_results
+from m2f_core.metrics import PQStat, SemSegConfusion, mask_ap_compute, pq_results
 
 from . import GT, PRED, BridgeError, fields
-from .convert import ClassIndex, detections_to_instance_result, detections_to_panoptic, segmentation_to_semantic
+from .convert import ClassIndex, detections_to_instance_result, segmentation_to_semantic
 from .core import Progress, categories, check_prefix, sample_record
+from .panoptic_eval import evaluate_panoptic, match_sample
 
-__all__ = ["evaluate_view", "fiftyone_confusion_to_ours"]
+__all__ = ["evaluate_view", "fiftyone_confusion_to_ours", "panoptic_key"]
 
 SUMMARY_KEY = "m2f_evaluations"
 
@@ -79,6 +82,11 @@ def _instance_results(result, index: int, thing_ids: set[int]) -> list[dict]:
     return out
 
 
+def panoptic_key(pred: str) -> str:
+    """The eval key of the PQ run of the ``pred`` predictions."""
+    return f"{pred}_pan"
+
+
 def _delete_eval(ds: fo.Dataset, key: str) -> None:
     if key in ds.list_evaluations():
         ds.delete_evaluation(key)
@@ -89,7 +97,9 @@ def evaluate_view(view: fo.Dataset | fo.DatasetView, pred: str = PRED, gt: str =
     """Evaluate ``pred`` labels against ``gt`` on a view; writes per-sample fields and the dataset summary.
 
     Returns the summary: ``panoptic`` (PQ... as ``pq_results``), ``semantic`` (ours, plus
-    ``mIoU_fiftyone`` and ``miou_agree``), ``instance`` (pycocotools AP..., plus ``mAP_fiftyone``).
+    ``mIoU_fiftyone`` and ``miou_agree``), ``instance`` (COCO mask AP..., plus ``mAP_fiftyone``).
+    ``fiftyone_eval``: PQ is stored as the FiftyOne evaluation ``<pred>_pan`` (per-segment results, saved
+    views) and FiftyOne's mIoU and mAP are run beside ours; without it PQ is computed here, the same matcher.
     ``store=False`` leaves ``dataset.info`` alone (a summary of part of a comparison, not the one to show).
     """
     from tqdm import tqdm
@@ -109,6 +119,11 @@ def evaluate_view(view: fo.Dataset | fo.DatasetView, pred: str = PRED, gt: str =
     thing_cats = [c for c in cat_info if c["isthing"]] or cat_info
     thing_ids = {c["id"] for c in thing_cats}
 
+    pan_results = None
+    if fiftyone_eval and have["panoptic"]:
+        _delete_eval(ds, panoptic_key(pred))
+        pan_results = evaluate_panoptic(view, fp["panoptic"], fg["panoptic"], eval_key=panoptic_key(pred),
+                                        categories=cats, progress=False)
     pq_total, conf_total = PQStat(), SemSegConfusion(k)
     gt_images, gt_anns, results = [], [], []
     n_pan = n_sem = n_ins = 0
@@ -120,20 +135,16 @@ def evaluate_view(view: fo.Dataset | fo.DatasetView, pred: str = PRED, gt: str =
             record = sample_record(sample, classes, gt)
             h, w = record.height, record.width
             where = f"sample {sample.id}"
-            # panoptic quality
-            pq = sq = rq = None
-            if have["panoptic"] and record.panoptic is not None and sample[fp["panoptic"]] is not None:
-                pan = detections_to_panoptic(sample[fp["panoptic"]], classes, h, w, gt=False, where=where)
-                gt_segments = [{"id": s.id, "category_id": s.category_id, "iscrowd": int(getattr(s, "iscrowd", False)),
-                                "area": s.area} for s in record.panoptic.segments]
-                pred_segments = [{"id": s.id, "category_id": s.category_id} for s in pan.segments]
-                stat = pq_compute_single(record.panoptic.segment_map, gt_segments, pan.segment_map, pred_segments,
-                                         cat_info, where=where)
-                pq_total += stat
-                one = pq_results(stat, cat_info)
-                pq, sq, rq = one["PQ"], one["SQ"], one["RQ"]
+            # panoptic quality (the FiftyOne evaluation wrote it already, else here with the same matcher)
+            one = match_sample(sample, fp["panoptic"], fg["panoptic"], classes) \
+                if have["panoptic"] and pan_results is None else None
+            if one is not None:
+                one.match.add_to(pq_total)
+                scores = pq_results(one.match.add_to(PQStat()), cat_info)
+                sample[fp["pq"]], sample[fp["sq"]], sample[fp["rq"]] = scores["PQ"], scores["SQ"], scores["RQ"]
                 n_pan += 1
-            sample[fp["pq"]], sample[fp["sq"]], sample[fp["rq"]] = pq, sq, rq
+            elif pan_results is None:
+                sample[fp["pq"]], sample[fp["sq"]], sample[fp["rq"]] = None, None, None
             # semantic
             miou = None
             pred_sem = segmentation_to_semantic(sample[fp["semantic"]], k, where) if have["semantic"] else None
@@ -146,7 +157,7 @@ def evaluate_view(view: fo.Dataset | fo.DatasetView, pred: str = PRED, gt: str =
                 miou = one_conf.compute()["mIoU"]
                 n_sem += 1
             sample[fp["miou"]] = miou
-            # mask AP (pycocotools), per sample and pooled
+            # mask AP (COCOeval), per sample and pooled
             ap = None
             if have["instances"] and sample[fg["instances"]] is not None:
                 image, anns = _instance_gt(record, index)
@@ -169,8 +180,15 @@ def evaluate_view(view: fo.Dataset | fo.DatasetView, pred: str = PRED, gt: str =
 
     summary: dict[str, Any] = {"pred": pred, "gt": gt, "samples": total, "view": _describe(view),
                                "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if pan_results is not None:
+        n_pan = len(view.exists(fp["panoptic"]).exists(fg["panoptic"]))
+        for metric in ("pq", "sq", "rq"):  # the per-sample scores under this module's names too
+            view.set_values(fp[metric], view.values(f"{panoptic_key(pred)}_{metric}"))
+        summary["panoptic"] = pan_results.pq() | {"fiftyone_eval_key": panoptic_key(pred)}
+    elif n_pan:
+        summary["panoptic"] = pq_results(pq_total, cat_info)
     if n_pan:
-        summary["panoptic"] = pq_results(pq_total, cat_info) | {"images": n_pan}
+        summary["panoptic"]["images"] = n_pan
     if n_sem:
         summary["semantic"] = conf_total.compute(class_names=[c["name"] for c in cats]) | {"images": n_sem}
     if n_ins:
