@@ -27,9 +27,21 @@ FiftyOne: the Gradio app imports ``editor`` without paying for it.
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")  # before fiftyone is imported: no usage pings
+
+MONGODB_NOTICE = "You are running the oldest supported major version of MongoDB"
+
+
+def _not_mongodb_notice(record: logging.LogRecord) -> bool:
+    """FiftyOne logs this deprecation notice on every connection to the MongoDB that fiftyone-db ships;
+    nothing a user of our commands can act on. Only this message of that logger is dropped."""
+    return not record.getMessage().startswith(MONGODB_NOTICE)
+
+
+logging.getLogger("fiftyone.core.odm.database").addFilter(_not_mongodb_notice)
 
 GT = "gt"
 PRED = "pred"

@@ -36,8 +36,9 @@ from .convert import (
 )
 from .sources import open_source
 
-__all__ = ["PredictReport", "apply_colors", "categories", "export_view", "import_dataset", "install_plugin",
-           "load_dataset", "open_source", "predict_view", "predict_view_parallel", "sample_record", "select"]
+__all__ = ["PredictReport", "apply_colors", "categories", "default_view", "export_view", "import_dataset",
+           "install_plugin", "load_dataset", "open_source", "predict_view", "predict_view_parallel", "sample_record",
+           "select"]
 
 INFO_KEY = "m2f"
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -174,19 +175,66 @@ def _json_category(c: dict) -> dict:
             if isinstance(v, (str, int, float, bool, list, tuple)) or v is None}
 
 
+SCORE_THRESHOLD = 0.5
+THRESHOLD_VIEW = f"predicted instances, score >= {SCORE_THRESHOLD}"
+
+
+def _hex(rgb) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(v) for v in rgb))
+
+
 def apply_colors(ds: fo.Dataset) -> None:
-    """Colour every panoptic / instance / semantic field by class with the dataset's class colours, so that
-    ground truth and predictions look alike in the App (and like the Gradio editor)."""
+    """The App's defaults for this dataset, applied after every import, prediction or import of edits.
+
+    - classes coloured alike in every panoptic / instance / semantic field (ground truth and predictions look
+      alike, and like the Gradio editor), except stuff in panoptic fields: drawn in the complement of its
+      class colour, as stuff colours resemble the textures they cover (grass green, sky blue) and vanish;
+    - only the panoptic ground truth and predictions switched on: fields added later (instances, semantic,
+      uncertainty, evaluation results, fine-tuned predictions) stay off until ticked (``active_fields``);
+    - a saved view ``THRESHOLD_VIEW`` that hides predicted instances scored under ``SCORE_THRESHOLD``
+      (the model keeps its top 100 per image), the view the ``app`` command opens.
+    """
     cats = categories(ds)
-    hexes = ["#{:02x}{:02x}{:02x}".format(*(int(v) for v in c.get("color") or (128, 128, 128))) for c in cats]
-    values = [{"value": str(c["name"]), "color": h} for c, h in zip(cats, hexes)]
+    colors = [tuple(c.get("color") or (128, 128, 128)) for c in cats]
+    values = [{"value": str(c["name"]), "color": _hex(rgb)} for c, rgb in zip(cats, colors)]
+    contrast = [{"value": str(c["name"]), "color": _hex(rgb if c.get("isthing", True) else [255 - v for v in rgb])}
+                for c, rgb in zip(cats, colors)]
     paths = [name for name in ds.get_field_schema()
              if name.endswith(("_panoptic", "_instances")) and ds.has_field(name)]
     ds.app_config.color_scheme = fo.ColorScheme(
         color_by="value", opacity=0.6,
-        fields=[{"path": p, "colorByAttribute": "label", "valueColors": values} for p in sorted(paths)],
-        default_mask_targets_colors=[{"intTarget": i + 1, "color": h} for i, h in enumerate(hexes)])
+        fields=[{"path": p, "colorByAttribute": "label",
+                 "valueColors": contrast if p.endswith("_panoptic") else values} for p in sorted(paths)],
+        default_mask_targets_colors=[{"intTarget": i + 1, "color": _hex(rgb)} for i, rgb in enumerate(colors)])
+    ds.app_config.active_fields = _active_fields(ds)
     ds.save()
+    ds.save_view(THRESHOLD_VIEW, default_view(ds), overwrite=True,
+                 description="the App's default: predicted instances under the score threshold hidden")
+
+
+def _active_fields(ds: fo.Dataset) -> fo.ActiveFields:
+    """The fields switched on: those already on, plus the first label field of the ground truth and of the
+    predictions (panoptic, else instances, else semantic)."""
+    current = ds.app_config.active_fields
+    paths = list(current.paths) if current is not None and not current.exclude else []
+    for prefix in (GT, PRED):
+        f = fields(prefix)
+        first = next((f[k] for k in ("panoptic", "instances", "semantic") if ds.has_field(f[k])), None)
+        if first is not None and first not in paths:
+            paths.append(first)
+    return fo.ActiveFields(exclude=False, paths=paths)
+
+
+def default_view(ds: fo.Dataset) -> fo.DatasetView:
+    """The dataset with every predicted instance scored under ``SCORE_THRESHOLD`` hidden (not deleted)."""
+    from fiftyone import ViewField as F
+
+    view = ds.view()
+    for prefix in sorted(ds.info.get(INFO_KEY, {}).get("predictions", {})):
+        name = fields(prefix)["instances"]
+        if ds.has_field(name):
+            view = view.filter_labels(name, F("confidence") >= SCORE_THRESHOLD, only_matches=False)
+    return view
 
 
 # --------------------------------------------------------------------------------------------
