@@ -214,6 +214,11 @@ def test_pull_imports_replaces_is_idempotent_and_refuses(fo_env, tmp_path_factor
     assert report.imported == [] and "edited" not in c.tags
     shutil.rmtree(bad)
     shutil.rmtree(small)
+    linked = _editor_export(c, corrections, "linked")  # an image that is a link out of the export: not read
+    (linked / "images" / Path(c.filepath).name).unlink()
+    (linked / "images" / Path(c.filepath).name).symlink_to(c.filepath)
+    assert "leads out of the export" in " ".join(pull_edits(ds, corrections).refused)
+    shutil.rmtree(linked)
 
     unknown = _editor_export(c, corrections, "unknown")
     data = json.loads((unknown / "panoptic.json").read_text())
@@ -257,6 +262,15 @@ def test_export_and_finetune_prefer_the_edited_labels(fo_env, tmp_path_factory, 
         for s in record.panoptic.segments:
             classes[s.id] = s.category_id
         assert np.array_equal(classes[record.panoptic.segment_map], _truth(sample, prefix)[1]), prefix
+    # opened again in the editor, a sample shows its correction
+    from app.fiftyone_bridge.editor import editor_link
+
+    _, opened = editor_link(ds.select(a.id), corrections)
+    record = CorrectionsDataset(opened)[0]
+    classes = np.full(int(record.panoptic.segment_map.max()) + 1, -1)
+    for s in record.panoptic.segments:
+        classes[s.id] = s.category_id
+    assert np.array_equal(classes[record.panoptic.segment_map], _truth(a, "edited")[1])
     # the CLI's default is that preference; only the edited samples: --view-tag edited
     assert main(["export", "--name", ds.name, "--view-tag", "edited", "--out", str(tmp_path / "cli")]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 1

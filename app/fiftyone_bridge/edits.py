@@ -160,6 +160,8 @@ def _check_image(entry: EditedImage, sample: fo.Sample) -> tuple[int, int]:
     exported = entry.folder / "images" / entry.file_name
     if not exported.is_file():
         raise BridgeError(f"the export has no image images/{entry.file_name}")
+    if not exported.resolve().is_relative_to(entry.folder):
+        raise BridgeError(f"images/{entry.file_name} leads out of the export (a link): not read")
     meta = sample.metadata
     size = (int(meta.height), int(meta.width)) if meta is not None and meta.height and meta.width \
         else image_size(sample.filepath)
