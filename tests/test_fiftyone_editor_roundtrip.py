@@ -312,7 +312,7 @@ def test_open_link_then_export_records_the_sample(fo_env, tmp_path_factory, tmp_
     wb = Workbench(Predictor(), corrections, work_dir=tmp_path / "work")
     s = wb.new_session()
     screen = open_from_query(wb, s, query)
-    assert "opened" in screen.status, screen.status
+    assert "opened" in screen.status and f"FiftyOne sample {sample.id}" in screen.status, screen.status
     wb.mark_reviewed(s, True)
     wb.export(s, "linked")
     manifest = json.loads((corrections / "linked" / "manifest.json").read_text())

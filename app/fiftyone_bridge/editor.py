@@ -191,5 +191,8 @@ def open_from_query(wb: Workbench, s: BrowserSession, params: Mapping[str, str])
     wb.start(s)  # runs the model once on the opened image; a loaded annotation is kept
     s.sync.reset()  # that screen is not shown: the one returned below sends the image
     message = f"opened {image.name}" + (f" with the labels of {labels.name}" if labels is not None else "")
+    if origin is not None:
+        message += (f" (FiftyOne sample {origin['sample_id']} of {origin['dataset']!r}: export, then pull-edits "
+                    "brings the correction back)")
     s.message = message
     return wb.screen(s, message)
