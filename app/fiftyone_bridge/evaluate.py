@@ -119,6 +119,9 @@ def evaluate_view(view: fo.Dataset | fo.DatasetView, pred: str = PRED, gt: str =
     thing_cats = [c for c in cat_info if c["isthing"]] or cat_info
     thing_ids = {c["id"] for c in thing_cats}
 
+    for metric in ("pq", "sq", "rq", "miou", "ap"):  # declared: a sample may get None first
+        if not ds.has_sample_field(fp[metric]):
+            ds.add_sample_field(fp[metric], fo.FloatField)
     pan_results = None
     if fiftyone_eval and have["panoptic"]:
         _delete_eval(ds, panoptic_key(pred))

@@ -309,6 +309,20 @@ class PanopticResults(DetectionResults):
     Scores are percent, as ``m2f_core.metrics.pq_results`` gives them; ``None`` where nothing was counted.
     """
 
+    def use_subset(self, subset_def):
+        """FiftyOne's ``use_subset``, with the IoUs kept in step (FiftyOne subsets the labels, not the IoUs)."""
+        ious, pairs = self.ious, list(zip(self.ytrue_ids.tolist(), self.ypred_ids.tolist()))
+        super().use_subset(subset_def)
+        keep = set(zip(self.ytrue_ids.tolist(), self.ypred_ids.tolist()))  # one entry per (gt, pred) pair
+        self._ious_orig = ious
+        self.ious = np.array([iou for iou, pair in zip(ious.tolist(), pairs) if pair in keep], dtype=object)
+        return self
+
+    def clear_subset(self):
+        if self.has_subset:
+            self.ious = self._ious_orig
+        super().clear_subset()
+
     def _stat(self) -> PQStat:
         ids = {}
         for i, c in enumerate(self.config.categories):
@@ -363,8 +377,6 @@ class PanopticResults(DetectionResults):
 
     def print_report(self, classes=None, digits=2) -> None:
         """The per-class table (classes counted at least once, or ``classes``), then all / things / stuff."""
-        from tabulate import tabulate
-
         report = self.report(classes=classes)
         rows = []
         for name, row in report.items():
@@ -379,7 +391,7 @@ class PanopticResults(DetectionResults):
             row = report[name]
             rows.append([name, f"{row['classes']} classes", *(_fmt(row[m], digits) for m in ("PQ", "SQ", "RQ")),
                          "", "", ""])
-        print(tabulate(rows, headers=["class", "", "PQ", "SQ", "RQ", "TP", "FP", "FN"], tablefmt="simple"))
+        print(_table(rows, ["class", "", "PQ", "SQ", "RQ", "TP", "FP", "FN"]))
 
     def compare(self, other: PanopticResults) -> dict[str, Any]:
         """This run (``a``) against ``other`` (``b``): headline and per-class PQ / SQ / RQ with ``b - a``."""
@@ -396,16 +408,20 @@ class PanopticResults(DetectionResults):
 
     def print_compare(self, other: PanopticResults, digits=2) -> None:
         """``compare`` as two tables: the headline, then the classes by PQ change (worst first)."""
-        from tabulate import tabulate
-
         cmp = self.compare(other)
         a, b = cmp["a"] or "a", cmp["b"] or "b"
-        print(tabulate([[k, _fmt(v["a"], digits), _fmt(v["b"], digits), _fmt(v["delta"], digits)]
-                        for k, v in cmp["overall"].items()], headers=["", a, b, "change"], tablefmt="simple"))
+        print(_table([[k, _fmt(v["a"], digits), _fmt(v["b"], digits), _fmt(v["delta"], digits)]
+                      for k, v in cmp["overall"].items()], ["", a, b, "change"]))
         rows = sorted(cmp["per_class"].items(), key=lambda kv: kv[1]["PQ"]["delta"] or 0.0)
         print()
-        print(tabulate([[n, _fmt(v["PQ"]["a"], digits), _fmt(v["PQ"]["b"], digits), _fmt(v["PQ"]["delta"], digits)]
-                        for n, v in rows], headers=["class (PQ)", a, b, "change"], tablefmt="simple"))
+        print(_table([[n, _fmt(v["PQ"]["a"], digits), _fmt(v["PQ"]["b"], digits), _fmt(v["PQ"]["delta"], digits)]
+                      for n, v in rows], ["class (PQ)", a, b, "change"]))
+
+
+def _table(rows: list[list], headers: list[str]) -> str:
+    from tabulate import tabulate
+
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
 
 
 def _delta(a: float | None, b: float | None) -> dict[str, float | None]:
