@@ -20,6 +20,8 @@ folder is the one the bridge's ``app`` command ran in (``app.workspace``, shared
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import sys
 from pathlib import Path
@@ -34,6 +36,8 @@ if str(_REPO) not in sys.path[:1]:
 
 from app.fiftyone_bridge import EDITED, FINETUNED, GT, PRED  # noqa: E402
 from app.workspace import corrections_dir, runs_dir  # noqa: E402
+
+logger = logging.getLogger(__name__)
 
 
 def _setting(name: str, default: Path | str) -> str:
@@ -112,18 +116,29 @@ class Evaluate(foo.Operator):
     def execute(self, ctx):
         from app.fiftyone_bridge.evaluate import evaluate_view
 
-        pred = ctx.params.get("pred") or PRED
-        summary = evaluate_view(ctx.target_view(), pred=pred, gt=ctx.params.get("gt") or GT, progress=False,
+        pred, gt = ctx.params.get("pred") or PRED, ctx.params.get("gt") or GT
+        summary = evaluate_view(ctx.target_view(), pred=pred, gt=gt, progress=False,
                                 callback=_progress(ctx, "evaluate"))
         ctx.trigger("reload_dataset")
         sem = summary.get("semantic", {})
+        pan = summary.get("panoptic", {})
+        key = pan.get("fiftyone_eval_key")
         return {"summary": _headline(summary), "miou_fiftyone": sem.get("mIoU_fiftyone"),
                 "mAP_fiftyone": summary.get("instance", {}).get("mAP_fiftyone"),
+                "panoptic": ", ".join(f"{k} {pan[k]:.2f}" if pan.get(k) is not None else f"{k} -"
+                                      for k in ("PQ", "PQ_th", "PQ_st", "SQ", "RQ")) if pan else "-",
+                "eval_key": key or "-",
+                "segments": f"every segment of {pred}_panoptic and {gt}_panoptic has {key} = tp / fp / fn (crowd, "
+                            f"ignored), {key}_id, {key}_iou (filter the labels by them); saved views "
+                            f"'{key} false negatives', '{key} wrong class'..." if key else "-",
                 "sort_by": f"{pred}_pq (ascending: worst first), {pred}_miou, {pred}_ap"}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        outputs.str("summary", label="PQ / mIoU / mask AP (pycocotools)")
+        outputs.str("summary", label="PQ / mIoU / mask AP (COCO AP: hotcoco)")
+        outputs.str("panoptic", label="Panoptic quality (%): all, things, stuff")
+        outputs.str("eval_key", label="PQ evaluation key (Model Evaluation panel, load_evaluation_results)")
+        outputs.str("segments", label="Per-segment results")
         outputs.float("miou_fiftyone", label="mIoU from FiftyOne's confusion matrix")
         outputs.float("mAP_fiftyone", label="FiftyOne mask mAP")
         outputs.str("sort_by", label="Per-sample fields")
@@ -340,6 +355,45 @@ class PullEdits(foo.Operator):
         return types.Property(outputs)
 
 
+def _one_line(e: BaseException) -> str:
+    from app.fiftyone_bridge import BridgeError
+    from m2f_core.metrics import MetricInputError
+
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, (BridgeError, MetricInputError, FileNotFoundError)):
+        return text  # a user-facing problem: its message says it
+    return f"{type(e).__name__}: {text} (the traceback is in the App server's log)"
+
+
+def guard(cls: type[foo.Operator]) -> type[foo.Operator]:
+    """An operator whose failure is one line in the App (an ``error`` output and a notification) and whose
+    traceback goes to the log, instead of a traceback in the operator's panel."""
+    if getattr(cls, "_m2f_guarded", False):  # registered again: wrapped once only
+        return cls
+    execute, resolve_output = cls.execute, cls.resolve_output
+
+    @functools.wraps(execute)
+    def guarded_execute(self, ctx):
+        try:
+            return execute(self, ctx)
+        except Exception as e:
+            message = _one_line(e)
+            logger.error("%s failed: %s", self.uri, message, exc_info=True)
+            ctx.ops.notify(message, variant="error")
+            return {"error": message}
+
+    @functools.wraps(resolve_output)
+    def guarded_output(self, ctx):
+        if (ctx.results or {}).get("error"):
+            outputs = types.Object()
+            outputs.str("error", label="Error", view=types.Error())
+            return types.Property(outputs)
+        return resolve_output(self, ctx)
+
+    cls.execute, cls.resolve_output, cls._m2f_guarded = guarded_execute, guarded_output, True
+    return cls
+
+
 def register(p):
     for cls in (RunModel, Evaluate, OpenInEditor, FineTune, FineTuneStatus, LoadFinetuned, PullEdits):
-        p.register(cls)
+        p.register(guard(cls))
