@@ -134,13 +134,15 @@ def cmd_app(args: argparse.Namespace) -> int:
 
     from app.workspace import workspace_env
 
-    from .core import install_plugin, load_dataset
+    from .core import THRESHOLD_VIEW, install_plugin, load_dataset
 
     ds = load_dataset(args.name)
     os.environ.update(workspace_env())  # the App server (working folder: FiftyOne's) writes where this CLI would
     link = install_plugin()  # the operators are there when the App starts
     print(f"plugin: {link}", file=sys.stderr)
-    session = fo.launch_app(ds, port=args.port, address=args.host, remote=True, auto=False)
+    # opens on the saved view that hides low-scored predicted instances (the dataset's App defaults)
+    view = ds.load_saved_view(THRESHOLD_VIEW) if ds.has_saved_view(THRESHOLD_VIEW) else None
+    session = fo.launch_app(ds, view=view, port=args.port, address=args.host, remote=True, auto=False)
     print(f"FiftyOne App: {session.url} (Ctrl-C to stop)", file=sys.stderr)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` closes the App like Ctrl-C
     try:
