@@ -14,10 +14,12 @@ for predictions): ``PREFIX_panoptic``, ``PREFIX_instances``, ``PREFIX_semantic``
 add ``PREFIX_uncertainty`` (mean, for sorting) and ``PREFIX_uncertainty_map`` (a ``Heatmap``).
 Evaluation writes ``PREFIX_pq``, ``PREFIX_sq``, ``PREFIX_rq``, ``PREFIX_miou``, ``PREFIX_ap``
 per sample (sort the App by them to find the worst samples) and a summary in
-``dataset.info["m2f_evaluations"][PREFIX]``.
+``dataset.info["m2f_evaluations"][PREFIX]``; PQ is also the FiftyOne evaluation ``PREFIX_pan``, with a
+result on every panoptic segment (``panoptic_eval``).
 
 Modules: ``convert`` (labels <-> our records, no database), ``core`` (import, predict, export),
-``evaluate`` (PQ / mIoU / mask AP), ``finetune`` (few-shot runs recorded on the dataset; before / after
+``evaluate`` (PQ / mIoU / mask AP), ``panoptic_eval`` (PQ as a FiftyOne evaluation method),
+``finetune`` (few-shot runs recorded on the dataset; before / after
 with the trained-on, held-out and unseen samples apart),
 ``editor`` (links into the Gradio editor and the page-load hook that opens them), ``edits`` (what
 was saved in the editor back into ``edited_*`` fields), ``__main__``
