@@ -287,10 +287,15 @@ def test_two_runs_compare_and_a_run_deletes_cleanly(hand, capsys):
     base.print_compare(other)
     assert "oracle_pan" in capsys.readouterr().out
 
-    ds.delete_evaluation("oracle_pan")  # fields, attributes and saved views go with the run
-    assert "oracle_pan" not in ds.list_evaluations()
-    assert not ds.has_field("oracle_pan_pq") and not ds.has_field("oracle_panoptic.detections.oracle_pan")
+    ds.rename_evaluation("oracle_pan", "oracle2_pan")  # fields, attributes and saved views follow the run
+    assert ds.has_field("oracle2_pan_pq") and ds.has_field("oracle_panoptic.detections.oracle2_pan_cls_gt")
+    assert set(saved_views("oracle2_pan")) <= set(ds.list_saved_views())
     assert not set(saved_views("oracle_pan")) & set(ds.list_saved_views())
+    assert len(ds.load_saved_view("oracle2_pan false negatives")) == 0
+    ds.delete_evaluation("oracle2_pan")  # and go with it
+    assert "oracle2_pan" not in ds.list_evaluations()
+    assert not ds.has_field("oracle2_pan_pq") and not ds.has_field("oracle_panoptic.detections.oracle2_pan")
+    assert not set(saved_views("oracle2_pan")) & set(ds.list_saved_views())
     assert set(saved_views(KEY)) <= set(ds.list_saved_views())
 
 

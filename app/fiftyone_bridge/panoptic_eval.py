@@ -203,7 +203,7 @@ class PanopticEvaluation(DetectionEvaluation):
                                   backend=self)
         results.custom_metrics = results.panel_metrics()
         if eval_key is not None:
-            save_views(samples, eval_key, self.config)
+            save_views(samples._dataset.load_evaluation_view(eval_key), eval_key, self.config)
         return results
 
     def _class_paths(self, samples, eval_key: str) -> list[str]:
@@ -233,7 +233,7 @@ class PanopticEvaluation(DetectionEvaluation):
         for name in saved_views(eval_key):
             if ds.has_saved_view(name):
                 ds.delete_saved_view(name)
-        save_views(ds.load_evaluation_view(new_eval_key), new_eval_key, self.config)
+        save_views(ds.load_evaluation_view(eval_key), new_eval_key, self.config)  # renamed after this returns
 
 
 def _sample_fields(eval_key: str) -> list[str]:
@@ -278,12 +278,11 @@ def saved_views(eval_key: str) -> list[str]:
                                         f"IoU below {LOW_IOU}", "missed stuff")]
 
 
-def save_views(samples, eval_key: str, config: PanopticEvaluationConfig) -> None:
-    """Save one view per usual question, on the evaluated samples: the segments in question are kept
+def save_views(evaluated: fo.Dataset | fo.DatasetView, eval_key: str, config: PanopticEvaluationConfig) -> None:
+    """Save one view per usual question on the ``evaluated`` samples: the segments in question are kept
     (``filter_labels``), the other field is left whole for context."""
-    ds = samples._dataset
-    base = ds.load_evaluation_view(eval_key)
-    base = base.view() if isinstance(base, fo.Dataset) else base
+    ds = evaluated._dataset
+    base = evaluated.view() if isinstance(evaluated, fo.Dataset) else evaluated
     gt, pred, k = config.gt_field, config.pred_field, eval_key
     stuff = [c["name"] for c in config.categories if not c["isthing"]]
     low = (F(k) == "tp") & (F(f"{k}_iou") < LOW_IOU)
