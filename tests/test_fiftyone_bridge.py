@@ -654,8 +654,8 @@ def test_finetune_form_states_the_samples_and_defaults_to_the_whole_view(fewshot
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "x").write_text("")
-    code, _ = _run_main(["finetune", "--name", "fewshot", "--limit", "1", "--run-dir", str(taken),
-                         "--export-out", str(tmp_path / "export"), "--max-minutes", "1"])
+    code, _ = _run_main(["finetune", "--name", "fewshot", "--limit", "1", "--run-dir", str(taken),  # confirmed
+                         "--export-out", str(tmp_path / "export"), "--max-minutes", "1", "--confirm-few"])
     err = capsys.readouterr().err.splitlines()
     assert code == 2 and err[0] == "fine-tune: training on 1 sample, none held out", err
     assert err[1].startswith("warning: only 1 sample") and err[2].startswith("error: ") and "not empty" in err[2]

@@ -6,6 +6,7 @@
     python -m app.fiftyone_bridge app --name coco-val --port 5151
     python -m app.fiftyone_bridge pull-edits --name coco-val          # what was saved in the Gradio editor
     python -m app.fiftyone_bridge export --name coco-val --view-tag fixed --out datasets/corrections/fixed
+    python -m app.fiftyone_bridge rank --name coco-val --by uncertainty --tag to-correct --top 8
     python -m app.fiftyone_bridge finetune --name coco-val --view-tag fixed --max-minutes 10
     python -m app.fiftyone_bridge status --name coco-val
     python -m app.fiftyone_bridge compare --name coco-val
@@ -179,20 +180,22 @@ def cmd_pull_edits(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from app.workspace import corrections_dir, runs_dir
 
-    from .finetune import start_finetune, training_plan
+    from .finetune import check_enough, start_finetune, training_plan
 
     ds, view = _view(args)
-    plan, warning = training_plan(len(view), args.val)
+    extra = shlex.split(args.trainer_args or "")
+    plan, warning = training_plan(len(view), args.val, extra)
     if len(view):  # said before anything is exported or started (an empty view is refused below)
         print(f"fine-tune: {plan}", file=sys.stderr)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
+    check_enough(len(view), args.confirm_few, extra)  # fewer than the minimum: only when confirmed
     name = args.view_tag or ds.slug
     export = Path(args.export_out) if args.export_out else corrections_dir() / name
     run_dir = Path(args.run_dir) if args.run_dir else runs_dir() / f"fiftyone-{name}"
     record = start_finetune(view, export, run_dir, weights=args.weights, max_minutes=args.max_minutes,
                             max_iter=args.max_iter, val=args.val, device=args.device, prefix=args.labels,
-                            extra=shlex.split(args.trainer_args or ""), overwrite_export=args.overwrite)
+                            extra=extra, overwrite_export=args.overwrite, confirm_few=args.confirm_few)
     out = {k: v for k, v in record.to_dict().items() if k != "sample_ids"}
     _print(out | {"warning": warning, "progress": f"{PROG} status --name {args.name}"})
     return 0
@@ -203,7 +206,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .finetune import list_runs, run_status
 
     ds = load_dataset(args.name)
-    _print([run_status(r) | {"pid": r["pid"], "command": " ".join(r["command"])} for r in list_runs(ds)])
+    statuses = [run_status(r) | {"pid": r["pid"], "command": " ".join(r["command"])} for r in list_runs(ds)]
+    for st in statuses:  # n / N, time left and the held-out score, one line per run
+        print(f"{st['run_dir']}: {st['line']}", file=sys.stderr)
+    _print(statuses)
     return 0
 
 
@@ -221,10 +227,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out[name] = {"samples": group["samples"], "before": headline(group["before"]),
                      "after": headline(group["after"])}
     out["split_field"] = result["split_field"]
+    out["worse"] = result["worse"]
+    for line in result["worse"]:  # never hidden behind a gain on the trained-on samples
+        print(f"warning: got worse on {line}: the fine-tuned model is worse where it was not trained; "
+              "keep the current one", file=sys.stderr)
     if result["warning"]:
         out["warning"] = result["warning"]
         print(f"warning: {result['warning']}", file=sys.stderr)
     _print(out)
+    return 0
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from .selection import rank_samples
+
+    _, view = _view(args)
+    report = rank_samples(view, by=args.by, top=args.top, tag=args.tag, prefix=args.prefix, gt=args.gt,
+                          weights=args.weights, device=args.device)
+    print(f"rank: the {report.tagged} of {report.samples} samples of highest {report.by} tagged '{report.tag}' "
+          f"(scores in {report.field})", file=sys.stderr)
+    _print(report.to_dict())
     return 0
 
 
@@ -319,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {LABELS}: the editor's corrections where a sample has them, else {GT})")
     p.add_argument("--trainer-args", default=None, help="more training.finetune options, e.g. '--recipe r.json'")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    p.add_argument("--confirm-few", action="store_true",
+                   help="train even on fewer samples than can be held out (4 by default): the run cannot measure "
+                        "whether it helps")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("status", help="progress of the fine-tuning runs recorded on a dataset")
@@ -333,6 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--before", default=PRED, help=f"prefix of the predictions to compare with (default {PRED})")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("rank", help="rank samples by the model's uncertainty (or Brain's uniqueness / "
+                       "mistakenness) and tag the top N for correction")
+    _add_view_args(p)
+    p.add_argument("--by", default="uncertainty", choices=("uncertainty", "uniqueness", "mistakenness"),
+                   help="uncertainty (of the predictions; default), uniqueness (Brain, on the model's backbone "
+                        "embeddings) or mistakenness (Brain: predictions against the ground truth)")
+    p.add_argument("--top", type=positive_int, default=8, metavar="N", help="tag the N highest (default 8)")
+    p.add_argument("--tag", default="to-correct", help="the tag (default to-correct; replaced on the view)")
+    p.add_argument("--prefix", default=PRED, help=f"the predictions ranked (default {PRED})")
+    p.add_argument("--gt", default=GT, help=f"the ground truth, for mistakenness (default {GT})")
+    p.add_argument("--weights", default=None, help="the model embedding the images, for uniqueness (default: the "
+                   "predictions' weights)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_rank)
 
     p = sub.add_parser("plugin", help="install the FiftyOne plugin (a link in FiftyOne's plugins folder)")
     p.add_argument("--plugins-dir", default=None, help="default: FIFTYONE_PLUGINS_DIR or ~/fiftyone/__plugins__")

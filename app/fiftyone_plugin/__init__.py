@@ -9,7 +9,10 @@
 - ``pull_edits``: what was saved in the Gradio editor for samples opened from here, back as ``edited_*``
   fields (tagged ``edited``, with who / when);
 - ``load_finetuned``: predictions of a run's recommended weights into new fields, before / after on the
-  samples it trained on, its held-out samples and the unseen ones apart (the headline: not trained on).
+  samples it trained on, its held-out samples and the unseen ones apart (the headline: not trained on;
+  in red when the held-out or unseen samples got worse);
+- ``rank_samples``: choose what to correct: rank by the model's uncertainty (or FiftyOne Brain's
+  uniqueness / mistakenness) and tag the top N (``app.fiftyone_bridge.selection``).
 
 Thin on purpose: every operator calls ``app.fiftyone_bridge``. Install with
 ``python -m app.fiftyone_bridge plugin`` (a link in FiftyOne's plugins folder; the App command does it).
@@ -59,6 +62,29 @@ def _headline(summary: dict | None) -> str:
 
     h = headline(summary)
     return ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in h.items())
+
+
+def _count(n: int) -> str:
+    return f"{n} sample{'' if n == 1 else 's'}"
+
+
+_TARGET_WORDS = {"DATASET": "the whole dataset", "CURRENT_VIEW": "the current view", "BASE_VIEW": "the base view",
+                 "SELECTED_SAMPLES": "the selection", "DATASET_VIEW": "the dataset"}
+
+
+def _target_text(ctx, default: str, n: int, n_selected: int) -> str:
+    """``Fine-tune on the current view: 6 samples (selection: 1 sample, not used)``: which samples, how many."""
+    chosen = ctx.request_params.get("view_target") or ctx.params.get("view_target") or default
+    text = f"Fine-tune on {_TARGET_WORDS.get(chosen, str(chosen).lower())}: {_count(n)}"
+    if n_selected and chosen != "SELECTED_SAMPLES":
+        text += f" (selection: {_count(n_selected)}, not used unless you choose it above)"
+    return text
+
+
+def _trainer_args(ctx) -> list[str]:
+    import shlex
+
+    return shlex.split(ctx.params.get("trainer_args") or "")
 
 
 def _before_after(group: dict) -> str:
@@ -186,17 +212,22 @@ class FineTune(foo.Operator):
         return foo.OperatorConfig(name="finetune", label="Mask2Former: fine-tune on the view", dynamic=True)
 
     def resolve_input(self, ctx):
-        from app.fiftyone_bridge.finetune import training_plan
+        from app.fiftyone_bridge.finetune import min_samples, training_plan
 
         inputs = types.Object()
+        n_view, n_selected = len(ctx.view), len(ctx.selected or [])
         target = inputs.view_target(ctx, action_description="Fine-tune on",
-                                    selected_samples_description="Only the selected samples")
+                                    dataset_description=f"Fine-tune on the whole dataset ({_count(len(ctx.dataset))})",
+                                    current_view_description=f"Fine-tune on the current view ({_count(n_view)})",
+                                    selected_samples_description=f"Only the selected samples ({_count(n_selected)})")
         # the whole view unless the user picks the selection (FiftyOne defaults to the most selective choice)
         available = target.options.available_values()
         target.default = next((t for t in ("CURRENT_VIEW", "DATASET", "BASE_VIEW") if t in available), target.default)
         n = len(ctx.target_view())  # the chosen target; before a choice, the current view or the dataset
+        inputs.str("target", label=_target_text(ctx, target.default, n, n_selected), view=types.Notice())
         val = ctx.params.get("val") or None
-        plan, warning = training_plan(n, val)
+        extra = _trainer_args(ctx)
+        plan, warning = training_plan(n, val, extra)
         if n == 0:
             prop = inputs.str("plan", label="The target view is empty: nothing to fine-tune on", view=types.Error())
             prop.invalid = True
@@ -204,6 +235,14 @@ class FineTune(foo.Operator):
             inputs.str("plan", label=plan[0].upper() + plan[1:], description=warning, view=types.Warning())
         else:
             inputs.str("plan", label=plan[0].upper() + plan[1:], view=types.Notice())
+        least = min_samples(extra)
+        if 0 < n < least:  # refused unless confirmed: one sample left selected must not train unnoticed
+            inputs.bool("confirm_few", label=f"Fine-tune on {_count(n)} anyway", default=False,
+                        description=f"fewer than {least}: the run cannot measure whether it helps")
+            if not ctx.params.get("confirm_few"):
+                prop = inputs.str("refused", label=f"Fewer than {least} samples: tick the box above to fine-tune on "
+                                  f"{_count(n)}, or choose a larger view", view=types.Error())
+                prop.invalid = True
         inputs.str("name", label="Export / run name", default=f"{ctx.dataset.slug}-finetune")
         inputs.str("weights", label="Starting weights", default="",
                    description="empty: the weights of the 'pred' predictions, else the built-in model")
@@ -223,22 +262,21 @@ class FineTune(foo.Operator):
         return types.Property(inputs, view=types.View(label="Fine-tune"))
 
     def execute(self, ctx):
-        import shlex
-
         from app.export import sanitize_name
         from app.fiftyone_bridge.finetune import start_finetune, training_plan
 
         name = sanitize_name(ctx.params.get("name") or f"{ctx.dataset.slug}-finetune")
         view = ctx.target_view()
         val = ctx.params.get("val") or None
-        _, warning = training_plan(len(view), val)
+        extra = _trainer_args(ctx)
+        _, warning = training_plan(len(view), val, extra)
         record = start_finetune(view, Path(ctx.params.get("corrections_dir") or corrections_dir()) / name,
                                 Path(ctx.params.get("runs_dir") or runs_dir()) / name,
                                 weights=ctx.params.get("weights") or None,
                                 max_minutes=float(ctx.params.get("max_minutes") or 10.0),
                                 max_iter=int(ctx.params.get("max_iter") or 0) or None, val=val,
                                 device=ctx.params.get("device") or None, prefix=ctx.params.get("labels") or GT,
-                                extra=shlex.split(ctx.params.get("trainer_args") or ""), overwrite_export=True)
+                                extra=extra, overwrite_export=True, confirm_few=bool(ctx.params.get("confirm_few")))
         return {"plan": record.plan, "warning": warning or "", "samples": record.n_images, "run_dir": record.run_dir,
                 "pid": record.pid, "command": " ".join(record.command), "export": record.export_dir}
 
@@ -302,13 +340,17 @@ class LoadFinetuned(foo.Operator):
         ctx.trigger("reload_dataset")
         top = result["headline"]
         out = {"weights": result["weights"], "split_field": result["split_field"], "warning": result["warning"] or "",
-               "headline": "-" if top is None else _before_after(top)}
+               "headline": "-" if top is None else _before_after(top), "worse": "; ".join(result["worse"])}
         for name, group in result["groups"].items():
             out[name] = _before_after(group) if group["samples"] else "none"
         return out
 
     def resolve_output(self, ctx):
         outputs = types.Object()
+        if (ctx.results or {}).get("worse"):  # in red, first: a gain on the trained-on samples must not hide it
+            outputs.str("worse", label="Worse where it did not train: keep the current model",
+                        view=types.Error(label="Worse where it did not train: keep the current model",
+                                         description=ctx.results["worse"]))
         if (ctx.results or {}).get("warning"):
             outputs.str("warning", label="Warning", view=types.Warning())
         outputs.str("headline", label="Samples it did not train on (held out + unseen)")
@@ -355,6 +397,48 @@ class PullEdits(foo.Operator):
         return types.Property(outputs)
 
 
+class RankSamples(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="rank_samples", label="Mask2Former: choose what to correct (rank and tag)",
+                                  allow_immediate_execution=True, allow_delegated_execution=True, dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx, action_description="Rank")
+        n = len(ctx.target_view())
+        inputs.enum("by", ["uncertainty", "uniqueness", "mistakenness"], label="Rank by", default="uncertainty",
+                    view=types.RadioGroup(),
+                    description="uncertainty: of the model's predictions (run the model first); uniqueness: "
+                                "FiftyOne Brain on the model's backbone embeddings; mistakenness: FiftyOne Brain, "
+                                "predictions against the ground truth")
+        inputs.int("top", label="Tag the top N", default=min(8, max(n, 1)), min=1,
+                   description=f"of the {_count(n)} ranked")
+        inputs.str("tag", label="Tag", default="to-correct", description="taken off the view's other samples")
+        inputs.str("prefix", label="Predictions (prefix)", default=PRED)
+        return types.Property(inputs, view=types.View(label="Choose what to correct"))
+
+    def execute(self, ctx):
+        from app.fiftyone_bridge.selection import rank_samples
+
+        report = rank_samples(ctx.target_view(), by=ctx.params.get("by") or "uncertainty",
+                              top=int(ctx.params.get("top") or 8), tag=ctx.params.get("tag") or "to-correct",
+                              prefix=ctx.params.get("prefix") or PRED, callback=_progress(ctx, "embed"))
+        ctx.trigger("reload_dataset")
+        top = ", ".join(f"{t['file']} ({t['score']:.3f})" for t in report.top)
+        return {"summary": f"{report.tagged} of {_count(report.samples)} tagged '{report.tag}', highest "
+                           f"{report.by} first: {top}", "field": report.field, "tag": report.tag, "note": report.note}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("summary", label="Tagged for correction")
+        outputs.str("field", label="Score per sample (sort by it, highest first)")
+        outputs.str("tag", label="Filter by this tag, correct, then fine-tune on it")
+        if (ctx.results or {}).get("note"):
+            outputs.str("note", label="Note", view=types.Warning())
+        return types.Property(outputs)
+
+
 def _one_line(e: BaseException) -> str:
     from app.fiftyone_bridge import BridgeError
     from m2f_core.metrics import MetricInputError
@@ -395,5 +479,5 @@ def guard(cls: type[foo.Operator]) -> type[foo.Operator]:
 
 
 def register(p):
-    for cls in (RunModel, Evaluate, OpenInEditor, FineTune, FineTuneStatus, LoadFinetuned, PullEdits):
+    for cls in (RunModel, Evaluate, OpenInEditor, FineTune, FineTuneStatus, LoadFinetuned, PullEdits, RankSamples):
         p.register(guard(cls))
