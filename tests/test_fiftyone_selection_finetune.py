@@ -369,6 +369,12 @@ def test_status_says_n_of_total_time_left_and_the_held_out_score(pool, tmp_path,
     assert "about 1 min 35 s left" in report and "held-out PQ 16.7 at the start" in report
     assert "iteration 40 / 40, finished" in report
 
+    few = _run_folder(ds, tmp_path, "few", {"phase": "loading", "iteration": 0, "total": 100}, None, None,
+                      os.getpid(), ds.limit(2).values("id"))
+    few["plan"] = "training on 2 samples, none held out"
+    assert run_status(few)["line"] == ("iteration 0 / 100, time left not known yet; training on 2 samples, none "
+                                       "held out; no held-out samples: the gain is not measured")
+
 
 def test_compare_reports_groups_apart_and_says_when_held_out_got_worse(pool, tmp_path, capsys):
     """Before: the ground truth itself (PQ 100); after: the built-in model on shifted scenes. The held-out

@@ -228,7 +228,9 @@ def progress_line(st, record: dict[str, Any]) -> str:
         parts.append(str(record["plan"]))
     m = held_out_metric(p)
     if m is None:
-        parts.append("held-out score: not measured yet" if st.state == "running" else "no held-out score")
+        nothing_held = "none held out" in str(record.get("plan")) or (st.result and not st.result.get("held_out"))
+        parts.append("no held-out samples: the gain is not measured" if nothing_held
+                     else "held-out score: not measured yet" if st.state == "running" else "no held-out score")
     else:
         text = f"held-out {m['metric']} {m['start']:.1f} at the start"
         if m["latest_iter"]:
