@@ -247,8 +247,9 @@ def _write_tools(folder: Path, samples: Sequence[Sample], categories: list[dict]
         elif fmt == "cvat_coco":
             write_cvat_coco(path, local, categories, polygons=polygons, max_iou_loss=max_iou_loss)
         elif fmt == "label_studio":
+            # corrections are a person's work: annotations, not the pre-labels (predictions) a model gives
             write_label_studio(path, local, categories, polygons=polygons, max_iou_loss=max_iou_loss,
-                               image_url_prefix="/data/local-files/?d=images/")
+                               image_url_prefix="/data/local-files/?d=images/", as_predictions=False)
         else:
             write_labelme(path, local, categories, max_iou_loss=max_iou_loss, copy_images=False)
 

@@ -67,14 +67,15 @@ class LoopController:
         return f"{name}: marked reviewed, exported as it is"
 
     def export(self, s: BrowserSession, name: str, overwrite: bool = False,
-               include_untouched: bool = False) -> tuple[str, str]:
+               include_untouched: bool = False, tools: tuple[str, ...] = (), polygons: bool = False) -> tuple[str, str]:
         """Write ``<corrections dir>/<name>/`` (with ``manifest.json``) and a zip of it; returns the message
         and the zip's path.
 
         The edited and reviewed images by default; the untouched ones (the model's own output) only with
         ``include_untouched``. Images of ``--dataset`` keep their id and file name, so the export
-        evaluates against the dataset's ground truth (``python -m m2f_core.evaluate panoptic``). A failure
-        to write (disk full, no permission) is reported as such, with the cause.
+        evaluates against the dataset's ground truth (``python -m m2f_core.evaluate panoptic``). ``tools``
+        also writes the annotation tools' files (``app.export.TOOL_LAYOUT``), as polygons with ``polygons``.
+        A failure to write (disk full, no permission) is reported as such, with the cause.
         """
         clean = sanitize_name(name)
         ws = s.workspace
@@ -97,7 +98,7 @@ class LoopController:
                     "weights": self.model.label, "weights_source": self.model.weights_source}
         try:
             folder = export_corrections(items, self.model.config, self.corrections_dir, clean, overwrite=overwrite,
-                                        manifest=manifest, reserved_ids=src.ids)
+                                        manifest=manifest, reserved_ids=src.ids, tools=tools, polygons=polygons)
             zip_path = str(zip_export(folder))
         except OSError as e:  # the disk, not the user and not a bug: say what the system said
             log.warning("export %s failed", clean, exc_info=True)
@@ -106,7 +107,8 @@ class LoopController:
         detail = ", ".join(f"{n} {st}" for st, n in counts.items() if n)
         left = len(ws.export_items(include_untouched=True)) - len(items)
         message = (f"exported {len(items)} image(s) ({detail}) to {folder}"
-                   + (f"; {left} untouched image(s) left out" if left else ""))
+                   + (f"; {left} untouched image(s) left out" if left else "")
+                   + (f"; also as {', '.join(tools)}" + (" polygons" if polygons else "") if tools else ""))
         return message, zip_path
 
     # ---------------------------------------------------------------------------- fine-tune, follow, cancel

@@ -115,6 +115,13 @@ def build_app(wb: Workbench) -> gr.Blocks:
                     include_untouched = gr.Checkbox(False, label="Include untouched images (the model's own output); "
                                                     "by default only edited and reviewed images are exported",
                                                     elem_id="include-untouched")
+                    with gr.Row():
+                        export_tools = gr.CheckboxGroup(
+                            [("CVAT XML 1.1", "cvat_xml"), ("CVAT COCO 1.0", "cvat_coco"),
+                             ("Label Studio", "label_studio"), ("LabelMe", "labelme")], value=[],
+                            label="Also write for annotation tools (docs/interchange.md)", elem_id="export-tools")
+                        export_polygons = gr.Checkbox(False, label="as polygons (IoU loss <= 1 %)",
+                                                      elem_id="export-polygons")
                 with gr.Accordion("Fine-tune on the export, adopt the new model", open=False):
                     with gr.Row():
                         ft_minutes = gr.Number(value=wb.loop.finetune_minutes, minimum=0.1, maximum=24 * 60,
@@ -246,9 +253,10 @@ def build_app(wb: Workbench) -> gr.Blocks:
             s = session(s)
             return show(s, wb.resync(s))
 
-        def on_export(s, name, over, untouched):
+        def on_export(s, name, over, untouched, tools, polygons):
             s = session(s)
-            screen = wb.export(s, name, over, include_untouched=bool(untouched))
+            screen = wb.export(s, name, over, include_untouched=bool(untouched), tools=tuple(tools or ()),
+                               polygons=bool(polygons))
             return (*show(s, screen), screen.export_file)
 
         def panel() -> tuple:
@@ -306,5 +314,6 @@ def build_app(wb: Workbench) -> gr.Blocks:
         adopt_btn.click(on_adopt, [state, adopt_anyway], [*view, header])
         eval_btn.click(on_evaluate, [eval_count], [eval_out])
         reviewed_btn.click(simple(wb.mark_reviewed), [state], view, **edit)
-        export_btn.click(on_export, [state, export_name, export_overwrite, include_untouched], [*view, export_file])
+        export_btn.click(on_export, [state, export_name, export_overwrite, include_untouched, export_tools,
+                                     export_polygons], [*view, export_file])
     return demo

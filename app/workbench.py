@@ -509,12 +509,13 @@ class Workbench:
     def mark_reviewed(self, s: BrowserSession, reviewed: bool | None = None) -> Screen:
         return self._run(s, lambda: self.loop.mark_reviewed(s, reviewed))
 
-    def export(self, s: BrowserSession, name: str, overwrite: bool = False, include_untouched: bool = False) -> Screen:
+    def export(self, s: BrowserSession, name: str, overwrite: bool = False, include_untouched: bool = False,
+               tools: tuple[str, ...] = (), polygons: bool = False) -> Screen:
         """``LoopController.export``; the ``Screen`` carries the zip (``export_file``) when it worked."""
         zip_path: list[str] = []
 
         def action() -> str:
-            message, path = self.loop.export(s, name, overwrite, include_untouched)
+            message, path = self.loop.export(s, name, overwrite, include_untouched, tools=tools, polygons=polygons)
             zip_path.append(path)
             return message
         return self._run(s, action, what="export failed: ", export_file=lambda: zip_path[0] if zip_path else None)

@@ -154,6 +154,15 @@ def test_select_relabel_undo_redo_export(page, server, assets, expected):
     assert relabelled and relabelled[0]["category_id"] == cat_ids[new_name]
     np.testing.assert_array_equal(coco.annToMask(relabelled[0]).astype(bool), pan.segment_map == target.id)
 
+    # the same correction for an annotation tool: Label Studio pre-labels beside the export
+    page.get_by_text("Export options").click()
+    page.locator("#export-tools").get_by_label("Label Studio").check()
+    page.fill("#export-name textarea, #export-name input", "ui-tools")
+    page.click("#export")
+    wait_status(page, "also as label_studio")
+    tasks = json.loads((server["corrections"] / "ui-tools" / "label_studio.json").read_text())
+    assert len(tasks) == 1 and len(tasks[0]["annotations"][0]["result"]) >= len(sample.panoptic.segments)
+
 
 def test_recover_paint_merge_delete(page, server, assets, expected):
     pan = expected.panoptic()

@@ -284,6 +284,12 @@ def test_export_and_zip(wb, assets, tmp_path):
     assert "exported" in wb.export(s, "unit", overwrite=True).status
     assert "⚠️" in wb.export(s, "../evil").status
     assert "nothing to export" in wb.export(wb.new_session(), "empty").status
+    # the annotation tools' files beside it, readable by the project's tool readers (docs/interchange.md)
+    screen = wb.export(s, "tools", tools=("cvat_xml", "labelme"), polygons=True)
+    assert "also as cvat_xml, labelme polygons" in screen.status
+    tool_map = open_dataset(f"cvat_xml:{wb.corrections_dir / 'tools' / 'cvat' / 'annotations.xml'}")[0]
+    assert tool_map.panoptic is not None and len(tool_map.panoptic.segments) == len(sample.panoptic.segments)
+    assert any((wb.corrections_dir / "tools" / "labelme").glob("*.json"))
 
 
 def test_browse_images_and_dataset(predictor, assets, tmp_path):

@@ -627,7 +627,7 @@ def test_app_export_writes_the_tools_files(tmp_path):
     read = [open_dataset(f"cvat_xml:{root / 'cvat'}", image_dir=root / "images", categories=CATEGORIES),
             open_dataset(f"cvat_coco:{root / 'cvat_coco'}", image_dir=root / "images", categories=CATEGORIES),
             open_dataset(f"label_studio:{root / 'label_studio.json'}", image_dir=root / "images",
-                         categories=CATEGORIES, source="predictions"),
+                         categories=CATEGORIES),
             open_dataset(f"labelme:{root / 'labelme'}", categories=CATEGORIES)]
     for ds in read:
         back = ds[0]
@@ -639,7 +639,8 @@ def test_app_export_writes_the_tools_files(tmp_path):
     assert 'source="auto"' in (root / "cvat" / "annotations.xml").read_text()  # the model's segment
     task = json.loads((root / "label_studio.json").read_text())[0]
     assert task["data"]["image"] == "/data/local-files/?d=images/street1.jpg"
-    assert any(r.get("score") == 0.75 for r in task["predictions"][0]["result"])
+    # a correction is a person's work: Label Studio annotations (pre-labels are `export --ls-as predictions`)
+    assert "predictions" not in task and task["annotations"][0]["result"]
 
 
 def test_predictions_pushed_as_prelabels(tmp_path, capsys):
