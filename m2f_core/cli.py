@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
+
+
+def program_name(module_form: str) -> str:
+    """The command as the user typed it: its console script (``m2f-evaluate``) or ``module_form``
+    (``python -m m2f_core.evaluate``), so usage lines and messages name what was run."""
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return script if script.startswith("m2f-") else module_form
 
 
 class Parser(argparse.ArgumentParser):

@@ -15,11 +15,13 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_model, save_model
+from .cli import program_name
 from .errors import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m m2f_core.convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=program_name("python -m m2f_core.convert"),
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="weights: folder, .pkl, .pth, or Hugging Face hub id")
     parser.add_argument("out", type=Path, help="output folder (created)")
     parser.add_argument("--config", default=None, help="preset name or config JSON (default: inferred)")

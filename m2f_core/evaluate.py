@@ -24,10 +24,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from m2f_core.cli import Parser, positive_int
+from m2f_core.cli import Parser, positive_int, program_name
 from m2f_core.metrics import MetricInputError, mask_ap_compute, pq_compute, sem_seg_compute
 
-PROG = "python -m m2f_core.evaluate"
+PROG = program_name("python -m m2f_core.evaluate")
 
 
 def run_panoptic(args: argparse.Namespace) -> dict[str, Any]:

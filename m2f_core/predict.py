@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import program_name
+
 TASKS = ("panoptic", "instance", "semantic")
 
 
@@ -175,7 +177,8 @@ def run(weights: str | None, out: Path, images: list[str], tasks: tuple[str, ...
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m m2f_core.predict", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=program_name("python -m m2f_core.predict"),
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", help="image files or folders")
     parser.add_argument("--weights", default=None,
                         help="weights: our folder, HF folder or id, .pkl, .pth (default: the built-in model)")

@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from m2f_core.cli import program_name
 from m2f_core.metrics.model_eval import per_class_pq, primary_value
 
 from .finetune_data import MixedTrainingSet, holdout_split, image_status, read_manifest, replay_source, retain_source
@@ -339,7 +340,7 @@ class _Say:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=program_name("python -m training.finetune"), description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--train", required=True, help="the corrections as FORMAT:PATH (e.g. corrections:DIR)")
     p.add_argument("--out", required=True, type=Path, help="run folder (model/, result.json, progress.json, ...)")

@@ -18,14 +18,14 @@ import json
 import sys
 from pathlib import Path
 
-from m2f_core.cli import positive_int
+from m2f_core.cli import positive_int, program_name
 from m2f_core.config import Mask2FormerConfig, resolve_config
 
 from .config import TrainConfig, recipe_for
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=program_name("python -m training.train"), description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--config", default=None, help="model preset name or config JSON (default: that of --init)")
     p.add_argument("--train", required=True, help="training data as FORMAT:PATH")

@@ -28,11 +28,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from m2f_core.cli import Parser, positive_int
+from m2f_core.cli import Parser, positive_int, program_name
 
 from . import EDITED, FINETUNED, GT, PRED, BridgeError
 
-PROG = "python -m app.fiftyone_bridge"
+PROG = program_name("python -m app.fiftyone_bridge")
 LABELS = f"{EDITED},{GT}"  # the labels exported / trained on: the editor's corrections first
 
 
