@@ -278,6 +278,11 @@ class Prediction:
         """Label map of argmax_k sum_q p(k|q) sigmoid(m_q); ``with_probs`` adds the (K, H, W) scores."""
         return self._cached(("semantic", with_probs), lambda: self._semantic(with_probs))
 
+    # The pruned pass of a view pays off when its bounds decide almost every pixel. Above this share of
+    # undecided pixels (on a sample up front, then per row block) the dense computation is cheaper.
+    DENSE_SHARE = 1 / 16
+    SAMPLE_PIXELS = 1024
+
     def _semantic(self, with_probs: bool) -> SemanticResult:
         h, w = self.size
         cls = self.class_probs[:, :-1]  # (Q, K)
@@ -287,7 +292,9 @@ class Prediction:
         # left-out ones add at most ``slack`` to any class, so a pixel whose best class beats the
         # runner-up by more is decided. Classes: score the classes that some kept query predicts plus
         # the heaviest few; a pixel whose best beats the largest left-out class's bound is decided.
-        # Undecided pixels are scored again with every query and class.
+        # Undecided pixels are scored again with every query and class. Outputs the bounds cannot
+        # prune (an untrained or unsure model: flat class and mask probabilities) take the dense
+        # computation, (K, Q) x (Q, pixels) and an argmax, which is then never paid twice.
         if with_probs:
             queries = torch.arange(num_queries)
         else:
@@ -311,28 +318,57 @@ class Prediction:
             kept = int(chosen.sum())
         included = order[:kept]
         bound = float(mass[order[kept:]].max()) if kept < num_classes else float("-inf")
-        any_dropped = bool(left_out.any())
-        slack = float(dropped.max()) + 1e-6  # 1e-6: fp32 rounding of the sums
+        slack = float(dropped.max()) + 1e-6 if bool(left_out.any()) else None  # 1e-6: fp32 rounding of the sums
+
+        def undecided(sem: torch.Tensor) -> torch.Tensor:
+            """(..., K', ...) pruned scores over dim -2 -> (...) bool: the pixels the bounds leave open."""
+            best, arg = sem.max(-2)
+            unsure = best <= bound
+            if slack is not None:  # the runner-up plus the most any class gains from the left-out queries
+                runner_up = sem.scatter(-2, arg.unsqueeze(-2), float("-inf")).amax(-2)
+                unsure |= best <= runner_up + slack
+            return unsure
+
+        dense = with_probs or self._mostly_undecided(
+            lambda p: undecided((p[:, queries] @ cls[queries][:, included]).T))
+        if dense:
+            queries, included = torch.arange(num_queries), torch.arange(num_classes)
         cls_t = cls[queries][:, included].T.contiguous()  # (K', Q')
+        cls_all_t = cls.T.contiguous()  # (K, Q)
         label_map = torch.zeros((h, w), dtype=torch.int64)
         probs = torch.zeros((num_classes, h, w), dtype=torch.float32) if with_probs else None
         for r0, r1, p, channels in self.prob_blocks(queries):  # p: (rows, C, W)
             if channels != list(range(p.shape[1])):
                 p = p[:, channels]
             sem = torch.matmul(cls_t, p)  # (rows, K', W)
-            best, arg = sem.max(1)
-            labels = included[arg]
-            unsure = best <= bound
-            if probs is not None:  # (with_probs reads every query: nothing is left out below)
-                probs[included, r0:r1] = sem.permute(1, 0, 2)
-            if any_dropped:  # the runner-up plus the most any class gains from the left-out queries
-                runner_up = sem.scatter_(1, arg[:, None], float("-inf")).amax(1)
-                unsure |= best <= runner_up + slack
-            if bool(unsure.any()):
+            if dense:
+                if probs is not None:
+                    probs[:, r0:r1] = sem.permute(1, 0, 2)
+                label_map[r0:r1] = sem.argmax(1)
+                continue
+            labels = included[sem.argmax(1)]
+            unsure = undecided(sem)
+            n_unsure = int(unsure.sum())
+            if n_unsure > self.DENSE_SHARE * unsure.numel():  # cheaper to score the block with everything
+                every = self.upsampler.rows(r0, r1).sigmoid_()  # (rows, Q, W)
+                labels = torch.matmul(cls_all_t, every).argmax(1)
+            elif n_unsure:
                 rr, cc = unsure.nonzero(as_tuple=True)
                 labels[rr, cc] = (self.pixel_probs(rr + r0, cc) @ cls).argmax(1)
             label_map[r0:r1] = labels
         return SemanticResult(label_map.numpy(), None if probs is None else probs.numpy())
+
+    def _mostly_undecided(self, undecided) -> bool:
+        """Whether the bounds leave more than ``DENSE_SHARE`` of a fixed pixel sample undecided.
+
+        ``undecided``: (N, Q) mask probabilities of the sample -> (N,) bool. Only the speed depends on
+        it: both paths give the exact result.
+        """
+        h, w = self.size
+        n = min(self.SAMPLE_PIXELS, h * w)
+        index = torch.randperm(h * w, generator=torch.Generator().manual_seed(0))[:n]
+        sample = self.pixel_probs(index // w, index % w)  # (N, Q)
+        return float(undecided(sample).float().mean()) > self.DENSE_SHARE
 
     # ---------------------------------------------------------------------------------- for the app
     def uncertainty(self) -> np.ndarray:

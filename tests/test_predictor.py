@@ -282,6 +282,53 @@ def test_pruned_views_equal_the_reference_in_every_cache_mode(cache, seed, monke
     assert np.allclose(pred.uncertainty(), ref_unc.numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["uniform", "flat"])
+@pytest.mark.parametrize("route", ["sampled", "per_block"])
+def test_unsure_outputs_take_the_dense_route_and_stay_exact(kind, route, monkeypatch):
+    """Outputs the bounds cannot prune (random logits; an untrained model's near-zero logits: every query
+    active, flat class probabilities) give the reference's semantic labels, whether the sample sends the
+    whole view to the dense computation or each undecided row block falls back to it."""
+    g = torch.Generator().manual_seed(7)
+    num_queries, num_classes, size = 30, 25, (92, 124)
+    scale = 1.0 if kind == "uniform" else 0.02
+    logits = scale * torch.randn(num_queries, num_classes + 1, generator=g)
+    masks = scale * torch.randn(num_queries, 24, 32, generator=g)
+    config = small_config(class_names=[f"c{k}" for k in range(num_classes)], is_thing=[True] * num_classes,
+                          num_queries=num_queries)
+    decisions = []
+    decide = Prediction._mostly_undecided
+
+    def spy(self, undecided):
+        decisions.append(decide(self, undecided))
+        return decisions[-1] if route == "sampled" else False
+
+    monkeypatch.setattr(Prediction, "_mostly_undecided", spy)
+    monkeypatch.setattr(Prediction, "BLOCK_PIXELS", 700)  # several row blocks
+    pred = Prediction(np.zeros((*size, 3), np.uint8), logits, masks, (96, 128), size, config).prepare()
+    full = reference_logits(pred)
+    assert np.array_equal(pred.semantic().label_map, semantic_inference(pred.pred_logits, full).argmax(0).numpy())
+    assert decisions == [True]  # the sample saw that the bounds decide little here
+    best_cls = pred.class_probs[:, :-1].max(-1).values
+    ref_unc = 1 - (full.sigmoid() * best_cls[:, None, None]).amax(0)
+    assert np.allclose(pred.uncertainty(), ref_unc.numpy(), atol=1e-6)
+
+
+def test_trained_like_outputs_keep_the_pruned_route(monkeypatch):
+    from tools.benchmark import trained_like_outputs
+
+    out = trained_like_outputs(40, 12, (96, 128), seed=0, things=8, stuff=4)
+    config = small_config(class_names=[f"c{k}" for k in range(12)], is_thing=[k < 6 for k in range(12)],
+                          num_queries=40)
+    decisions = []
+    decide = Prediction._mostly_undecided
+    monkeypatch.setattr(Prediction, "_mostly_undecided", lambda self, f: decisions.append(decide(self, f)) or
+                        decisions[-1])
+    pred = Prediction(np.zeros((92, 124, 3), np.uint8), out["pred_logits"], out["pred_masks"], (96, 128),
+                      (92, 124), config).prepare()
+    pred.semantic()
+    assert decisions == [False]
+
+
 def test_views_work_outside_the_inference_mode_the_prediction_was_made_in():
     """Predictor.predict runs under inference_mode; the lazily filled upsampler state must still be
     usable when a view is first asked for later, outside it (the app, the CLIs)."""
