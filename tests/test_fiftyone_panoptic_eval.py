@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from browser_helpers import BROWSER_MARKS
 from conftest import SHARED_DATA
 from PIL import Image
 
@@ -268,16 +269,23 @@ def test_report_metrics_and_the_panel(hand, capsys):
     assert data["metrics"]["tp"] == 3 and data["per_class_metrics"]["person"]["support"] == 2
 
 
-def test_two_runs_compare_and_a_run_deletes_cleanly(hand, capsys):
-    from app.fiftyone_bridge.panoptic_eval import evaluate_panoptic, saved_views
+def _oracle_run(ds, key: str):
+    """The ground truth fed back as predictions (``oracle_panoptic``), evaluated under ``key``: PQ 100."""
+    from app.fiftyone_bridge.panoptic_eval import evaluate_panoptic
 
-    ds = hand.ds
     for sample in ds.iter_samples(autosave=True):
         oracle = sample.gt_panoptic.copy()
         for d in oracle.detections:
             d.confidence = 1.0
         sample["oracle_panoptic"] = oracle
-    other = evaluate_panoptic(ds, "oracle_panoptic", "gt_panoptic", eval_key="oracle_pan", progress=False)
+    return evaluate_panoptic(ds, "oracle_panoptic", "gt_panoptic", eval_key=key, progress=False)
+
+
+def test_two_runs_compare_and_a_run_deletes_cleanly(hand, capsys):
+    from app.fiftyone_bridge.panoptic_eval import saved_views
+
+    ds = hand.ds
+    other = _oracle_run(ds, "oracle_pan")
     assert other.pq()["PQ"] == pytest.approx(100.0)
     base = ds.load_evaluation_results(KEY)
     cmp = base.compare(other)
@@ -343,3 +351,51 @@ def test_operator_errors_are_one_line(hand, fo_env, caplog):
         logging.getLogger("fiftyone.core.odm.database").warning(MONGODB_NOTICE + ". Please refer to ...")
         logging.getLogger("fiftyone.core.odm.database").warning("something else")
     assert MONGODB_NOTICE not in caplog.text and "something else" in caplog.text
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _browser(test):
+    for mark in BROWSER_MARKS:
+        test = mark(test)
+    return test
+
+
+@pytest.mark.slow
+@_browser
+def test_model_evaluation_panel_shows_and_compares_pq_in_chromium(hand, fo_env, page):
+    """The App's Model Evaluation panel, in Chromium: PQ / SQ / RQ (things, stuff) of the run, and two runs side
+    by side with the difference. The App server imports our classes through the plugin (``app`` installs it)."""
+    from app.fiftyone_bridge.core import install_plugin
+
+    fo = fo_env.fo
+    ds = hand.ds
+    install_plugin()
+    _oracle_run(ds, "oracle3_pan")
+    port = _free_port()
+    panel = fo.Panel(type="model_evaluation_panel_builtin", pinned=True)
+    session = fo.launch_app(ds, port=port, remote=True, auto=False, spaces=fo.Space(children=[panel]))
+    try:
+        page.goto(f"http://127.0.0.1:{port}/datasets/{ds.name}", timeout=120_000)
+        page.get_by_text(KEY, exact=True).first.wait_for(timeout=120_000)
+        dismiss = page.get_by_text("Dismiss", exact=True)  # FiftyOne's own promotion, when it shows
+        if dismiss.count():
+            dismiss.first.click()
+        page.get_by_text(KEY, exact=True).first.click()
+        page.get_by_text("PQ stuff (%)", exact=True).wait_for(timeout=60_000)
+        page.get_by_text("Select a comparison").click()
+        page.get_by_role("option", name="oracle3_pan").click()
+        row = page.get_by_role("row").filter(has=page.get_by_text("PQ (%)", exact=True))
+        row.filter(has_text="100").wait_for(timeout=60_000)  # the compared run's values arrive after its column
+        row = row.inner_text()
+        values = [float(v) for v in row.replace("%", " ").split() if v.lstrip("-").replace(".", "").isdigit()]
+        assert values[:3] == [31.75, 100.0, -68.25], row
+    finally:
+        session.close()
+        ds.delete_evaluation("oracle3_pan")
