@@ -68,8 +68,9 @@ def fo_env(tmp_path_factory):
     fo.config.database_dir = env["FIFTYONE_DATABASE_DIR"]  # in case FiftyOne was imported before
     fo.config.plugins_dir = env["FIFTYONE_PLUGINS_DIR"]
     fo.config.show_progress_bars = False
+    before = set(fo.list_datasets())  # FiftyOne processes on one machine share a database: keep others' data
     yield SimpleNamespace(root=root, env=env, fo=fo)
-    for name in fo.list_datasets():
+    for name in set(fo.list_datasets()) - before:
         fo.delete_dataset(name)
     mp.undo()
 
