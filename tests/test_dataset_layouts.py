@@ -436,10 +436,10 @@ def test_fiftyone_cli_finetune_folders(tmp_path, monkeypatch):
 
     started = []
     monkeypatch.setattr(cli, "_view", lambda args: (type("DS", (), {"slug": "ds"})(), [1, 2, 3]))
-    monkeypatch.setattr(finetune, "training_plan", lambda n, val: ("plan", None))
+    monkeypatch.setattr(finetune, "training_plan", lambda n, val, extra=(): ("plan", None))
     monkeypatch.setattr(finetune, "start_finetune", lambda view, export, run_dir, **kw: started.append(
         (export, run_dir)) or Record())
-    args = cli.build_parser().parse_args(["finetune", "--name", "ds", "--view-tag", "fixed"])
+    args = cli.build_parser().parse_args(["finetune", "--name", "ds", "--view-tag", "fixed", "--confirm-few"])
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("M2F_CORRECTIONS_DIR", raising=False)
     monkeypatch.delenv("M2F_RUNS_DIR", raising=False)
