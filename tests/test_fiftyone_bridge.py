@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import numpy as np
 import pytest
 from conftest import REPO, SHARED_DATA
+from fiftyone_helpers import fiftyone_env
 from PIL import Image
 
 CITY = SHARED_DATA / "cityscapes_mmseg" / "tests" / "data" / "pseudo_cityscapes_dataset"
@@ -54,25 +55,11 @@ def execute_operator(uri: str, ctx: dict):
 
 @pytest.fixture(scope="module")
 def fo_env(tmp_path_factory):
-    """FiftyOne on a fresh database in a temporary folder, plugins folder there too, no tracking."""
+    """FiftyOne on a database in a temporary folder (tests/fiftyone_helpers.py)."""
     if not SHARED_DATA.exists():
         pytest.skip(f"shared real data not found at {SHARED_DATA}")
-    root = tmp_path_factory.mktemp("fiftyone")
-    env = {"FIFTYONE_DATABASE_DIR": str(root / "db"), "FIFTYONE_DO_NOT_TRACK": "true",
-           "FIFTYONE_DATABASE_VALIDATION": "false", "FIFTYONE_PLUGINS_DIR": str(root / "plugins"),
-           "FIFTYONE_SHOW_PROGRESS_BARS": "false"}
-    mp = pytest.MonkeyPatch()
-    for key, value in env.items():
-        mp.setenv(key, value)
-    fo = pytest.importorskip("fiftyone")
-    fo.config.database_dir = env["FIFTYONE_DATABASE_DIR"]  # in case FiftyOne was imported before
-    fo.config.plugins_dir = env["FIFTYONE_PLUGINS_DIR"]
-    fo.config.show_progress_bars = False
-    before = set(fo.list_datasets())  # FiftyOne processes on one machine share a database: keep others' data
-    yield SimpleNamespace(root=root, env=env, fo=fo)
-    for name in set(fo.list_datasets()) - before:
-        fo.delete_dataset(name)
-    mp.undo()
+    with fiftyone_env(tmp_path_factory.mktemp("fiftyone")) as env:
+        yield env
 
 
 def _coco(tmp_path_factory) -> Path:

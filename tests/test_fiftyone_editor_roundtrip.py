@@ -14,12 +14,12 @@ import os
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
 from browser_helpers import BROWSER_MARKS, click_pixel, inner_point, wait_canvas, wait_status
+from fiftyone_helpers import fiftyone_env
 from PIL import Image
 
 from app.errors import UserError
@@ -82,23 +82,9 @@ def test_manifest_records_user_time_and_sample(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def fo_env(tmp_path_factory):
-    """FiftyOne on a fresh database in a temporary folder, plugins folder there too, no tracking."""
-    root = tmp_path_factory.mktemp("fiftyone")
-    env = {"FIFTYONE_DATABASE_DIR": str(root / "db"), "FIFTYONE_DO_NOT_TRACK": "true",
-           "FIFTYONE_DATABASE_VALIDATION": "false", "FIFTYONE_PLUGINS_DIR": str(root / "plugins"),
-           "FIFTYONE_SHOW_PROGRESS_BARS": "false"}
-    mp = pytest.MonkeyPatch()
-    for key, value in env.items():
-        mp.setenv(key, value)
-    fo = pytest.importorskip("fiftyone")
-    fo.config.database_dir = env["FIFTYONE_DATABASE_DIR"]  # in case FiftyOne was imported before
-    fo.config.plugins_dir = env["FIFTYONE_PLUGINS_DIR"]
-    fo.config.show_progress_bars = False
-    yield SimpleNamespace(root=root, fo=fo)
-    for name in fo.list_datasets():
-        if name.startswith("roundtrip"):
-            fo.delete_dataset(name)
-    mp.undo()
+    """FiftyOne on a database in a temporary folder (tests/fiftyone_helpers.py)."""
+    with fiftyone_env(tmp_path_factory.mktemp("fiftyone")) as env:
+        yield env
 
 
 def _scenes_dataset(tmp_path_factory, name: str, seeds: tuple[int, ...]):

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from browser_helpers import BROWSER_MARKS
 from conftest import SHARED_DATA
+from fiftyone_helpers import fiftyone_env
 from PIL import Image
 
 pytestmark = [  # FiftyOne's own dependencies (psutil, mongoengine), not our code
@@ -77,30 +78,11 @@ def _panoptic(seg_map, segs, gt: bool):
 
 @pytest.fixture(scope="module")
 def fo_env(tmp_path_factory):
-    """FiftyOne on its database (fiftyone-db's MongoDB), plugins in a temporary folder, no tracking.
-
-    FiftyOne shares one database service between processes, so this module's datasets have unique names
-    and only they are deleted at the end.
-    """
+    """FiftyOne on a database in a temporary folder (tests/fiftyone_helpers.py)."""
     if not SHARED_DATA.exists():
         pytest.skip(f"shared real data not found at {SHARED_DATA}")
-    root = tmp_path_factory.mktemp("fiftyone_pq")
-    env = {"FIFTYONE_DATABASE_DIR": str(root / "db"), "FIFTYONE_DO_NOT_TRACK": "true",
-           "FIFTYONE_DATABASE_VALIDATION": "false", "FIFTYONE_PLUGINS_DIR": str(root / "plugins"),
-           "FIFTYONE_SHOW_PROGRESS_BARS": "false"}
-    mp = pytest.MonkeyPatch()
-    for key, value in env.items():
-        mp.setenv(key, value)
-    fo = pytest.importorskip("fiftyone")
-    fo.config.database_dir = env["FIFTYONE_DATABASE_DIR"]
-    fo.config.plugins_dir = env["FIFTYONE_PLUGINS_DIR"]
-    fo.config.show_progress_bars = False
-    names: list[str] = []
-    yield SimpleNamespace(root=root, fo=fo, names=names)
-    for name in names:
-        if fo.dataset_exists(name):
-            fo.delete_dataset(name)
-    mp.undo()
+    with fiftyone_env(tmp_path_factory.mktemp("fiftyone_pq")) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +94,7 @@ def hand(fo_env, tmp_path_factory):
     fo = fo_env.fo
     root = tmp_path_factory.mktemp("pq_scenes")
     name = f"pq-eval-{uuid.uuid4().hex[:8]}"
-    fo_env.names.append(name)
+    fo_env.made.append(name)
     ds = fo.Dataset(name)
     ds.info["m2f"] = {"categories": CATS, "predictions": {"pred": {"weights": "hand"}}}
     ds.save()

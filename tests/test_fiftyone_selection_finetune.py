@@ -13,13 +13,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stdout
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+from fiftyone_helpers import fiftyone_env
 
 pytestmark = [  # FiftyOne's own dependencies (psutil, mongoengine), not our code
     pytest.mark.filterwarnings("ignore:connections\\(\\) is deprecated:DeprecationWarning"),
@@ -29,24 +28,9 @@ pytestmark = [  # FiftyOne's own dependencies (psutil, mongoengine), not our cod
 
 @pytest.fixture(scope="module")
 def fo_env(tmp_path_factory):
-    """FiftyOne with its database and plugins in a temporary folder, no tracking; our datasets deleted after."""
-    root = tmp_path_factory.mktemp("fiftyone_sel")
-    env = {"FIFTYONE_DATABASE_DIR": str(root / "db"), "FIFTYONE_DO_NOT_TRACK": "true",
-           "FIFTYONE_DATABASE_VALIDATION": "false", "FIFTYONE_PLUGINS_DIR": str(root / "plugins"),
-           "FIFTYONE_SHOW_PROGRESS_BARS": "false"}
-    mp = pytest.MonkeyPatch()
-    for key, value in env.items():
-        mp.setenv(key, value)
-    fo = pytest.importorskip("fiftyone")
-    fo.config.database_dir = env["FIFTYONE_DATABASE_DIR"]
-    fo.config.plugins_dir = env["FIFTYONE_PLUGINS_DIR"]
-    fo.config.show_progress_bars = False
-    made: list[str] = []
-    yield SimpleNamespace(root=root, fo=fo, made=made, tag=uuid.uuid4().hex[:8])
-    for name in made:
-        if fo.dataset_exists(name):
-            fo.delete_dataset(name)
-    mp.undo()
+    """FiftyOne on a database in a temporary folder (tests/fiftyone_helpers.py)."""
+    with fiftyone_env(tmp_path_factory.mktemp("fiftyone_sel")) as env:
+        yield env
 
 
 def _import(fo_env, root: Path, what: str):
