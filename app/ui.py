@@ -281,8 +281,11 @@ def build_app(wb: Workbench) -> gr.Blocks:
         def on_evaluate(count):
             return wb.evaluate_on_dataset(int(count) if count else 20)
 
-        # edits of one session run in the order they were made: one queue ("edit") for all of them
-        edit = {"show_progress": "hidden", "concurrency_id": "edit", "concurrency_limit": 1}
+        # edits of one session run in the order they were made: one queue ("edit") for all of them, and
+        # none is dropped while another is pending (Gradio's default "once" would drop a second Ctrl+Z,
+        # stroke or shift-click made before the first one's answer came back)
+        edit = {"show_progress": "hidden", "concurrency_id": "edit", "concurrency_limit": 1,
+                "trigger_mode": "multiple"}
         demo.load(on_load, [state], view)
         image_input.upload(on_upload, [state, image_input], view)
         examples.select(on_example, [state], view)
